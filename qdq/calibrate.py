@@ -1,0 +1,97 @@
+"""Calibration pass: run the float model in ONNX Runtime over the data, once, and fold the
+tensors that will carry Q/DQ into streaming statistics.  Activations are never kept."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .data import batches
+from .errors import QdqError
+from .progress import progress
+from .stats import TensorStats
+
+
+@dataclass
+class Calibration:
+    """Statistics of one pass.  ``stats`` hold histograms; ``extrema`` only (min, max) per tensor."""
+
+    stats: dict = field(default_factory=dict)
+    extrema: dict = field(default_factory=dict)
+    samples: int = 0
+
+
+def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), threads: int | None = None):
+    """An ONNX Runtime session of ``model`` that also returns ``extra_outputs`` (tensor names)."""
+    import onnxruntime as ort
+
+    m = model
+    if extra_outputs:
+        m = copy.copy(model)
+        m.CopyFrom(model)
+        present = {o.name for o in m.graph.output}
+        for name in extra_outputs:
+            if name not in present:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    available = ort.get_available_providers()
+    providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(m.SerializeToString(), so, providers=providers)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:300]
+        raise QdqError(f"ONNX Runtime cannot load the model: {msg}") from None
+
+
+def run_session(sess, feed: dict, source) -> dict:
+    """Run and return ``{output name: array}``; ONNX Runtime failures become one-line errors."""
+    try:
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(names, feed)))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:300]
+        raise QdqError(f"{source}: ONNX Runtime failed on this sample: {msg}") from None
+
+
+def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_size: int = 1,
+              providers=None, quiet: bool = False, threads: int | None = None) -> Calibration:
+    """One streaming pass over ``dataset``; histograms for ``tensors``, min/max for ``range_only``.
+
+    Graph inputs among ``tensors`` are read from the feed directly.
+    """
+    tensors = list(dict.fromkeys(tensors))
+    range_only = [t for t in dict.fromkeys(range_only) if t not in tensors]
+    inputs = {i.name for i in dataset.inputs}
+    wanted = [t for t in tensors + range_only if t not in inputs]
+    sess = session_for(model, providers, wanted, threads)
+    cal = Calibration(stats={t: TensorStats(t) for t in tensors})
+    with progress("calibrating", dataset.count(), quiet) as advance:
+        for sources, feed in batches(dataset, batch_size):
+            outs = run_session(sess, feed, sources[0] if len(sources) == 1 else f"{sources[0]}…")
+            outs.update(feed)
+            for t in tensors:
+                x = outs[t]
+                _check_finite(x, t, sources)
+                cal.stats[t].update(x)
+            for t in range_only:
+                x = outs[t]
+                if x.dtype.kind != "f" or x.size == 0:
+                    continue
+                lo, hi = float(x.min()), float(x.max())
+                old = cal.extrema.get(t, (math.inf, -math.inf))
+                cal.extrema[t] = (min(old[0], lo), max(old[1], hi))
+            cal.samples += len(sources)
+            advance(len(sources))
+    return cal
+
+
+def _check_finite(x: np.ndarray, name: str, sources) -> None:
+    if x.dtype.kind == "f" and x.size and not np.isfinite(x.max() - x.min()):
+        raise QdqError(f"tensor {name!r} is NaN or Inf on sample {sources[0]}; the float model overflows "
+                       "on this input: check the preprocessing or exclude the layer")

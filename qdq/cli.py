@@ -1,0 +1,139 @@
+"""Command line: a thin layer over :func:`qdq.quantize` and friends.
+
+Exit codes: 0 ok, 1 a check the user asked for failed, 2 bad input or environment
+(one line on stderr, no traceback unless --debug).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import QdqError
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _size(text: str) -> tuple:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 224x224), got {text!r}") from None
+
+
+def _add_preprocess(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image preprocessing (when DATA is a folder of images)",
+                             "x = (pixel·scale − mean) / std per channel; defaults from the model's input shape")
+    g.add_argument("--size", type=_size, help="HxW to resize to (default: the model's input dims; 640 if dynamic)")
+    g.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
+    g.add_argument("--mean", type=_floats, default=(0.0, 0.0, 0.0), help="per-channel mean, after scaling (default 0)")
+    g.add_argument("--std", type=_floats, default=(1.0, 1.0, 1.0), help="per-channel std, after scaling (default 1)")
+    g.add_argument("--scale", type=float, default=1 / 255, help="pixel multiplier applied first (default 1/255)")
+    g.add_argument("--color", choices=("RGB", "BGR"), default="RGB")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), help="default: read from the model's input shape")
+
+
+def _preprocess(args):
+    from .data import Preprocess
+
+    return Preprocess(size=args.size, resize=args.resize, mean=args.mean, std=args.std, scale=args.scale,
+                      color=args.color, layout=args.layout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import TARGETS
+    from .ranges import METHODS
+
+    ap = argparse.ArgumentParser(prog="qdq", description="Float ONNX → TensorRT-ready INT8 Q/DQ ONNX.")
+    ap.add_argument("--version", action="version", version=f"qdq {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="calibrate with ONNX Runtime and write a Q/DQ ONNX")
+    io = q.add_argument_group("input and output")
+    io.add_argument("model", type=Path, help="float ONNX model (never modified)")
+    io.add_argument("-o", "--output", type=Path, required=True, help="Q/DQ ONNX to write")
+    io.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    io.add_argument("--ranges-out", type=Path, help="write tensor → amax/method/clipped JSON here")
+    cal = q.add_argument_group("calibration")
+    cal.add_argument("--calib", type=Path, required=True,
+                     help="folder of .npz or images, a .npz (stacked on axis 0) or a .npy")
+    cal.add_argument("--method", choices=METHODS, default="entropy")
+    cal.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    cal.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (ranges do not depend on it)")
+    cal.add_argument("--limit", type=int, help="use at most this many samples")
+    cal.add_argument("--cuda", action="store_true", help="run calibration on the CUDA execution provider if present")
+    pl = q.add_argument_group("placement and target")
+    pl.add_argument("--target", choices=tuple(TARGETS), default="trt10",
+                    help="trt10: opset 17, FP32 scales; trt8: opset 13–17 for TensorRT 8.5/8.6 (Jetson); "
+                         "trt11: strongly typed, FP16 remainder, opset 19")
+    pl.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                    help="keep these in float: op types, node names or regexes over node names")
+    out = q.add_argument_group("reporting")
+    out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
+    _add_preprocess(q)
+
+    d = sub.add_parser("demo", help="quantize PP-OCRv4's text detector on real text images (no arguments needed)")
+    d.add_argument("--out-dir", type=Path, help="where to write (default: the qdq cache folder)")
+    d.add_argument("--method", choices=METHODS, default="entropy")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("-q", "--quiet", action="store_true")
+    return ap
+
+
+def cmd_quantize(args) -> int:
+    from .modelio import save_model
+    from .pipeline import quantize, write_ranges
+    from .report import print_summary, summary_json
+
+    if args.output.exists() and not args.overwrite:
+        raise QdqError(f"{args.output}: already exists; pass --overwrite or choose another output path")
+    if args.model.exists() and args.output.exists() and args.model.resolve() == args.output.resolve():
+        raise QdqError(f"{args.output}: is the input model; choose another output path")
+    result = quantize(args.model, args.calib, method=args.method, percentile=args.percentile,
+                      batch_size=args.batch_size, target=args.target, exclude=args.exclude,
+                      preprocess=_preprocess(args), limit=args.limit,
+                      providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else None,
+                      quiet=args.quiet or args.json)
+    save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
+    result.summary.output = str(args.output)
+    if args.ranges_out:
+        write_ranges(result.summary, args.ranges_out)
+    if args.json:
+        print(summary_json(result.summary))
+    elif not args.quiet:
+        print_summary(result.summary)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out_dir=args.out_dir, method=args.method, as_json=args.json, quiet=args.quiet)
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return {"quantize": cmd_quantize, "demo": cmd_demo}[args.command](args)
+    except QdqError as e:
+        if args.debug:
+            raise
+        print(f"qdq: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("qdq: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Loading and saving ONNX models safely: external data confined to the model's folder,
+atomic writes (temp file + rename), opset conversion."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import version_converter
+
+from .errors import QdqError
+
+_TWO_GB = 2 ** 31 - 1
+
+
+def load_model(path) -> onnx.ModelProto:
+    """Load an ONNX model; its external data must lie inside the model's own folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise QdqError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # truncated file, not protobuf
+        raise QdqError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-export it") from None
+    if not model.graph.node:
+        raise QdqError(f"{path}: the ONNX graph has no nodes; is this an ONNX model?")
+    base = path.parent.resolve()
+    for t in _external_tensors(model):
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (base / loc).resolve()
+        if os.path.isabs(loc) or base not in target.parents:
+            raise QdqError(f"{path}: tensor {t.name!r} points to external data {loc!r} outside the "
+                           "model's folder; refusing to read it (move the data next to the model)")
+        if not target.is_file():
+            raise QdqError(f"{path}: external data file {loc!r} of tensor {t.name!r} is missing")
+    if any(True for _ in _external_tensors(model)):
+        onnx.load_external_data_for_model(model, str(base))
+    _name_nodes(model)
+    return model
+
+
+def _external_tensors(model):
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL:
+                yield a.t
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name (Q/DQ bookkeeping and reports refer to nodes by name)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in ("",):
+            name = f"{n.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            n.name = name
+            taken.add(name)
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def convert_opset(model: onnx.ModelProto, target: int, source: str = "model") -> onnx.ModelProto:
+    """The model at opset ``target`` of the default domain (no-op when already there)."""
+    if opset_of(model) == target:
+        return model
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as e:
+        raise QdqError(f"{source}: cannot convert from opset {opset_of(model)} to {target} "
+                       f"({str(e).splitlines()[0][:200]}); re-export the model at opset {target}") from None
+    _name_nodes(converted)
+    return converted
+
+
+def _check_target(path: Path, overwrite: bool, protect=()) -> Path:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise QdqError(f"{path}: folder {folder} does not exist; create it first")
+    for p in protect:
+        if Path(p).exists() and path.exists() and os.path.samefile(p, path):
+            raise QdqError(f"{path}: is the input model; choose another output path")
+    if path.exists() and not overwrite:
+        raise QdqError(f"{path}: already exists; pass --overwrite or choose another output path")
+    if not os.access(folder, os.W_OK):
+        raise QdqError(f"{path}: folder {folder} is not writable")
+    return folder
+
+
+def _atomic(path: Path, folder: Path, write) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str, overwrite: bool = True) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename."""
+    path = Path(path)
+    folder = _check_target(path, overwrite)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return _atomic(path, folder, write)
+
+
+def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=()) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file in the same folder, then rename).
+
+    Models over 2 GB are written with external data in ``<name>.data`` beside the file.  ``protect``
+    lists paths (e.g. the input model) that must never be replaced.
+    """
+    path = Path(path)
+    folder = _check_target(path, overwrite, protect)
+
+    def write(tmp):
+        if model.ByteSize() > _TWO_GB:
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data")
+        else:
+            onnx.save_model(model, tmp)
+    return _atomic(path, folder, write)

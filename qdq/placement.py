@@ -1,0 +1,250 @@
+"""Placement: which tensors get Q/DQ, following TensorRT's explicit-quantization rules.
+
+Rules (TensorRT "Working with Quantized Types" and NVIDIA's QAT tooling):
+
+1. Weighted layers (Conv, ConvTranspose, Gemm, MatMul): quantize every input, activation inputs
+   per-tensor, constant weights per output channel; never their outputs, so Conv→BN→ReLU fuse.
+   An activation×activation MatMul (attention) gets both inputs quantized.
+2. Residual Add fed by a quantized Conv: quantize the *other* (shortcut) input, so TensorRT fuses the
+   Add into the Conv epilogue.  If both inputs come from Convs, the deeper one (longer path) is fused.
+3. Pooling, Resize, Concat and shape-only ops: Q/DQ on their inputs only when their output is
+   already quantized for a consumer, so they run in INT8 between quantized neighbours.
+   MaxPool, Resize, Concat and shape ops share one scale between inputs and output (they do not
+   change values, and TensorRT would otherwise insert reformats); averaging pools get their own.
+4. Skipped (stay float, listed with the reason): layers matched by ``exclude``; Conv with fewer
+   than 16 input or output channels unless both are multiples of 8; Gemm/MatMul that are GEMV
+   shaped (M or N = 1) or have K or N < 16; weights that are not constants.
+Graph outputs are never quantized: Q/DQ feed only the consumers that need them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .graph import GraphIndex
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+SAME_SCALE_OPS = ("MaxPool", "Resize", "Upsample", "Concat", "Reshape", "Flatten", "Squeeze",
+                  "Unsqueeze", "Transpose")
+OWN_SCALE_OPS = ("AveragePool", "GlobalAveragePool")
+_FUSED_INTO_CONV = ("BatchNormalization",)
+
+
+@dataclass
+class WeightSpec:
+    """A constant weight quantized per channel along ``axis`` (int8, DQ only)."""
+
+    tensor: str
+    axis: int
+    consumers: list  # [(node name, input index)]
+
+
+@dataclass
+class Placement:
+    """Where Q/DQ go.  ``activations[tensor]`` lists (node name, input index) to rewire."""
+
+    activations: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)            # tensor -> WeightSpec
+    groups: list = field(default_factory=list)             # lists of tensors sharing one amax
+    quantized_layers: list = field(default_factory=list)   # node names of weighted ops in INT8
+    skipped: list = field(default_factory=list)            # (node name, op type, reason)
+    reasons: dict = field(default_factory=dict)            # activation tensor -> why it is quantized
+
+    def add(self, tensor: str, node: str, index: int, reason: str) -> None:
+        users = self.activations.setdefault(tensor, [])
+        if (node, index) not in users:
+            users.append((node, index))
+        self.reasons.setdefault(tensor, reason)
+
+
+class Excluder:
+    """``--exclude`` patterns: an op type (e.g. ``MatMul``), an exact node name, or a regex."""
+
+    def __init__(self, patterns):
+        self.patterns = list(patterns or [])
+        self._regex = []
+        for p in self.patterns:
+            try:
+                self._regex.append(re.compile(p))
+            except re.error:
+                self._regex.append(None)
+
+    def match(self, node) -> bool:
+        for p, rx in zip(self.patterns, self._regex):
+            if node.op_type == p or node.name == p or (rx is not None and rx.fullmatch(node.name)):
+                return True
+        return False
+
+
+def _dims(idx: GraphIndex, name: str):
+    return idx.shapes.get(name)
+
+
+def _weight_axis(node, w: np.ndarray) -> int:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return w.ndim - 1  # MatMul: (..., K, N), output channels along N
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return a.i
+    return default
+
+
+def _skip_reason(idx: GraphIndex, node, weight: np.ndarray | None) -> str | None:
+    op = node.op_type
+    if op in ("Conv", "ConvTranspose"):
+        group = _attr(node, "group", 1)
+        if op == "Conv":
+            cout, cin = weight.shape[0], weight.shape[1] * group
+        else:
+            cin, cout = weight.shape[0], weight.shape[1] * group
+        if (cin < 16 or cout < 16) and not (cin % 8 == 0 and cout % 8 == 0):
+            return f"{cin} input / {cout} output channels: too few for INT8 kernels (<16, not multiples of 8)"
+        return None
+    # Gemm / MatMul: A (M, K) · B (K, N)
+    a_shape = _dims(idx, node.input[0])
+    b_shape = list(weight.shape) if weight is not None else _dims(idx, node.input[1])
+    if op == "Gemm":
+        trans_a, trans_b = _attr(node, "transA", 0), _attr(node, "transB", 0)
+        m = a_shape[1 - trans_a] if a_shape and len(a_shape) == 2 else None
+        n = b_shape[1 - trans_b] if b_shape and len(b_shape) == 2 else None
+        k = b_shape[trans_b] if b_shape and len(b_shape) == 2 else None
+    else:
+        n = b_shape[-1] if b_shape and len(b_shape) >= 2 else (1 if b_shape and len(b_shape) == 1 else None)
+        k = b_shape[-2] if b_shape and len(b_shape) >= 2 else None
+        # with constant weights every leading dim of A is a row of the GEMM; otherwise batched
+        rows = (a_shape[:-1] if weight is not None else a_shape[-2:-1]) if a_shape else None
+        m = int(np.prod(rows)) if rows is not None and None not in rows else None
+    if m == 1 or n == 1:
+        return f"GEMV shape (M={m}, N={n}): no INT8 speed-up"
+    if (k is not None and k < 16) or (n is not None and n < 16):
+        return f"K={k}, N={n} < 16: too small for INT8 kernels"
+    return None
+
+
+def place(idx: GraphIndex, exclude=None) -> Placement:
+    """Decide the Q/DQ placement for the main graph of ``idx.model`` (see module doc)."""
+    ex = Excluder(exclude)
+    plan = Placement()
+    nodes = list(idx.model.graph.node)
+    quantized_nodes = set()
+
+    def activation_ok(name: str) -> bool:
+        return bool(name) and name not in idx.constants and (name not in idx.dtypes or idx.is_float(name))
+
+    # 1. weighted layers
+    for node in nodes:
+        if node.op_type not in WEIGHTED or node.domain not in ("", "ai.onnx"):
+            continue
+        label = idx.node_label(node)
+        if ex.match(node):
+            plan.skipped.append((label, node.op_type, "excluded by --exclude"))
+            continue
+        x, wname = node.input[0], node.input[1]
+        w = idx.constant(wname)
+        if idx.constant(x) is not None:
+            plan.skipped.append((label, node.op_type, "first input is a constant"))
+            continue
+        if w is None and node.op_type != "MatMul":
+            plan.skipped.append((label, node.op_type, "weight is not a constant"))
+            continue
+        if w is not None and (w.dtype.kind != "f" or w.ndim < 1):
+            plan.skipped.append((label, node.op_type, f"weight dtype {w.dtype} is not float"))
+            continue
+        if not activation_ok(x) or (w is None and not activation_ok(wname)):
+            plan.skipped.append((label, node.op_type, "input is not a float tensor"))
+            continue
+        reason = _skip_reason(idx, node, w)
+        if reason:
+            plan.skipped.append((label, node.op_type, reason))
+            continue
+        plan.add(x, label, 0, f"input of {node.op_type}")
+        if w is None:
+            plan.add(wname, label, 1, f"input of {node.op_type} (activation x activation)")
+        else:
+            spec = plan.weights.setdefault(wname, WeightSpec(wname, _weight_axis(node, w), []))
+            spec.consumers.append((label, 1))
+        plan.quantized_layers.append(label)
+        quantized_nodes.add(label)
+
+    # 2. residual Add fused into a quantized Conv
+    depth = _depths(idx, nodes)
+    for node in nodes:
+        if node.op_type != "Add" or len(node.input) != 2 or ex.match(node):
+            continue
+        fused = [_conv_source(idx, t, quantized_nodes) for t in node.input]
+        if not any(fused) or any(idx.constant(t) is not None for t in node.input):
+            continue
+        if all(fused):
+            shortcut = min(node.input, key=lambda t: depth.get(t, 0))
+        else:
+            shortcut = node.input[0] if not fused[0] else node.input[1]
+        if activation_ok(shortcut):
+            plan.add(shortcut, idx.node_label(node), list(node.input).index(shortcut), "residual input of Add")
+
+    # 3. propagate through pooling / resize / concat / shape ops whose output is quantized
+    groups = _UnionFind()
+    for node in reversed(nodes):
+        if node.op_type not in SAME_SCALE_OPS + OWN_SCALE_OPS or ex.match(node):
+            continue
+        out = node.output[0]
+        if out not in plan.activations or out in idx.outputs:
+            continue
+        data_inputs = list(node.input) if node.op_type == "Concat" else [node.input[0]]
+        for i, t in enumerate(data_inputs):
+            if not activation_ok(t):
+                continue
+            plan.add(t, idx.node_label(node), i, f"input of {node.op_type} between quantized layers")
+            if node.op_type in SAME_SCALE_OPS:
+                groups.union(out, t)
+    plan.groups = [g for g in groups.groups() if len(g) > 1]
+    return plan
+
+
+def _conv_source(idx: GraphIndex, tensor: str, quantized: set) -> bool:
+    """True if ``tensor`` is the output of a quantized Conv/ConvTranspose (through a BatchNorm)."""
+    node = idx.producer.get(tensor)
+    while node is not None and node.op_type in _FUSED_INTO_CONV:
+        node = idx.producer.get(node.input[0])
+    return node is not None and node.op_type in ("Conv", "ConvTranspose") and idx.node_label(node) in quantized
+
+
+def _depths(idx: GraphIndex, nodes) -> dict:
+    """Longest path (in nodes) from a graph input to each tensor."""
+    depth = {}
+    for node in nodes:
+        d = 1 + max((depth.get(t, 0) for t in node.input if t), default=0)
+        for o in node.output:
+            depth[o] = d
+    return depth
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b):
+        self.parent[self.find(a)] = self.find(b)
+
+    def groups(self):
+        out = {}
+        for x in self.parent:
+            out.setdefault(self.find(x), []).append(x)
+        return [sorted(v) for v in out.values()]

@@ -1,0 +1,150 @@
+"""Range methods: turn a tensor's statistics into a symmetric amax (INT8 scale = amax / 127).
+
+All methods read only :class:`qdq.stats.TensorStats` (min, max, 2048-bin |x| histogram), so they
+inherit its independence from batch size and sample order.  Formulas follow NVIDIA's
+pytorch-quantization (``calib/histogram.py``) and TensorRT's entropy calibration:
+
+* ``max``        amax = max |x|.
+* ``percentile`` amax = the first bin edge e_{j+1} where the CDF of |x| reaches p/100
+                 (i.e. at least p % of values are <= e_{j+1}), never above max |x|.
+* ``entropy``    for each candidate i = 128 … n (n = last non-empty bin + 1): the reference
+                 distribution P is bins[0:i] with the mass of bins[i:] folded into bin i-1; the
+                 candidate Q merges bins[0:i] into 128 levels (bin k → level floor(128·k / i)) and
+                 spreads each level's mass evenly over that level's non-empty bins (empty bins
+                 stay 0).  KL(P‖Q) = Σ P_k log(P_k / Q_k) after normalising each to sum 1.
+                 amax = i · w for the i with the smallest KL (largest i on ties).  As in
+                 pytorch-quantization, bin 0 takes bin 1's count first, so the exact zeros that
+                 ReLU-like layers produce in bulk do not dominate the divergence.
+* ``mse``        for each candidate amax c = centre of bin i, i = 128 … n-1: expected squared
+                 error Σ_k h_k (x_k − fq(x_k, c))², with x_k the bin centres and
+                 fq(x, c) = clamp(round_half_even(x·127/c), −128, 127) · c/127.  amax = argmin.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .stats import NUM_BINS, TensorStats
+
+METHODS = ("entropy", "percentile", "mse", "max")
+NUM_LEVELS = 128  # 8-bit symmetric: 128 magnitudes per sign
+QMAX = 127
+
+
+@dataclass(frozen=True)
+class Range:
+    """A calibrated range: amax in the tensor's units, and the share of values beyond it."""
+
+    amax: float
+    method: str
+    clipped: float  # fraction of calibration values with |x| > amax (from the histogram)
+
+    @property
+    def scale(self) -> float:
+        return self.amax / QMAX
+
+
+def compute_range(stats: TensorStats, method: str = "entropy", percentile: float = 99.99) -> Range:
+    """amax of one tensor by ``method`` (see module doc).  Returns amax 0 for an all-zero tensor."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    vmax = stats.amax
+    n = _used_bins(stats.hist)
+    if vmax == 0.0 or n == 0:
+        amax = 0.0
+    elif method == "max" or n < NUM_LEVELS:
+        amax = vmax
+    elif method == "percentile":
+        amax = _percentile_amax(stats, percentile)
+    elif method == "entropy":
+        amax = _entropy_amax(stats.hist[:n].astype(np.float64)) * stats.bin_width
+    else:
+        amax = _mse_amax(stats.hist[:n].astype(np.float64), stats.bin_width)
+    amax = min(amax, vmax)
+    return Range(amax=float(amax), method=method, clipped=clipped_fraction(stats, amax))
+
+
+def _used_bins(hist: np.ndarray) -> int:
+    nz = np.flatnonzero(hist)
+    return int(nz[-1]) + 1 if nz.size else 0
+
+
+def clipped_fraction(stats: TensorStats, amax: float) -> float:
+    """Share of values with |x| >= amax, counted by whole bins whose lower edge is >= amax."""
+    if stats.count == 0 or amax >= stats.amax:
+        return 0.0
+    first = min(NUM_BINS, math.ceil(amax / stats.bin_width))
+    return float(stats.hist[first:].sum() / stats.count)
+
+
+def _percentile_amax(stats: TensorStats, percentile: float) -> float:
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    cdf = np.cumsum(stats.hist) / stats.count
+    j = int(np.searchsorted(cdf, percentile / 100.0))  # first bin whose cumulative share >= p
+    return (min(j, NUM_BINS - 1) + 1) * stats.bin_width
+
+
+def _entropy_amax(bins: np.ndarray) -> int:
+    """Index i (amax = i·w) minimising KL(P‖Q); vectorised over all candidates at once.
+
+    With level sums S_j and non-empty counts m_j over bins[0:i], Q_k = S_j/m_j on non-empty bins
+    (before normalising, ΣQ = Σ bins[0:i] = T_i); P has total T (all values).  Then
+    KL = (1/T) Σ_k P_k log P_k − log T + log T_i − (1/T) Σ_k P_k log Q_k, and
+    Σ_k P_k log Q_k = Σ_j S_j log(S_j/m_j) + tail · log Q_{i-1}, all from prefix sums.
+    KL is +inf where P_{i-1} > 0 but Q_{i-1} = 0 (bin i-1 empty, tail not).
+    """
+    bins = bins.copy()
+    bins[0] = bins[1]
+    n = bins.size
+    total = bins.sum()
+    cand = np.arange(NUM_LEVELS, n + 1)  # i
+    csum = np.concatenate([[0.0], np.cumsum(bins)])
+    cnz = np.concatenate([[0], np.cumsum(bins > 0)])
+    xlogx = np.where(bins > 0, bins * np.log(np.where(bins > 0, bins, 1.0)), 0.0)
+    cxlogx = np.concatenate([[0.0], np.cumsum(xlogx)])
+
+    # level j of candidate i holds bins k with ceil(j·i/128) <= k < ceil((j+1)·i/128)
+    j = np.arange(NUM_LEVELS + 1)
+    starts = (j[None, :] * cand[:, None] + NUM_LEVELS - 1) // NUM_LEVELS  # (C, 129)
+    S = csum[starts[:, 1:]] - csum[starts[:, :-1]]
+    m = cnz[starts[:, 1:]] - cnz[starts[:, :-1]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_log_q = np.where(S > 0, S * np.log(S / np.maximum(m, 1)), 0.0).sum(axis=1)
+    last = bins[cand - 1]
+    tail = total - csum[cand]
+    p_last = last + tail
+    # Σ P log P: bins[0:i-1] unchanged, bin i-1 carries the tail
+    plogp = cxlogx[cand - 1] + np.where(p_last > 0, p_last * np.log(np.maximum(p_last, 1e-300)), 0.0)
+    # Q at bin i-1: its level's mean over non-empty bins (0 if bin i-1 is empty)
+    q_last = np.where(last > 0, S[:, -1] / np.maximum(m[:, -1], 1), 0.0)
+    with np.errstate(divide="ignore"):
+        tail_term = np.where(tail > 0, tail * np.log(np.where(q_last > 0, q_last, 1.0)), 0.0)
+    t_i = csum[cand]
+    kl = plogp / total - math.log(total) + np.log(t_i) - (s_log_q + tail_term) / total
+    kl = np.where((tail > 0) & (last == 0), np.inf, kl)
+    best = np.flatnonzero(kl == kl.min())[-1]
+    return int(cand[best])
+
+
+def fake_quant(x: np.ndarray, amax) -> np.ndarray:
+    """Symmetric INT8 quantize→dequantize: clamp(round_half_even(x·127/amax), −128, 127)·amax/127."""
+    s = amax / QMAX
+    return np.clip(np.rint(x / s), -QMAX - 1, QMAX) * s
+
+
+def _mse_amax(bins: np.ndarray, width: float) -> float:
+    n = bins.size
+    centres = (np.arange(n) + 0.5) * width
+    best, best_err = centres[-1], math.inf
+    # candidates in chunks to keep the (candidates × bins) work array small (≤ 32 MB)
+    cands = centres[NUM_LEVELS:]
+    for lo in range(0, cands.size, 256):
+        c = cands[lo:lo + 256, None]
+        err = ((fake_quant(centres[None, :], c) - centres[None, :]) ** 2 * bins).sum(axis=1)
+        k = int(np.argmin(err))
+        if err[k] < best_err:
+            best, best_err = float(cands[lo + k]), float(err[k])
+    return best

@@ -1,0 +1,114 @@
+"""Streaming per-tensor statistics: min, max and a histogram of |x|.
+
+The histogram has ``NUM_BINS`` = 2048 bins of width ``w = 2**k`` covering ``[0, 2048·w)``;
+bin ``i`` counts the values with ``i·w <= |x| < (i+1)·w``.  ``k`` is the smallest integer with
+``max|x| < 2048·2**k`` over everything seen so far.  When a larger value arrives, the width
+doubles (adjacent pairs of bins merge) until it fits.  Because every bin edge of width ``2w`` is
+also an edge of width ``w``, merging gives exactly the histogram that width ``2w`` would have
+produced directly, so the final histogram depends only on the multiset of values seen: not on
+batch size, nor on sample order (unlike TensorRT's and pytorch-quantization's histograms, whose
+range is fixed by the first batch).  Memory per tensor is constant (2048 int64 counts).
+
+Dividing by a power of two is exact in binary floating point, so ``floor(|x| / w)`` assigns every
+value to the same bin whichever batch it arrived in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NUM_BINS = 2048
+
+# Smallest bin width: 2**-126 keeps |x|/w finite for float32 subnormals-free data and makes
+# tensors that are all zero still have a defined histogram.
+_MIN_EXP = -126
+
+
+def _double_width(hist: np.ndarray) -> np.ndarray:
+    """The same counts at twice the bin width: bins 2j and 2j+1 merge into bin j."""
+    merged = hist.reshape(NUM_BINS // 2, 2).sum(axis=1)
+    return np.concatenate([merged, np.zeros(NUM_BINS // 2, dtype=np.int64)])
+
+
+def _exponent_for(amax: float) -> int:
+    """Smallest k (>= _MIN_EXP) with amax < NUM_BINS · 2**k."""
+    if amax <= 0.0:
+        return _MIN_EXP
+    m, e = math.frexp(amax / NUM_BINS)  # amax/NUM_BINS = m·2**e, 0.5 <= m < 1 → value < 2**e
+    k = e
+    # amax/NUM_BINS < 2**e always; try one lower exponent in case m == 0.5 exactly (value = 2**(e-1)).
+    if amax < NUM_BINS * math.ldexp(1.0, k - 1):
+        k -= 1
+    return max(k, _MIN_EXP)
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor over all calibration samples.
+
+    ``hist[i]`` counts values with ``i·bin_width <= |x| < (i+1)·bin_width`` (units of the tensor).
+    """
+
+    name: str
+    count: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+    exp: int = _MIN_EXP
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BINS, dtype=np.int64))
+
+    @property
+    def bin_width(self) -> float:
+        return math.ldexp(1.0, self.exp)
+
+    @property
+    def amax(self) -> float:
+        """max |x| seen (0 before any data)."""
+        if self.count == 0:
+            return 0.0
+        return max(abs(self.min), abs(self.max))
+
+    def bin_edges(self) -> np.ndarray:
+        """The NUM_BINS + 1 bin edges, float64."""
+        return np.arange(NUM_BINS + 1, dtype=np.float64) * self.bin_width
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold a batch of values (any shape, float) into the statistics."""
+        if x.size == 0:
+            return
+        a = np.abs(x.reshape(-1))
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float32)
+        lo, hi = float(x.min()), float(x.max())
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += a.size
+        self._widen(self.amax)
+        idx = np.floor(a * np.float32(math.ldexp(1.0, -self.exp))).astype(np.int64)
+        # float32 products that round up onto NUM_BINS still belong to the last bin
+        np.minimum(idx, NUM_BINS - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=NUM_BINS)
+
+    def _widen(self, amax: float) -> None:
+        k = _exponent_for(amax)
+        while self.exp < k:
+            self.hist = _double_width(self.hist)
+            self.exp += 1
+
+    def merge(self, other: "TensorStats") -> None:
+        """Fold another TensorStats of the same tensor into this one (order-independent)."""
+        if other.count == 0:
+            return
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        self.count += other.count
+        self._widen(self.amax)
+        o = other.hist
+        for _ in range(self.exp - other.exp):
+            o = _double_width(o)
+        self.hist = self.hist + o
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "count": self.count, "min": self.min, "max": self.max,
+                "exp": self.exp, "hist": self.hist.tolist()}
