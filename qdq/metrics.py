@@ -24,6 +24,8 @@ class ErrorAccumulator:
     def add(self, ref: np.ndarray, q: np.ndarray) -> None:
         r = ref.astype(np.float64).ravel()
         d = q.astype(np.float64).ravel() - r
+        if not np.isfinite(d).all():  # NaN/Inf in the quantized output: infinitely bad, not NaN
+            self.noise = math.inf
         self.signal += float(r @ r)
         self.noise += float(d @ d)
         self.dot += float(r @ (r + d))

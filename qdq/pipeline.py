@@ -142,7 +142,8 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
     if target == "trt11":
         from .precision import cast_to_fp16
 
-        kept = cast_to_fp16(qmodel, cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()})
+        kept = cast_to_fp16(qmodel, cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()},
+                            {t for t in idx.dtypes if idx.is_float(t)})
         if kept:
             warnings.append(f"{len(kept)} tensors exceed the FP16 range and stay FP32: {', '.join(kept[:5])}"
                             + (" …" if len(kept) > 5 else ""))

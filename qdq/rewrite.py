@@ -18,8 +18,9 @@ from onnx import helper, numpy_helper
 from .placement import Placement
 from .ranges import QMAX
 
-# Smallest positive float16 (subnormal): FP16 scales below it would round to 0, which TensorRT rejects.
-FP16_MIN_SCALE = float(np.float16(2.0 ** -24))
+# Smallest normal float16.  Smaller FP16 scales are subnormal or round to 0: TensorRT rejects 0, and
+# ONNX Runtime's FP16 kernels turned subnormal weight scales into Inf outputs on EfficientNet-Lite0.
+FP16_MIN_SCALE = 2.0 ** -14
 
 
 @dataclass

