@@ -1,0 +1,108 @@
+"""Statistics and range methods against their published definitions."""
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qdq.ranges import _entropy_amax, compute_range, fake_quant
+from qdq.stats import NUM_BINS, TensorStats
+
+
+def _stats(chunks):
+    s = TensorStats("t")
+    for c in chunks:
+        s.update(c)
+    return s
+
+
+def _reference_entropy(hist):
+    """pytorch-quantization's _compute_amax_entropy, written out loop by loop."""
+    bins = hist.astype(np.float64).copy()
+    bins[0] = bins[1]
+    kls = []
+    for i in range(128, len(bins) + 1):
+        space = np.linspace(0, i, num=129)
+        dig = np.digitize(range(i), space) - 1
+        dig[bins[:i] == 0] = -1
+        levels = np.zeros(128)
+        for k, d in enumerate(dig):
+            if d != -1:
+                levels[d] += bins[k]
+        for key, n in Counter(dig).items():
+            if key != -1:
+                levels[key] /= n
+        q = np.array([levels[d] if d != -1 else 0.0 for d in dig])
+        p = bins[:i].copy()
+        p[-1] += bins[i:].sum()
+        p, q = p / p.sum(), q / q.sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kls.append(np.sum(np.where(p > 0, p * np.log(p / q), 0.0)))
+    kls = np.array(kls)
+    return 128 + len(kls) - 1 - int(np.argmin(kls[::-1]))
+
+
+@pytest.mark.parametrize("seed,scale,outlier", [(0, 1.0, 10.0), (1, 3.0, 30.0), (2, 0.2, 0.0)])
+def test_entropy_matches_the_loop_definition(seed, scale, outlier):
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.standard_normal(100_000) * scale, 0).astype(np.float32)
+    x[:3] = outlier
+    s = _stats([x])
+    n = int(np.flatnonzero(s.hist)[-1]) + 1
+    assert _entropy_amax(s.hist[:n].astype(np.float64)) == _reference_entropy(s.hist[:n])
+
+
+def test_histogram_is_independent_of_batching_and_order():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(60_000) * np.linspace(0.1, 40, 60_000)).astype(np.float32)
+    a = _stats([x])
+    b = _stats(np.array_split(x, 37))
+    c = _stats(np.array_split(x[rng.permutation(x.size)], 5)[::-1])
+    for other in (b, c):
+        assert other.exp == a.exp and np.array_equal(other.hist, a.hist)
+        assert (other.min, other.max) == (a.min, a.max)
+    merged = _stats(np.array_split(x, 2)[:1])
+    merged.merge(_stats(np.array_split(x, 2)[1:]))
+    assert np.array_equal(merged.hist, a.hist)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1e4, 1e4, width=32), min_size=1, max_size=300), st.integers(1, 7))
+def test_widening_equals_direct_histogram(values, parts):
+    x = np.asarray(values, np.float32)
+    s = _stats(np.array_split(x, parts))
+    w = s.bin_width
+    assert abs(x).max() < NUM_BINS * w
+    direct = np.bincount(np.minimum(np.floor(np.abs(x) / np.float32(w)).astype(np.int64), NUM_BINS - 1), minlength=NUM_BINS)
+    assert np.array_equal(direct, s.hist)
+    assert s.count == x.size
+
+
+def test_percentile_max_and_mse_against_brute_force():
+    rng = np.random.default_rng(4)
+    x = rng.laplace(size=200_000).astype(np.float32)
+    s = _stats([x])
+    assert compute_range(s, "max").amax == pytest.approx(np.abs(x).max())
+    r = compute_range(s, "percentile", 99.0)
+    # the amax is the first bin edge at which at least 99 % of |x| lie below
+    assert np.mean(np.abs(x) < r.amax) >= 0.99 - 1e-9
+    assert np.mean(np.abs(x) < r.amax - s.bin_width) < 0.99
+    assert r.clipped == pytest.approx(np.mean(np.abs(x) >= r.amax), abs=2e-3)
+    mse = compute_range(s, "mse").amax
+    errs = {c: np.mean((fake_quant(x, c) - x) ** 2) for c in (mse * 0.8, mse, mse * 1.25)}
+    assert errs[mse] <= min(errs.values()) * 1.01
+
+
+def test_fake_quant_rounds_half_to_even_and_saturates():
+    amax = 127.0  # scale 1
+    x = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 200.0, -200.0])
+    assert fake_quant(x, amax).tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, 127.0, -128.0]
+
+
+def test_all_zero_tensor_gives_zero_amax():
+    s = _stats([np.zeros(1000, np.float32)])
+    for m in ("max", "entropy", "percentile", "mse"):
+        assert compute_range(s, m).amax == 0.0
+    assert math.isfinite(s.bin_width)
