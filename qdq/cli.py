@@ -94,6 +94,7 @@ def cmd_quantize(args) -> int:
     from .pipeline import quantize, write_ranges
     from .report import print_summary, summary_json
 
+    # refuse before a long calibration, not after it (save_model checks again when writing)
     if args.output.exists() and not args.overwrite:
         raise QdqError(f"{args.output}: already exists; pass --overwrite or choose another output path")
     if args.model.exists() and args.output.exists() and args.model.resolve() == args.output.resolve():

@@ -261,11 +261,13 @@ def batches(dataset, batch_size: int):
     for src, feed in dataset:
         if pending and any(feed[k].shape[1:] != pending[0][k].shape[1:] for k in feed):
             yield flush()
-            pending.clear(), sources.clear()
+            pending.clear()
+            sources.clear()
         pending.append(feed)
         sources.append(src)
         if len(pending) >= batch_size:
             yield flush()
-            pending.clear(), sources.clear()
+            pending.clear()
+            sources.clear()
     if pending:
         yield flush()

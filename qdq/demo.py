@@ -38,7 +38,7 @@ def run_demo(out_dir=None, method: str = "entropy", as_json: bool = False, quiet
     from . import zoo
     from .calibrate import run_session, session_for
     from .metrics import ErrorAccumulator
-    from .modelio import save_model
+    from .modelio import load_model, save_model
     from .pipeline import quantize
     from .report import print_summary
 
@@ -52,7 +52,7 @@ def run_demo(out_dir=None, method: str = "entropy", as_json: bool = False, quiet
     result.summary.output = str(target)
 
     # held-out check: pooled SQNR of the probability map, INT8 vs FP32, in ONNX Runtime
-    ref_sess = session_for(result.model.__class__.FromString(model_path.read_bytes()))
+    ref_sess = session_for(load_model(model_path))
     q_sess = session_for(result.model)
     acc = ErrorAccumulator()
     inputs = model_inputs(result.model)

@@ -158,7 +158,7 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
     summary = Summary(
         model=source, target=target, method=method, opset=opset_of(qmodel), samples=cal.samples,
         quantized_layers=plan.quantized_layers,
-        weighted_layers=len(plan.quantized_layers) + sum(1 for s in plan.skipped),
+        weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
         skipped=[{"node": n, "op": op, "reason": why} for n, op, why in plan.skipped],
         activations={t: {"amax": r.amax, "scale": r.scale, "method": r.method, "clipped": r.clipped,
                          "reason": plan.reasons.get(t, "")} for t, r in ranges.items()},
