@@ -69,10 +69,6 @@ class TensorStats:
             return 0.0
         return max(abs(self.min), abs(self.max))
 
-    def bin_edges(self) -> np.ndarray:
-        """The NUM_BINS + 1 bin edges, float64."""
-        return np.arange(NUM_BINS + 1, dtype=np.float64) * self.bin_width
-
     def update(self, x: np.ndarray) -> None:
         """Fold a batch of values (any shape, float) into the statistics."""
         if x.size == 0:
@@ -108,7 +104,3 @@ class TensorStats:
         for _ in range(self.exp - other.exp):
             o = _double_width(o)
         self.hist = self.hist + o
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "count": self.count, "min": self.min, "max": self.max,
-                "exp": self.exp, "hist": self.hist.tolist()}

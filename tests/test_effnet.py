@@ -5,7 +5,7 @@ import pytest
 
 from qdq.calibrate import run_session, session_for
 from qdq.data import Dataset, model_inputs
-from qdq.metrics import ErrorAccumulator
+from qdq.metrics import sqnr_db
 from qdq.pipeline import quantize
 from tools.compare_ort import ort_quantize
 
@@ -27,12 +27,6 @@ def quantized(effnet):
             for m in ("entropy", "percentile", "mse", "max")}
 
 
-def _sqnr(ref, q):
-    acc = ErrorAccumulator()
-    acc.add(ref, q)
-    return acc.sqnr_db
-
-
 def test_sets_are_real_and_disjoint(effnet):
     calib = {p.name for p in effnet.calib.glob("*.png")}
     val = {p.name for p in effnet.val.glob("*.png")}
@@ -49,14 +43,14 @@ def test_int8_top1_agrees_with_fp32(effnet, reference, quantized, method):
     assert confident.sum() >= 20
     assert agree[confident].mean() >= 0.95, (method, agree[confident].mean())
     assert agree.mean() >= 0.75, (method, agree.mean())
-    assert _sqnr(reference, q) >= 14.0
+    assert sqnr_db(reference, q) >= 14.0
     assert quantized[method].summary.samples == 64
 
 
 def test_sqnr_at_least_onnxruntime_quantize_static(effnet, reference, quantized):
-    ours = max(_sqnr(reference, _logits(r.model, effnet)) for r in quantized.values())
-    default = _sqnr(reference, _logits(quantized["entropy"].model, effnet))
-    theirs = {m: _sqnr(reference, _logits(ort_quantize(effnet.model, effnet.calib, effnet.preprocess, m), effnet))
+    ours = max(sqnr_db(reference, _logits(r.model, effnet)) for r in quantized.values())
+    default = sqnr_db(reference, _logits(quantized["entropy"].model, effnet))
+    theirs = {m: sqnr_db(reference, _logits(ort_quantize(effnet.model, effnet.calib, effnet.preprocess, m), effnet))
               for m in ("MinMax", "Percentile")}
     print(f"qdq best {ours:.2f} dB, qdq entropy {default:.2f} dB, onnxruntime {theirs}")
     assert ours >= max(theirs.values())

@@ -1,7 +1,5 @@
 """TensorRT acceptance: every quantized real model parses and builds with TensorRT-RTX on CPU,
 and files that break TensorRT's Q/DQ rules are rejected by the same check."""
-import shutil
-import tempfile
 
 import numpy as np
 import onnx
@@ -10,7 +8,6 @@ import pytest
 from qdq.pipeline import quantize
 from qdq.trt_check import check_model
 
-SHAPES = {"x": None, "input_ids": (1, 32), "attention_mask": (1, 32)}
 CASES = [("effnet", "trt10"), ("effnet", "trt11"), ("ppocr_det", "trt10"), ("ppocr_det", "trt8"),
          ("ppocr_det", "trt11"), ("ppocr_rec", "trt10"), ("ddddocr_det", "trt10"), ("minilm", "trt10")]
 
