@@ -81,6 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
     _add_preprocess(q)
 
+    c = sub.add_parser("compare", help="measure the quantized model against the float or FP16 model, layer by layer")
+    io = c.add_argument_group("models and data")
+    io.add_argument("float_model", type=Path, help="the float ONNX model")
+    io.add_argument("quant_model", type=Path, help="its Q/DQ version")
+    io.add_argument("--data", type=Path, required=True, help="inputs, as for quantize --calib")
+    io.add_argument("--limit", type=int, help="use at most this many samples")
+    io.add_argument("--batch-size", type=int, default=1)
+    an = c.add_argument_group("analysis")
+    an.add_argument("--reference", choices=("fp32", "fp16"), default="fp32",
+                    help="fp16: the FP16 cast of the float model (what a TensorRT FP16 engine computes)")
+    an.add_argument("--layerwise", action="store_true", help="compare every tensor that carries a Q/DQ")
+    an.add_argument("--threshold-db", type=float, default=20.0, help="name the first tensor below this accumulated SQNR")
+    an.add_argument("--no-budget", action="store_true", help="skip the weights-only / activations-only runs")
+    an.add_argument("--fail-below-db", type=float, help="exit code 1 when an output's SQNR is below this")
+    rep = c.add_argument_group("reporting")
+    rep.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write the result as JSON (stdout if no path)")
+    rep.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+    rep.add_argument("-q", "--quiet", action="store_true")
+    _add_preprocess(c)
+
     d = sub.add_parser("demo", help="quantize PP-OCRv4's text detector on real text images (no arguments needed)")
     d.add_argument("--out-dir", type=Path, help="where to write (default: the qdq cache folder)")
     d.add_argument("--method", choices=METHODS, default="entropy")
@@ -115,6 +135,35 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import json
+
+    from .compare import compare
+    from .modelio import atomic_write_text
+    from .report import print_compare
+
+    result = compare(args.float_model, args.quant_model, args.data, reference=args.reference,
+                     layerwise=args.layerwise, threshold_db=args.threshold_db, budget=not args.no_budget,
+                     preprocess=_preprocess(args), limit=args.limit, batch_size=args.batch_size,
+                     quiet=args.quiet or args.json == "-")
+    if args.json == "-":
+        print(json.dumps(result.to_dict(), indent=1))
+    elif args.json:
+        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1))
+    if args.report:
+        from .html_report import render
+
+        atomic_write_text(args.report, render(result, args.float_model.name, args.quant_model.name))
+    if args.json != "-" and not args.quiet:
+        print_compare(result)
+    if args.fail_below_db is not None:
+        low = [o.name for o in result.outputs if o.metrics["sqnr_db"] < args.fail_below_db]
+        if low:
+            print(f"qdq: outputs below {args.fail_below_db:g} dB: {', '.join(low)}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -125,7 +174,7 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return {"quantize": cmd_quantize, "demo": cmd_demo}[args.command](args)
+        return {"quantize": cmd_quantize, "compare": cmd_compare, "demo": cmd_demo}[args.command](args)
     except QdqError as e:
         if args.debug:
             raise

@@ -7,44 +7,83 @@ import numpy as np
 
 
 class ErrorAccumulator:
-    """Pools signal and noise over samples: SQNR = 10·log10(Σ‖ref‖² / Σ‖q − ref‖²) dB.
+    """Pools sums over samples; every metric is over all values of all samples seen.
 
-    Pooling (rather than averaging per-sample SQNR) keeps samples whose reference is near zero
-    from dominating; also tracks cosine similarity of the concatenated outputs and max |q − ref|.
+    * SQNR = 10·log10(Σ‖ref‖² / Σ‖q − ref‖²) dB (pooling keeps samples whose reference is near zero
+      from dominating, as a mean of per-sample SQNR would);
+    * cosine of the concatenated outputs; max and mean |q − ref|;
+    * bias = mean(q − ref) / std(ref): a shift, in units of the reference's spread;
+    * gain = cov(ref, q) / var(ref): the least-squares slope of q on ref (1 = no scaling error).
     """
 
     def __init__(self):
-        self.signal = 0.0
-        self.noise = 0.0
-        self.dot = 0.0
-        self.q_energy = 0.0
+        self.n = 0
+        self.s_r = self.s_q = self.s_rr = self.s_qq = self.s_rq = 0.0
+        self.s_abs = self.noise = 0.0
         self.max_abs = 0.0
-        self.count = 0
+        self.finite = True
 
     def add(self, ref: np.ndarray, q: np.ndarray) -> None:
         r = ref.astype(np.float64).ravel()
-        d = q.astype(np.float64).ravel() - r
-        if not np.isfinite(d).all():  # NaN/Inf in the quantized output: infinitely bad, not NaN
-            self.noise = math.inf
-        self.signal += float(r @ r)
+        qq = q.astype(np.float64).ravel()
+        if r.size == 0:
+            return
+        if not np.isfinite(qq).all():  # NaN/Inf in the quantized output: infinitely bad, not NaN
+            self.finite = False
+            qq = np.nan_to_num(qq, nan=0.0, posinf=0.0, neginf=0.0)
+        d = qq - r
+        self.n += r.size
+        self.s_r += float(r.sum())
+        self.s_q += float(qq.sum())
+        self.s_rr += float(r @ r)
+        self.s_qq += float(qq @ qq)
+        self.s_rq += float(r @ qq)
         self.noise += float(d @ d)
-        self.dot += float(r @ (r + d))
-        self.q_energy += float((r + d) @ (r + d))
-        self.max_abs = max(self.max_abs, float(np.abs(d).max()) if d.size else 0.0)
-        self.count += r.size
+        self.s_abs += float(np.abs(d).sum())
+        self.max_abs = max(self.max_abs, float(np.abs(d).max()))
 
     @property
     def sqnr_db(self) -> float:
+        if not self.finite:
+            return -math.inf
         if self.noise == 0.0:
             return math.inf
-        if self.signal == 0.0:
+        if self.s_rr == 0.0:
             return -math.inf
-        return 10.0 * math.log10(self.signal / self.noise)
+        return 10.0 * math.log10(self.s_rr / self.noise)
 
     @property
     def cosine(self) -> float:
-        den = math.sqrt(self.signal * self.q_energy)
-        return self.dot / den if den else 1.0
+        den = math.sqrt(self.s_rr * self.s_qq)
+        return self.s_rq / den if den else 1.0
+
+    @property
+    def mean_abs(self) -> float:
+        return self.s_abs / self.n if self.n else 0.0
+
+    def _var_ref(self) -> float:
+        m = self.s_r / self.n
+        return max(self.s_rr / self.n - m * m, 0.0)
+
+    @property
+    def bias(self) -> float:
+        if not self.n:
+            return 0.0
+        std = math.sqrt(self._var_ref())
+        shift = (self.s_q - self.s_r) / self.n
+        return shift / std if std else (0.0 if shift == 0 else math.copysign(math.inf, shift))
+
+    @property
+    def gain(self) -> float:
+        if not self.n:
+            return 1.0
+        var = self._var_ref()
+        cov = self.s_rq / self.n - (self.s_r / self.n) * (self.s_q / self.n)
+        return cov / var if var else 1.0
+
+    def to_dict(self) -> dict:
+        return {"sqnr_db": self.sqnr_db, "cosine": self.cosine, "max_abs": self.max_abs,
+                "mean_abs": self.mean_abs, "bias": self.bias, "gain": self.gain, "values": self.n}
 
 
 def sqnr_db(ref: np.ndarray, q: np.ndarray) -> float:

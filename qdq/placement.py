@@ -116,7 +116,7 @@ def _skip_reason(idx: GraphIndex, node, weight: np.ndarray | None) -> str | None
     b_shape = list(weight.shape) if weight is not None else _dims(idx, node.input[1])
     if op == "Gemm":
         trans_a, trans_b = _attr(node, "transA", 0), _attr(node, "transB", 0)
-        m = a_shape[1 - trans_a] if a_shape and len(a_shape) == 2 else None
+        m = a_shape[trans_a] if a_shape and len(a_shape) == 2 else None  # A is (M, K), or (K, M) if transA
         n = b_shape[1 - trans_b] if b_shape and len(b_shape) == 2 else None
         k = b_shape[trans_b] if b_shape and len(b_shape) == 2 else None
     else:

@@ -39,3 +39,48 @@ def print_summary(summary, top: int = 12, file=None) -> None:
         con.print(f"[yellow]warning:[/yellow] {w}")
     if summary.output:
         con.print(f"wrote [bold]{summary.output}[/bold]")
+
+
+def _db(v: float) -> str:
+    return "inf" if v == float("inf") else ("-inf" if v == float("-inf") else f"{v:.2f}")
+
+
+def print_compare(result, top: int = 15, file=None) -> None:
+    """Output metrics, the loss budget and the worst Q/DQ tensors (most SQNR removed first)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(file=file or sys.stdout)
+    t = Table(title=f"outputs vs {result.reference.upper()} ({result.samples} samples)", title_justify="left")
+    for col in ("output", "SQNR dB", "cosine", "max|err|", "mean|err|", "bias", "gain", "top-1", "top-5"):
+        t.add_column(col, justify="left" if col == "output" else "right")
+    if result.reference == "fp16":
+        t.add_column("FP16 vs FP32 dB", justify="right")
+    for o in result.outputs:
+        m = o.metrics
+        row = [o.name, _db(m["sqnr_db"]), f"{m['cosine']:.5f}", f"{m['max_abs']:.4g}", f"{m['mean_abs']:.4g}",
+               f"{m['bias']:+.4f}", f"{m['gain']:.4f}", "" if o.top1 is None else f"{o.top1:.1%}",
+               "" if o.top5 is None else f"{o.top5:.1%}"]
+        if result.reference == "fp16":
+            row.append(_db(o.fp16_vs_fp32["sqnr_db"]))
+        t.add_row(*row)
+    con.print(t)
+    if result.budget:
+        b = Table(title="where the loss lives (output SQNR dB)", title_justify="left")
+        for col in ("output", "weights only", "activations only", "both"):
+            b.add_column(col, justify="left" if col == "output" else "right")
+        for o in result.outputs:
+            b.add_row(o.name, *(_db(result.budget[k][o.name]) for k in ("weights_only", "activations_only", "both")))
+        con.print(b)
+    if result.layers:
+        by_name = {r.tensor: r for r in result.layers}
+        w = Table(title=f"Q/DQ tensors, most SQNR removed by their own range first (top {top})", title_justify="left")
+        for col in ("tensor", "local dB", "accumulated dB", "amax", "clipped", "levels used"):
+            w.add_column(col, justify="left" if col == "tensor" else "right")
+        for name in result.ranked[:top]:
+            r = by_name[name]
+            w.add_row(name, _db(r.local_sqnr_db), _db(r.accumulated_sqnr_db), f"{r.amax:.4g}", f"{r.clipped:.3%}",
+                      f"{r.levels_used:.0%}")
+        con.print(w)
+        if result.first_below:
+            con.print(f"first tensor below {result.threshold_db:g} dB (accumulated): [bold]{result.first_below}[/bold]")

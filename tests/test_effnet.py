@@ -83,3 +83,5 @@ def test_written_model_is_readable_in_netron(quantized):
     # no graph output is quantized, and the stem conv (3 input channels) stays float
     assert all(producers[o.name].op_type != "DequantizeLinear" for o in g.output)
     assert any("3 input" in s["reason"] for s in r.summary.skipped)
+    # the classifier Gemm at batch 1 is a GEMV: float, with the reason
+    assert [s["node"] for s in r.summary.skipped if "GEMV" in s["reason"]] == ["/fc/Gemm"]

