@@ -12,6 +12,9 @@ def __getattr__(name):
     if name in ("quantize", "QuantizeResult", "Summary"):
         from . import pipeline as _q
         return getattr(_q, name)
+    if name in ("compare", "CompareResult"):
+        from . import comparison as _c
+        return getattr(_c, name)
     if name == "save_model":
         from .modelio import save_model
         return save_model

@@ -138,7 +138,7 @@ def cmd_quantize(args) -> int:
 def cmd_compare(args) -> int:
     import json
 
-    from .compare import compare
+    from .comparison import compare
     from .modelio import atomic_write_text
     from .report import print_compare
 

@@ -82,7 +82,7 @@ def _histogram(r, width=340, height=140) -> str:
 
 
 def render(result, float_name: str, quant_name: str, worst: int = 6) -> str:
-    """The report of :class:`qdq.compare.CompareResult` as one HTML document."""
+    """The report of :class:`qdq.comparison.CompareResult` as one HTML document."""
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>qdq compare</title><style>{_CSS}</style></head><body>",
            f"<h1>{_e(quant_name)} vs {_e(float_name)}</h1>",
            f"<p class='note'>reference: {result.reference.upper()}, {result.samples} samples. SQNR = 10·log10(Σ‖ref‖²/Σ‖q−ref‖²); "

@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from qdq.calibrate import run_session, session_for
-from qdq.compare import activations_only, compare, weights_only
+from qdq.comparison import activations_only, compare, weights_only
 from qdq.data import Dataset, model_inputs
 from qdq.html_report import render
 from qdq.pipeline import quantize
@@ -30,7 +30,7 @@ def det_q(ppocr_det):
 
 def _plant(model, ratio=5.0):
     """Hand-set range: the tensor with the largest amax gets amax/ratio (like ±10 on values reaching 50)."""
-    from qdq.compare import qdq_sites
+    from qdq.comparison import qdq_sites
 
     site = max(qdq_sites(model), key=lambda s: s.amax)
     m = onnx.ModelProto()
