@@ -63,8 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     io.add_argument("--ranges-out", type=Path, help="write tensor → amax/method/clipped JSON here")
     cal = q.add_argument_group("calibration")
-    cal.add_argument("--calib", type=Path, required=True,
+    cal.add_argument("--calib", type=Path,
                      help="folder of .npz or images, a .npz (stacked on axis 0) or a .npy")
+    cal.add_argument("--ranges", type=Path, metavar="FILE",
+                     help="your ranges: JSON, a TensorRT calibration cache or an ONNX Runtime calibration table; "
+                          "they win over calibration, which covers the rest")
+    cal.add_argument("--force-ranges", action="store_true",
+                     help="apply --ranges also to tensors the placement rules would leave in float")
     cal.add_argument("--method", choices=METHODS, default="entropy")
     cal.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     cal.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (ranges do not depend on it)")
@@ -101,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-q", "--quiet", action="store_true")
     _add_preprocess(c)
 
+    r = sub.add_parser("ranges", help="export a Q/DQ model's ranges (TensorRT cache or JSON), or diff two")
+    r.add_argument("sources", type=Path, nargs="+", metavar="FILE",
+                   help="one Q/DQ model to export, or two (Q/DQ models or ranges files) to diff")
+    r.add_argument("--to", choices=("trt-cache", "json"), help="export format")
+    r.add_argument("-o", "--output", type=Path, help="file to write (stdout if omitted)")
+    r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--trt-version", type=int, default=8601, help="version in the cache header (default 8601 = 8.6.1)")
+    r.add_argument("--ratio", type=float, default=1.1, help="diff: list tensors whose amax differ by more than this ratio")
+    r.add_argument("--json", action="store_true", help="diff as JSON")
+
+    i = sub.add_parser("inspect", help="list a Q/DQ model's pairs, its INT8 coverage and TensorRT lint")
+    i.add_argument("model", type=Path)
+    i.add_argument("--target", choices=tuple(TARGETS), help="also check opset and scale dtype for this TensorRT")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--netron", action="store_true", help="serve the file in Netron on localhost (pip install netron)")
+    i.add_argument("--port", type=int, default=8080, help="Netron's port")
+
     d = sub.add_parser("demo", help="quantize PP-OCRv4's text detector on real text images (no arguments needed)")
     d.add_argument("--out-dir", type=Path, help="where to write (default: the qdq cache folder)")
     d.add_argument("--method", choices=METHODS, default="entropy")
@@ -123,7 +145,7 @@ def cmd_quantize(args) -> int:
                       batch_size=args.batch_size, target=args.target, exclude=args.exclude,
                       preprocess=_preprocess(args), limit=args.limit,
                       providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else None,
-                      quiet=args.quiet or args.json)
+                      quiet=args.quiet or args.json, ranges=args.ranges, force_ranges=args.force_ranges)
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
     if args.ranges_out:
@@ -164,6 +186,92 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _ranges_of(path: Path) -> dict:
+    from .inspection import model_ranges
+    from .modelio import load_model
+    from .range_files import read_ranges
+
+    if path.suffix == ".onnx":
+        return model_ranges(load_model(path))
+    return read_ranges(path).amax
+
+
+def cmd_ranges(args) -> int:
+    import json
+
+    from .modelio import atomic_write_text
+    from .range_files import qdq_json_text, trt_cache_text
+
+    if len(args.sources) == 1:
+        if not args.to:
+            raise QdqError("pass --to trt-cache or --to json to export, or two files to diff")
+        amax = _ranges_of(args.sources[0])
+        if not amax:
+            raise QdqError(f"{args.sources[0]}: no activation Q/DQ found; is this a quantized model?")
+        from .ranges import QMAX
+
+        text = (trt_cache_text({t: a / QMAX for t, a in amax.items()}, args.trt_version) if args.to == "trt-cache"
+                else qdq_json_text(amax, "exported"))
+        if args.output:
+            atomic_write_text(args.output, text, overwrite=args.overwrite)
+        else:
+            sys.stdout.write(text)
+        return 0
+    if len(args.sources) != 2:
+        raise QdqError("give one file to export or two to diff")
+    a, b = (_ranges_of(p) for p in args.sources)
+    rows = []
+    for t in sorted(set(a) | set(b)):
+        x, y = a.get(t), b.get(t)
+        ratio = (max(x, y) / min(x, y) if min(x, y) > 0 else float("inf")) if x is not None and y is not None else None
+        if ratio is None or ratio > args.ratio:
+            rows.append({"tensor": t, "a": x, "b": y, "ratio": ratio})
+    if args.json:
+        print(json.dumps({"a": str(args.sources[0]), "b": str(args.sources[1]), "ratio": args.ratio, "differ": rows},
+                         indent=1, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"amax differing by more than ×{args.ratio:g} ({len(rows)} of {len(set(a) | set(b))})",
+              title_justify="left")
+    for col in ("tensor", "A", "B", "ratio"):
+        t.add_column(col, justify="left" if col == "tensor" else "right")
+    for r in sorted(rows, key=lambda r: -(r["ratio"] or float("inf"))):
+        t.add_row(r["tensor"], "–" if r["a"] is None else f"{r['a']:.5g}", "–" if r["b"] is None else f"{r['b']:.5g}",
+                  "only in one" if r["ratio"] is None else f"{r['ratio']:.3g}")
+    Console().print(t)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import json
+
+    from .inspection import RULES, inspect_model
+    from .modelio import load_model
+
+    model = load_model(args.model)
+    ins = inspect_model(model, args.target)
+    if args.json:
+        print(json.dumps(ins.to_dict(), indent=1))
+    else:
+        from .report import print_inspection
+
+        print_inspection(ins, RULES)
+    if args.netron:
+        try:
+            import netron
+        except ImportError:
+            raise QdqError("Netron is not installed: pip install netron") from None
+        netron.start(str(args.model), address=("localhost", args.port), browse=False)
+        print(f"Netron serves {args.model} at http://localhost:{args.port}/ (Ctrl-C to stop)", flush=True)
+        try:
+            netron.wait()
+        except KeyboardInterrupt:
+            netron.stop()
+    return 1 if ins.errors else 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -174,7 +282,9 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return {"quantize": cmd_quantize, "compare": cmd_compare, "demo": cmd_demo}[args.command](args)
+        commands = {"quantize": cmd_quantize, "compare": cmd_compare, "ranges": cmd_ranges, "inspect": cmd_inspect,
+                    "demo": cmd_demo}
+        return commands[args.command](args)
     except QdqError as e:
         if args.debug:
             raise

@@ -27,26 +27,12 @@ from .calibrate import calibrate, run_session, session_for
 from .data import Dataset, Preprocess, batches, model_inputs
 from .errors import QdqError
 from .graph import GraphIndex
+from .inspection import QdqSite, qdq_sites
 from .metrics import ErrorAccumulator
 from .modelio import load_model
 from .progress import progress
 from .ranges import QMAX
 from .stats import TensorStats
-
-
-@dataclass
-class QdqSite:
-    """An activation QuantizeLinear: the tensor it reads, its scale and where it sits."""
-
-    tensor: str
-    scale: float
-    node: str
-    consumers: list
-    position: int
-
-    @property
-    def amax(self) -> float:
-        return self.scale * QMAX
 
 
 @dataclass
@@ -101,27 +87,6 @@ def _finite(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None if math.isnan(x) else math.copysign(999.0, x)
     return x
-
-
-def _const(idx: GraphIndex, name: str):
-    v = idx.constant(name)
-    return None if v is None else np.asarray(v)
-
-
-def qdq_sites(model: onnx.ModelProto) -> list[QdqSite]:
-    """Activation Q/DQ pairs of ``model`` (QuantizeLinear reading a non-constant tensor)."""
-    idx = GraphIndex.build(model, infer_shapes=False)
-    sites = []
-    for pos, n in enumerate(model.graph.node):
-        if n.op_type != "QuantizeLinear" or idx.constant(n.input[0]) is not None:
-            continue
-        scale = _const(idx, n.input[1])
-        if scale is None or scale.size != 1:
-            continue
-        users = [c.name for q_out in n.output for dq, _ in idx.consumers.get(q_out, [])
-                 for dq_out in dq.output for c, _ in idx.consumers.get(dq_out, [])]
-        sites.append(QdqSite(n.input[0], float(scale.reshape(-1)[0]), n.name, users, pos))
-    return sites
 
 
 def _bypass(model: onnx.ModelProto, replace) -> onnx.ModelProto:

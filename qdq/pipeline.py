@@ -21,6 +21,7 @@ from .errors import QdqError
 from .graph import GraphIndex
 from .modelio import atomic_write_text, convert_opset, load_model, opset_of
 from .placement import Placement, place
+from .range_files import RangeFile, read_ranges
 from .ranges import METHODS, Range, clipped_fraction, compute_range
 from .rewrite import insert_qdq, set_metadata
 
@@ -51,6 +52,7 @@ class Summary:
     weights: dict                      # tensor -> {"axis", "amax_max"}
     warnings: list = field(default_factory=list)
     output: str | None = None
+    ranges_import: dict | None = None   # what an imported ranges file applied, and what it could not
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,9 +92,13 @@ def prepare(model, target: str = "trt10", source: str = "model") -> onnx.ModelPr
 
 def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 99.99, batch_size: int = 1,
              target: str = "trt10", exclude=(), preprocess: Preprocess | None = None, limit: int | None = None,
-             providers=None, quiet: bool = False) -> QuantizeResult:
+             providers=None, quiet: bool = False, ranges=None, force_ranges: bool = False) -> QuantizeResult:
     """Calibrate ``model`` (path or ModelProto) on ``calib`` (path, see :class:`qdq.data.Dataset`)
-    and return the Q/DQ model with its summary.  Nothing is written to disk."""
+    and return the Q/DQ model with its summary.  Nothing is written to disk.
+
+    ``ranges`` (a path or :class:`qdq.range_files.RangeFile`) supplies amax values that win over
+    calibration; tensors it does not cover are calibrated on ``calib``.  With ``force_ranges`` its
+    tensors get Q/DQ even where the placement rules would not put one."""
     if method not in METHODS:
         raise QdqError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if batch_size < 1:
@@ -109,27 +115,46 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
     if not plan.activations:
         raise QdqError(f"{source}: no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul with float inputs"
                        f"{' left after --exclude' if exclude else ''})")
-    if calib is None:
-        raise QdqError("no calibration data: pass --calib DATA")
-    inputs = model_inputs(float_model)
-    dataset = Dataset(calib, inputs, preprocess or Preprocess(), limit=limit)
-    if any(s.shape and s.shape[0] is not None and s.shape[0] < batch_size for s in inputs):
-        batch_size = 1  # a fixed batch dim: run one sample at a time
-    range_only = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants] if target == "trt11" else ()
-    cal = calibrate(float_model, dataset, plan.activations, range_only, batch_size, providers, quiet)
+    imported = None
+    if ranges is not None:
+        imported = ranges if isinstance(ranges, RangeFile) else read_ranges(ranges)
+        if force_ranges:
+            _force(idx, plan, imported)
+    missing = [t for t in plan.activations if imported is None or t not in imported.amax]
+    if missing and calib is None:
+        raise QdqError(f"no range for {len(missing)} tensors (e.g. {missing[0]!r})"
+                       + (f" in {imported.path}" if imported else "") + ": pass --calib DATA to calibrate them")
+    cal = Calibration()
+    if calib is not None:
+        inputs = model_inputs(float_model)
+        dataset = Dataset(calib, inputs, preprocess or Preprocess(), limit=limit)
+        if any(s.shape and s.shape[0] is not None and s.shape[0] < batch_size for s in inputs):
+            batch_size = 1  # a fixed batch dim: run one sample at a time
+        range_only = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants] if target == "trt11" else ()
+        cal = calibrate(float_model, dataset, plan.activations, range_only, batch_size, providers, quiet)
 
-    ranges = {t: compute_range(cal.stats[t], method, percentile) for t in plan.activations}
+    ranges = {}
+    for t in plan.activations:
+        if imported is not None and t in imported.amax:
+            a = imported.amax[t]
+            ranges[t] = Range(a, f"imported ({imported.kind})", clipped_fraction(cal.stats[t], a) if t in cal.stats else None)
+        else:
+            ranges[t] = compute_range(cal.stats[t], method, percentile)
     for group in plan.groups:
         shared = max(ranges[t].amax for t in group)
         for t in group:
             r = ranges[t]
-            ranges[t] = Range(amax=shared, method=f"{r.method} (shared)", clipped=clipped_fraction(cal.stats[t], shared))
+            clipped = clipped_fraction(cal.stats[t], shared) if t in cal.stats else None
+            ranges[t] = Range(amax=shared, method=f"{r.method} (shared)", clipped=clipped)
     for t, r in ranges.items():
-        st = cal.stats[t]
+        st = cal.stats.get(t)
         if r.amax == 0.0:
-            warnings.append(f"tensor {t!r} is all zero on the calibration data; given scale 1")
-        elif st.min == st.max:
+            warnings.append(f"tensor {t!r} has a zero range; given scale 1")
+        elif st is not None and st.min == st.max:
             warnings.append(f"tensor {t!r} is constant ({st.min:g}) on the calibration data")
+    if imported is not None and imported.asymmetric:
+        warnings.append(f"{len(imported.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
+                        + ", ".join(imported.asymmetric[:5]) + (" …" if len(imported.asymmetric) > 5 else ""))
 
     qmodel = copy.deepcopy(float_model)
     scale_dtype = TARGETS[target][2]
@@ -142,12 +167,15 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
     if target == "trt11":
         from .precision import cast_to_fp16
 
+        if calib is None:
+            warnings.append("no calibration data: FP16 overflow of the remainder was not checked")
         kept = cast_to_fp16(qmodel, cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()},
                             {t for t in idx.dtypes if idx.is_float(t)})
         if kept:
             warnings.append(f"{len(kept)} tensors exceed the FP16 range and stay FP32: {', '.join(kept[:5])}"
                             + (" …" if len(kept) > 5 else ""))
-    set_metadata(qmodel, {"qdq_version": __version__, "qdq_method": method, "qdq_samples": cal.samples,
+    set_metadata(qmodel, {"qdq_version": __version__, "qdq_method": method if calib is not None else "imported",
+                          "qdq_samples": cal.samples,
                           "qdq_target": target, "qdq_percentile": percentile if method == "percentile" else ""})
     try:
         onnx.checker.check_model(qmodel)
@@ -156,6 +184,7 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
                        "please report it with the model") from None
 
     summary = Summary(
+        ranges_import=_import_report(imported, plan, idx),
         model=source, target=target, method=method, opset=opset_of(qmodel), samples=cal.samples,
         quantized_layers=plan.quantized_layers,
         weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
@@ -166,6 +195,26 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
                  for w, s in plan.weights.items()},
         warnings=warnings)
     return QuantizeResult(qmodel, summary, ranges, plan, cal)
+
+
+def _force(idx: GraphIndex, plan: Placement, imported: RangeFile) -> None:
+    """``--force-ranges``: Q/DQ on every float consumer of each imported tensor placement skipped."""
+    for t in imported.amax:
+        if t in plan.activations or t in idx.constants or not idx.is_float(t):
+            continue
+        for node, i in idx.consumers.get(t, []):
+            plan.add(t, node.name, i, "range forced by --force-ranges")
+
+
+def _import_report(imported: RangeFile | None, plan: Placement, idx: GraphIndex) -> dict | None:
+    if imported is None:
+        return None
+    known = set(idx.dtypes) | set(idx.producer) | set(idx.inputs)
+    applied = [t for t in imported.amax if t in plan.activations]
+    return {"file": imported.path, "kind": imported.kind, "header": imported.header, "applied": len(applied),
+            "unused": sorted(t for t in imported.amax if t in known and t not in plan.activations),
+            "not_in_model": sorted(t for t in imported.amax if t not in known),
+            "zero": sorted(imported.zero), "asymmetric": sorted(imported.asymmetric)}
 
 
 def write_ranges(summary: Summary, path) -> None:

@@ -39,7 +39,7 @@ class Range:
 
     amax: float
     method: str
-    clipped: float  # fraction of calibration values with |x| > amax (from the histogram)
+    clipped: float | None  # share of calibration values with |x| > amax (histogram); None without data
 
     @property
     def scale(self) -> float:

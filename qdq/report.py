@@ -31,10 +31,19 @@ def print_summary(summary, top: int = 12, file=None) -> None:
     for col, just in (("tensor", "left"), ("amax", "right"), ("scale", "right"), ("clipped", "right"),
                       ("method", "left"), ("why quantized", "left")):
         t.add_column(col, justify=just)
-    rows = sorted(summary.activations.items(), key=lambda kv: -kv[1]["clipped"])[:top]
+    rows = sorted(summary.activations.items(), key=lambda kv: -(kv[1]["clipped"] or 0.0))[:top]
     for name, a in rows:
-        t.add_row(name, f"{a['amax']:.5g}", f"{a['scale']:.5g}", f"{a['clipped']:.3%}", a["method"], a["reason"])
+        clipped = "–" if a["clipped"] is None else f"{a['clipped']:.3%}"
+        t.add_row(name, f"{a['amax']:.5g}", f"{a['scale']:.5g}", clipped, a["method"], a["reason"])
     con.print(t)
+    imp = summary.ranges_import
+    if imp:
+        con.print(f"ranges from {imp['file']} ({imp['kind']}): {imp['applied']} applied, "
+                  f"{len(imp['unused'])} unused (placement puts no Q/DQ there; --force-ranges applies them), "
+                  f"{len(imp['not_in_model'])} not in the model, {len(imp['zero'])} zero entries")
+        for label, key in (("unused", "unused"), ("not in the model", "not_in_model"), ("zero", "zero")):
+            if imp[key]:
+                con.print(f"  {label}: {', '.join(imp[key][:8])}" + (" …" if len(imp[key]) > 8 else ""))
     for w in summary.warnings:
         con.print(f"[yellow]warning:[/yellow] {w}")
     if summary.output:
@@ -84,3 +93,39 @@ def print_compare(result, top: int = 15, file=None) -> None:
         con.print(w)
         if result.first_below:
             con.print(f"first tensor below {result.threshold_db:g} dB (accumulated): [bold]{result.first_below}[/bold]")
+
+
+def print_inspection(ins, rules, file=None) -> None:
+    """Q/DQ pairs, INT8 coverage with the float layers, and lint findings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(file=file or sys.stdout)
+    t = Table(title="Q/DQ pairs", title_justify="left")
+    for col in ("tensor", "kind", "consumers", "amax", "scale min/median/max", "axis", "dtype"):
+        t.add_column(col, justify="right" if col in ("amax", "axis") else "left")
+    for p in ins.pairs:
+        scales = (f"{p['scale_min']:.4g}" if p["channels"] == 1 else
+                  f"{p['scale_min']:.3g}/{p['scale_median']:.3g}/{p['scale_max']:.3g}")
+        t.add_row(p["tensor"], p["kind"], ", ".join(p["consumers"][:2]) + (" …" if len(p["consumers"]) > 2 else ""),
+                  f"{p['amax']:.5g}", scales, "" if p["axis"] is None else str(p["axis"]), p["scale_dtype"])
+    con.print(t)
+    c = ins.coverage
+    con.print(f"INT8 coverage: {c['share']:.1%} of {c['total_macs'] / 1e6:.1f} M multiply-accumulates; "
+              f"{c['layers'] - c['float_layers']}/{c['layers']} weighted layers in INT8")
+    if ins.float_layers:
+        f = Table(title="weighted layers in float", title_justify="left")
+        for col in ("node", "op", "MACs", "reason"):
+            f.add_column(col)
+        for r in ins.float_layers:
+            f.add_row(r["node"], r["op"], "?" if r["macs"] is None else f"{r['macs']:,}", r["reason"])
+        con.print(f)
+    if ins.findings:
+        lint = Table(title="TensorRT lint", title_justify="left")
+        for col in ("rule", "level", "node", "message"):
+            lint.add_column(col)
+        for fnd in ins.findings:
+            lint.add_row(fnd.rule, fnd.level, fnd.node, f"{rules[fnd.rule][1]}: {fnd.message}")
+        con.print(lint)
+    else:
+        con.print("TensorRT lint: no findings")

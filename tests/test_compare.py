@@ -30,7 +30,7 @@ def det_q(ppocr_det):
 
 def _plant(model, ratio=5.0):
     """Hand-set range: the tensor with the largest amax gets amax/ratio (like ±10 on values reaching 50)."""
-    from qdq.comparison import qdq_sites
+    from qdq.inspection import qdq_sites
 
     site = max(qdq_sites(model), key=lambda s: s.amax)
     m = onnx.ModelProto()

@@ -1,0 +1,269 @@
+"""Bring-your-own ranges (JSON, TensorRT cache, ONNX Runtime tables), export, and `qdq inspect`
+lint rules, each planted on a real model."""
+import json
+import math
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper, numpy_helper
+
+from qdq.errors import QdqError
+from qdq.inspection import inspect_model, model_ranges, qdq_sites
+from qdq.pipeline import quantize
+from qdq.range_files import read_ranges, trt_cache_text
+
+
+@pytest.fixture(scope="module")
+def eff_direct(effnet):
+    return quantize(effnet.model, effnet.calib, method="percentile", preprocess=effnet.preprocess, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def det_direct(ppocr_det):
+    return quantize(ppocr_det.model, ppocr_det.calib, preprocess=ppocr_det.preprocess, limit=16, quiet=True)
+
+
+def _scales(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_scale")}
+
+
+def test_trt_cache_round_trip_is_bitwise(effnet, eff_direct, tmp_path):
+    cache = tmp_path / "calib.cache"
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "ranges", "-", "--to", "trt-cache"], capture_output=True,
+                       text=True)  # a one-line error for a missing file, before the real export
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    q = tmp_path / "direct.onnx"
+    onnx.save(eff_direct.model, q)
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "ranges", str(q), "--to", "trt-cache", "-o", str(cache)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert cache.read_text().startswith("TRT-8601-EntropyCalibration2\n")
+    imported = quantize(effnet.model, None, ranges=cache, quiet=True)   # no calibration data needed
+    a, b = _scales(eff_direct.model), _scales(imported.model)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    assert imported.summary.ranges_import["applied"] == len(eff_direct.placement.activations)
+    assert imported.summary.samples == 0
+
+
+def test_cache_with_zero_entries_and_internal_names(effnet, eff_direct, tmp_path):
+    scales = {t: a / 127 for t, a in model_ranges(eff_direct.model).items()}
+    text = trt_cache_text(scales, 100300, "EntropyCalibration2")
+    text += "(Unnamed Layer* 12) [Shuffle]_output: 3c010a14\n/head/conv/Conv_output_0: 0\nlogits: 3e800000\n"
+    cache = tmp_path / "c.cache"
+    cache.write_text(text)
+    rf = read_ranges(cache)
+    assert rf.kind == "trt-cache" and rf.header == "TRT-100300-EntropyCalibration2"
+    assert rf.amax["logits"] == pytest.approx(0.25 * 127)
+    r = quantize(effnet.model, None, ranges=cache, quiet=True)
+    imp = r.summary.ranges_import
+    assert imp["not_in_model"] == ["(Unnamed Layer* 12) [Shuffle]_output"]
+    assert imp["zero"] == ["/head/conv/Conv_output_0"] and "logits" in imp["unused"]
+
+
+def test_json_ranges_land_on_their_tensors(ppocr_det, det_direct, tmp_path):
+    sites = [s.tensor for s in qdq_sites(det_direct.model)]
+    t1, t2, t3 = sites[3], sites[10], sites[20]
+    f = tmp_path / "ranges.json"
+    f.write_text(json.dumps({t1: 5.0, t2: [-2.0, 8.0], t3: {"lowest": [-3.5], "highest": [1.0]}}))
+    r = quantize(ppocr_det.model, ppocr_det.calib, ranges=f, preprocess=ppocr_det.preprocess, limit=8, quiet=True)
+    back = onnx.load_from_string(r.model.SerializeToString())
+    got = {k[: -len("_scale")]: float(v) for k, v in _scales(back).items() if v.size == 1}
+    assert got[t1] == pytest.approx(5.0 / 127, rel=1e-7)
+    assert got[t2] == pytest.approx(8.0 / 127, rel=1e-7)
+    assert got[t3] == pytest.approx(3.5 / 127, rel=1e-7)
+    assert r.summary.activations[t1]["method"].startswith("imported")
+    assert r.summary.activations[sites[0]]["method"] == "entropy"       # the rest calibrated
+    assert any("asymmetric" in w and t2 in w for w in r.summary.warnings)
+
+
+def test_ort_calibration_cache_is_decimal_amax(tmp_path):
+    f = tmp_path / "calibration.cache"
+    f.write_text("input 2.5\nconv_out 0.125\n")
+    rf = read_ranges(f)
+    assert rf.kind == "ort-cache" and rf.amax == {"input": 2.5, "conv_out": 0.125}
+
+
+@pytest.mark.parametrize("text,line,needle", [
+    ('{"a": 1,\n "b": }', 2, "malformed JSON"),
+    ("TRT-8601-EntropyCalibration2\nx: 3c01\n", 2, "hex"),
+    ("TRT-8601-EntropyCalibration2\nx: 3c010a14\nx: 3c010a14\n", 3, "twice"),
+    ('{"a": -1}', None, ">= 0"),
+    ('{"a": NaN}', None, "finite"),
+    ('{"a": [3, 1]}', None, "min <= max"),
+    ("conv_out abc\n", 1, "not a number"),
+])
+def test_bad_ranges_files_give_one_line_errors(tmp_path, text, line, needle):
+    f = tmp_path / "r.txt"
+    f.write_text(text)
+    with pytest.raises(QdqError) as e:
+        read_ranges(f)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+    if line:
+        assert f"{f}:{line}:" in msg
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300) | st.sampled_from(["TRT-8601-X\n", "{", "TRT-1-E\na: 0\n"]).flatmap(
+    lambda head: st.text(max_size=200).map(lambda tail: head + tail)))
+def test_parser_fuzz_never_crashes(tmp_path_factory, text):
+    f = tmp_path_factory.mktemp("fuzz") / "r"
+    f.write_text(text, encoding="utf-8")
+    try:
+        rf = read_ranges(f)
+    except QdqError as e:
+        assert "\n" not in str(e)
+        return
+    assert all(math.isfinite(v) and v > 0 for v in rf.amax.values())
+
+
+# ---- lint rules, each planted on a real Q/DQ model ----
+
+def _copy(model):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _init(m, name):
+    return next(t for t in m.graph.initializer if t.name == name)
+
+
+def _first(m, op, weight=None):
+    inits = {t.name for t in m.graph.initializer}
+    return next(n for n in m.graph.node if n.op_type == op and (weight is None or (n.input[0] in inits) == weight))
+
+
+def _rules(model, target=None):
+    return {f.rule for f in inspect_model(model, target).findings}
+
+
+def test_clean_models_have_no_lint_errors(eff_direct, det_direct):
+    for r in (eff_direct, det_direct):
+        ins = inspect_model(r.model, "trt10")
+        assert ins.errors == 0, [(f.rule, f.message) for f in ins.findings]
+    cov = inspect_model(eff_direct.model).coverage
+    assert 0.9 < cov["share"] < 1.0 and cov["total_macs"] > 3e8        # stem conv and GEMV stay float
+    assert {r["node"] for r in inspect_model(eff_direct.model).float_layers} == {"/stem/conv/Conv", "/fc/Gemm"}
+
+
+def test_each_lint_rule_fires_on_its_planted_violation(eff_direct, det_direct):
+    base = eff_direct.model
+
+    m = _copy(base)
+    q = _first(m, "QuantizeLinear")
+    _init(m, q.input[2]).CopyFrom(numpy_helper.from_array(np.array(3, np.int8), q.input[2]))
+    assert "QDQ001" in _rules(m)
+
+    m = _copy(base)
+    _init(m, _first(m, "QuantizeLinear").input[1]).CopyFrom(
+        numpy_helper.from_array(np.array(0.0, np.float32), _first(m, "QuantizeLinear").input[1]))
+    assert "QDQ002" in _rules(m)
+
+    m = _copy(base)
+    out = m.graph.output[0].name
+    prod = next(n for n in m.graph.node if out in n.output)
+    prod.output[0] = out + "_raw"
+    s, z = _first(m, "QuantizeLinear").input[1:3]
+    m.graph.node.extend([helper.make_node("QuantizeLinear", [out + "_raw", s, z], [out + "_q"], name="outQ"),
+                         helper.make_node("DequantizeLinear", [out + "_q", s, z], [out], name="outDQ")])
+    assert "QDQ003" in _rules(m)
+
+    m = _copy(base)
+    dq = _first(m, "DequantizeLinear", weight=True)
+    for a in dq.attribute:
+        if a.name == "axis":
+            a.i = 1
+    assert "QDQ005" in _rules(m)
+
+    assert "QDQ006" not in _rules(base, "trt8") and "QDQ006" in _rules(quantize_trt11_like(base), "trt8")
+
+    m = _copy(base)
+    q = _first(m, "QuantizeLinear")
+    m.graph.node.append(helper.make_node("QuantizeLinear", list(q.input), ["dangling_q"], name="danglingQ"))
+    assert "QDQ007" in _rules(m)
+
+    m = _copy(base)
+    q = _first(m, "QuantizeLinear")
+    _init(m, q.input[2]).CopyFrom(numpy_helper.from_array(np.array(0, np.uint8), q.input[2]))
+    assert "QDQ008" in _rules(m)
+
+    m = _copy(base)
+    conv = next(n for n in m.graph.node if n.op_type == "Conv" and len(n.input) == 3 and n.input[2])
+    bias = numpy_helper.to_array(_init(m, conv.input[2]))
+    m.graph.initializer.extend([numpy_helper.from_array(np.round(bias / 1e-4).astype(np.int32), "b_i32"),
+                                numpy_helper.from_array(np.array(1e-4, np.float32), "b_s"),
+                                numpy_helper.from_array(np.array(0, np.int32), "b_z")])
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["b_i32", "b_s", "b_z"], ["b_dq"], name="biasDQ"))
+    conv.input[2] = "b_dq"
+    assert "QDQ009" in _rules(m)
+
+    m = _copy(det_direct.model)
+    concat_q = [s for s in qdq_sites(m) if any("Concat" in c for c in s.consumers)]
+    if len(concat_q) < 2:  # PP-OCRv4 det's only Concat: plant a second scale on one of its Q/DQ inputs
+        concat = _first(m, "Concat")
+        src = concat.input[0]
+        s, z = _first(m, "QuantizeLinear").input[1:3]
+        m.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "other_scale"))
+        m.graph.node.append(helper.make_node("QuantizeLinear", [src, "other_scale", z], ["cq"], name="cQ"))
+        m.graph.node.append(helper.make_node("DequantizeLinear", ["cq", "other_scale", z], ["cdq"], name="cDQ"))
+        src2 = concat.input[1]
+        m.graph.node.append(helper.make_node("QuantizeLinear", [src2, s, z], ["cq2"], name="cQ2"))
+        m.graph.node.append(helper.make_node("DequantizeLinear", ["cq2", s, z], ["cdq2"], name="cDQ2"))
+        concat.input[0], concat.input[1] = "cdq", "cdq2"
+    else:
+        first = concat_q[0]
+        _init(m, f"{first.tensor}_scale").CopyFrom(
+            numpy_helper.from_array(np.array(first.scale * 3, np.float32), f"{first.tensor}_scale"))
+    assert "QDQ004" in _rules(m)
+
+
+def quantize_trt11_like(model):
+    """FP16 scales at opset 17: invalid for every target."""
+    m = _copy(model)
+    for t in m.graph.initializer:
+        if t.name.endswith("_scale"):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    return m
+
+
+def test_inspect_cli_exit_code_and_netron(eff_direct, tmp_path):
+    bad = _copy(eff_direct.model)
+    q = _first(bad, "QuantizeLinear")
+    _init(bad, q.input[2]).CopyFrom(numpy_helper.from_array(np.array(3, np.int8), q.input[2]))
+    bad_path, good_path = tmp_path / "bad.onnx", tmp_path / "good.onnx"
+    onnx.save(bad, bad_path)
+    onnx.save(eff_direct.model, good_path)
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "inspect", str(bad_path), "--json"], capture_output=True, text=True)
+    assert r.returncode == 1 and json.loads(r.stdout)["errors"] >= 1
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "inspect", str(good_path), "--json", "--target", "trt8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-500:]
+    pytest.importorskip("netron")
+    port = 18000 + int(time.time()) % 1000
+    proc = subprocess.Popen([sys.executable, "-m", "qdq.cli", "inspect", str(good_path), "--netron", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        page = None
+        for _ in range(100):
+            try:
+                page = urllib.request.urlopen(f"http://localhost:{port}/", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert page and 'name="file" content="/data/good.onnx"' in page
+        data = urllib.request.urlopen(f"http://localhost:{port}/data/good.onnx", timeout=5).read()
+        assert data == good_path.read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
