@@ -2,7 +2,6 @@
 lint rules, each planted on a real model."""
 import json
 import math
-import struct
 import subprocess
 import sys
 import time
