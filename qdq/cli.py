@@ -123,6 +123,29 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--netron", action="store_true", help="serve the file in Netron on localhost (pip install netron)")
     i.add_argument("--port", type=int, default=8080, help="Netron's port")
 
+    ck = sub.add_parser("check", help="will TensorRT accept this file? parse + build ahead of time, no GPU needed")
+    ck.add_argument("model", type=Path)
+    ck.add_argument("--target", choices=tuple(TARGETS), help="also lint opset and scale dtype for this TensorRT")
+    ck.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DIMS", help="e.g. x:1x3x640x640 for dynamic inputs")
+    ck.add_argument("--json", action="store_true")
+
+    trt = sub.add_parser("trt", help="build and compare FP16 and INT8 TensorRT engines")
+    trt_sub = trt.add_subparsers(dest="trt_command", required=True)
+    for name, help_text in (("build", "build the FP16 and INT8 engines and print trtexec lines"),
+                            ("compare", "run both engines (GPU) and compare INT8 with FP16")):
+        t = trt_sub.add_parser(name, help=help_text)
+        t.add_argument("float_model", type=Path)
+        t.add_argument("quant_model", type=Path)
+        t.add_argument("--data", type=Path, required=True)
+        t.add_argument("--workdir", type=Path, default=Path("qdq-engines"), help="engines and timing cache go here")
+        t.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DIMS")
+        t.add_argument("--limit", type=int)
+        t.add_argument("--json", nargs="?", const="-", metavar="PATH")
+        t.add_argument("-q", "--quiet", action="store_true")
+        if name == "compare":
+            t.add_argument("--runs", type=int, default=50, help="timed runs per engine")
+        _add_preprocess(t)
+
     d = sub.add_parser("demo", help="quantize PP-OCRv4's text detector on real text images (no arguments needed)")
     d.add_argument("--out-dir", type=Path, help="where to write (default: the qdq cache folder)")
     d.add_argument("--method", choices=METHODS, default="entropy")
@@ -272,6 +295,76 @@ def cmd_inspect(args) -> int:
     return 1 if ins.errors else 0
 
 
+def _shapes(specs) -> dict:
+    out = {}
+    for s in specs:
+        name, sep, dims = s.rpartition(":")
+        try:
+            out[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise QdqError(f"--shapes {s!r}: expected NAME:DIMS such as input:1x3x224x224")
+    return out
+
+
+def cmd_check(args) -> int:
+    import json
+
+    from .inspection import inspect_model
+    from .modelio import load_model
+    from .tensorrt_backend import check_model
+
+    model = load_model(args.model)
+    lint = inspect_model(model, args.target)
+    res = check_model(model, _shapes(args.shapes))
+    doc = {"model": str(args.model), "backend": f"{res.backend} {res.version}", "parsed": res.parsed,
+           "built": res.built, "errors": res.errors, "lint": lint.to_dict()["findings"]}
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print(f"{args.model}: {res.backend} {res.version}: parse {'ok' if res.parsed else 'FAILED'}, "
+              f"build {'ok' if res.built else 'FAILED' if res.parsed else 'not reached'}")
+        for e in res.errors:
+            print(f"  {e}")
+        for f in lint.findings:
+            print(f"  lint {f.rule} ({f.level}) {f.node}: {f.message}")
+    return 0 if res.ok and not lint.errors else 1
+
+
+def cmd_trt(args) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .data import Dataset, model_inputs
+    from .modelio import atomic_write_text, load_model
+    from .tensorrt_backend import build_engines, compare_engines
+
+    dataset = Dataset(args.data, model_inputs(load_model(args.float_model)), _preprocess(args), limit=args.limit)
+    quiet = args.quiet or args.json == "-"
+    engines = build_engines(args.float_model, args.quant_model, dataset, args.workdir, _shapes(args.shapes) or None,
+                            quiet=quiet)
+    doc = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(engines).items()}
+    if args.trt_command == "compare":
+        doc["comparison"] = compare_engines(engines, dataset, args.runs, quiet)
+    if args.json:
+        text = json.dumps(doc, indent=1, default=str)
+        print(text) if args.json == "-" else atomic_write_text(args.json, text)
+    if not quiet:
+        print(f"engines ({engines.backend} {engines.version}): {engines.fp16}, {engines.int8}")
+        if "comparison" in doc:
+            c = doc["comparison"]
+            for o, m in c["outputs"].items():
+                print(f"  {o}: INT8 vs FP16 SQNR {m['sqnr_db']:.2f} dB, cosine {m['cosine']:.5f}, "
+                      f"bias {m['bias']:+.4f}, gain {m['gain']:.4f}")
+            print(f"  latency FP16 {c['latency_ms']['fp16']:.3f} ms, INT8 {c['latency_ms']['int8']:.3f} ms, "
+                  f"speed-up ×{c['speedup']:.2f}; layers {c['layers']}")
+        print("the same engines with trtexec (TensorRT 8.5/8.6/10.x, e.g. on a Jetson; then TensorRT 11, strongly typed):")
+        for line in engines.trtexec:
+            print(f"  {line}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -283,7 +376,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         commands = {"quantize": cmd_quantize, "compare": cmd_compare, "ranges": cmd_ranges, "inspect": cmd_inspect,
-                    "demo": cmd_demo}
+                    "check": cmd_check, "trt": cmd_trt, "demo": cmd_demo}
         return commands[args.command](args)
     except QdqError as e:
         if args.debug:

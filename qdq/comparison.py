@@ -23,13 +23,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .calibrate import calibrate, run_session, session_for
+from .calibrate import run_session, session_for
 from .data import Dataset, Preprocess, batches, model_inputs
 from .errors import QdqError
 from .graph import GraphIndex
 from .inspection import QdqSite, qdq_sites
 from .metrics import ErrorAccumulator
 from .modelio import load_model
+from .pipeline import fp16_model
 from .progress import progress
 from .ranges import QMAX
 from .stats import TensorStats
@@ -148,19 +149,6 @@ def activations_only(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto) -> onnx.M
     return m
 
 
-def _fp16_reference(fmodel: onnx.ModelProto, dataset, quiet: bool) -> onnx.ModelProto:
-    """The FP16 model TensorRT would run: the same cast ``--target trt11`` applies."""
-    from .pipeline import prepare
-    from .precision import cast_to_fp16
-
-    m = prepare(fmodel, "trt11")
-    idx = GraphIndex.build(m)
-    floats = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants]
-    cal = calibrate(m, dataset, [], floats, quiet=quiet)
-    cast_to_fp16(m, cal.extrema, {t for t in idx.dtypes if idx.is_float(t)})
-    return m
-
-
 class _LayerAcc:
     def __init__(self, site: QdqSite):
         self.site = site
@@ -213,7 +201,7 @@ def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwis
     in_names = {i.name for i in inputs}
 
     runs = {}
-    ref_model = _fp16_reference(fmodel, dataset, quiet) if reference == "fp16" else fmodel
+    ref_model = fp16_model(fmodel, dataset, quiet) if reference == "fp16" else fmodel
     runs["ref"] = session_for(ref_model, extra_outputs=[t for t in tensors if t not in in_names])
     runs["quant"] = session_for(qmodel, extra_outputs=[t for t in tensors if t not in in_names])
     if reference == "fp16":

@@ -97,7 +97,10 @@ def _atomic(path: Path, folder: Path, write) -> Path:
     """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written model should read like any file
         write(tmp)
         os.replace(tmp, path)
     except BaseException:

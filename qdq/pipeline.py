@@ -197,6 +197,19 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
     return QuantizeResult(qmodel, summary, ranges, plan, cal)
 
 
+def fp16_model(model, dataset, quiet: bool = False) -> onnx.ModelProto:
+    """The FP16 model TensorRT runs for ``model``: the cast ``--target trt11`` applies (FP32 I/O,
+    tensors whose range on ``dataset`` would overflow FP16 kept FP32), at opset 19."""
+    from .precision import cast_to_fp16
+
+    m = prepare(model, "trt11")
+    idx = GraphIndex.build(m)
+    floats = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants]
+    cal = calibrate(m, dataset, [], floats, quiet=quiet)
+    cast_to_fp16(m, cal.extrema, {t for t in idx.dtypes if idx.is_float(t)})
+    return m
+
+
 def _force(idx: GraphIndex, plan: Placement, imported: RangeFile) -> None:
     """``--force-ranges``: Q/DQ on every float consumer of each imported tensor placement skipped."""
     for t in imported.amax:

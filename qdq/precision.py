@@ -50,12 +50,47 @@ def _batchnorm_to_scale_shift(model: onnx.ModelProto) -> None:
     g.node.extend(nodes)
 
 
+def _fp16_scales(model: onnx.ModelProto) -> None:
+    """Make every Q/DQ scale representable in FP16 before the cast.  INT8 weights are re-quantized
+    from their dequantized values with FP16 scales (a raised scale must change the codes too);
+    activation scales below FP16's smallest normal are raised to it."""
+    from .rewrite import FP16_MIN_SCALE, quantize_weight
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or n.input[1] not in inits:
+            continue
+        s_t = inits[n.input[1]]
+        if s_t.data_type != TensorProto.FLOAT:
+            continue
+        scale = numpy_helper.to_array(s_t).astype(np.float64)
+        data = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if data is not None and data.data_type == TensorProto.INT8:
+            q = numpy_helper.to_array(data).astype(np.float64)
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1) % q.ndim if scale.size > 1 else None
+            shape = [1] * q.ndim
+            if axis is not None:
+                shape[axis] = -1
+            w = q * scale.reshape(shape)
+            if axis is None:
+                qw, new, _ = quantize_weight(w.reshape(1, -1), 0, np.float16)
+                qw, new = qw.reshape(q.shape), new.reshape(())
+            else:
+                qw, new, _ = quantize_weight(w, axis, np.float16)
+            data.CopyFrom(numpy_helper.from_array(qw, data.name))
+            s_t.CopyFrom(numpy_helper.from_array(new.astype(np.float32), s_t.name))
+        else:
+            s_t.CopyFrom(numpy_helper.from_array(np.maximum(scale, FP16_MIN_SCALE).astype(np.float32), s_t.name))
+
+
 def cast_to_fp16(model: onnx.ModelProto, extrema: dict, float_tensors: set) -> list[str]:
     """Rewrite ``model`` in place; ``extrema[t] = (min, max)`` from calibration; ``float_tensors``
     names the float tensors of the float model.
     Returns the tensors kept in FP32 because they would overflow FP16."""
     g = model.graph
     _batchnorm_to_scale_shift(model)
+    _fp16_scales(model)
     overflow = sorted(t for t, (lo, hi) in extrema.items() if max(abs(lo), abs(hi)) > FP16_SAFE_MAX)
     fp32_nodes = set()
     for n in g.node:

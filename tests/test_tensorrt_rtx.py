@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from qdq.pipeline import quantize
-from qdq.trt_check import check_model
+from qdq.tensorrt_backend import check_model
 
 CASES = [("effnet", "trt10"), ("effnet", "trt11"), ("ppocr_det", "trt10"), ("ppocr_det", "trt8"),
          ("ppocr_det", "trt11"), ("ppocr_rec", "trt10"), ("ddddocr_det", "trt10"), ("minilm", "trt10")]
@@ -67,3 +67,114 @@ def test_tensorrt_rejects_nonzero_zero_point_and_zero_scale(models):
     for edit in (nonzero_zp, zero_scale):
         res = check_model(_plant(good, edit))
         assert not res.ok, edit.__name__
+
+
+# ---- qdq check / qdq trt (issue: TensorRT backend) ----
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from qdq.tensorrt_backend import build_engines, load_backend  # noqa: E402
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "qdq.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def _gpu() -> str | None:
+    """Why GPU tests cannot run here, or None when they can."""
+    try:
+        b = load_backend()
+    except Exception as e:
+        return str(e)
+    if b.rtx:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            return "no cuda-python"
+        err, n = cudart.cudaGetDeviceCount()
+        return None if int(err) == 0 and n > 0 else "no CUDA GPU"
+    return None
+
+
+def test_check_passes_real_and_names_node_of_planted_invalid(models, tmp_path):
+    good = models[("ppocr_det", "trt10")].model
+    path = tmp_path / "good.onnx"
+    onnx.save(good, path)
+    r = _cli("check", path, "--target", "trt10")
+    assert r.returncode == 0 and "parse ok, build ok" in r.stdout, r.stdout + r.stderr
+
+    def zero_scale(scale, zp):
+        scale.CopyFrom(onnx.numpy_helper.from_array(np.array(0.0, np.float32), scale.name))
+
+    bad = _plant(good, zero_scale)
+    q = next(n for n in bad.graph.node if n.op_type == "QuantizeLinear")
+    bad_path = tmp_path / "bad.onnx"
+    onnx.save(bad, bad_path)
+    r = _cli("check", bad_path, "--json")
+    assert r.returncode == 1
+    import json
+
+    doc = json.loads(r.stdout)
+    assert not doc["parsed"] or not doc["built"]
+    assert any(q.input[0] in e for e in doc["errors"]), doc["errors"]     # the failing node is named
+    assert any(f["rule"] == "QDQ002" for f in doc["lint"])
+
+    # an op TensorRT does not know: the parse error names the node
+    custom = onnx.ModelProto()
+    custom.CopyFrom(good)
+    custom.graph.node[5].op_type, custom.graph.node[5].domain = "MyCustomOp", "com.example"
+    custom.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    cpath = tmp_path / "custom.onnx"
+    onnx.save(custom, cpath)
+    r = _cli("check", cpath)
+    assert r.returncode == 1 and custom.graph.node[5].name in r.stdout, r.stdout
+
+
+def test_trt_build_serializes_both_engines_on_cpu(prepared, tmp_path):
+    from qdq.data import Dataset, model_inputs
+
+    ds = prepared("effnet")
+    q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=16, quiet=True)
+    qpath = tmp_path / "int8.onnx"
+    onnx.save(q.model, qpath)
+    data = Dataset(ds.val, model_inputs(onnx.load(str(ds.model))), ds.preprocess, limit=2)
+    eng = build_engines(ds.model, qpath, data, tmp_path / "engines", quiet=True)
+    assert eng.fp16.stat().st_size > 1e6 and eng.int8.stat().st_size > 1e6
+    assert eng.shapes == {"input": (1, 3, 224, 224)}
+    assert any("--int8 --fp16" in line for line in eng.trtexec) and any("--fp16" in line for line in eng.trtexec)
+    if load_backend().strongly_typed:  # the FP16 remainder files for strongly typed TensorRT were written
+        assert (tmp_path / "engines" / "fp16.onnx").exists() and (tmp_path / "engines" / "int8_fp16.onnx").exists()
+        assert any("--stronglyTyped" in line for line in eng.trtexec)
+
+
+@pytest.mark.skipif(_gpu() is not None, reason=f"engine runs need a GPU: {_gpu()}")
+def test_engines_match_onnxruntime(prepared, tmp_path):  # pragma: no cover - runs only where a GPU exists
+    from qdq.calibrate import run_session, session_for
+    from qdq.data import Dataset, model_inputs
+    from qdq.metrics import sqnr_db
+    from qdq.tensorrt_backend import EngineRunner
+
+    ds = prepared("effnet")
+    q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=16, quiet=True)
+    qpath = tmp_path / "int8.onnx"
+    onnx.save(q.model, qpath)
+    data = Dataset(ds.val, model_inputs(onnx.load(str(ds.model))), ds.preprocess, limit=4)
+    eng = build_engines(ds.model, qpath, data, tmp_path / "engines", quiet=True)
+    runner, sess = EngineRunner(eng.int8.read_bytes()), session_for(q.model)
+    for src, feed in data:
+        assert sqnr_db(run_session(sess, feed, src)["logits"], runner(feed)["logits"]) > 20
+
+
+def test_trt_compare_without_gpu_is_one_clear_line(prepared, tmp_path):
+    if _gpu() is None:
+        pytest.skip("a GPU is present")
+    ds = prepared("effnet")
+    q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=8, quiet=True)
+    qpath = tmp_path / "int8.onnx"
+    onnx.save(q.model, qpath)
+    r = _cli("trt", "compare", ds.model, qpath, "--data", ds.val, "--limit", "1", "--workdir", tmp_path / "e",
+             "--scale", "1", "--mean", "127,127,127", "--std", "128,128,128", "-q")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and ("CUDA" in lines[0] or "GPU" in lines[0]), r.stderr
