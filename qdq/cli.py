@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (ranges do not depend on it)")
     cal.add_argument("--limit", type=int, help="use at most this many samples")
     cal.add_argument("--cuda", action="store_true", help="run calibration on the CUDA execution provider if present")
+    mp = q.add_argument_group("automatic mixed precision")
+    mp.add_argument("--target-sqnr", type=float, metavar="DB",
+                    help="keep the most harmful layers in float until the output SQNR on --data reaches this")
+    mp.add_argument("--max-fallback", type=int, default=5, help="at most this many layers kept in float (default 5)")
+    mp.add_argument("--data", type=Path, help="validation data for --target-sqnr (as --calib)")
+    mp.add_argument("--val-limit", type=int, help="use at most this many validation samples")
     pl = q.add_argument_group("placement and target")
     pl.add_argument("--target", choices=tuple(TARGETS), default="trt10",
                     help="trt10: opset 17, FP32 scales; trt8: opset 13–17 for TensorRT 8.5/8.6 (Jetson); "
@@ -123,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--netron", action="store_true", help="serve the file in Netron on localhost (pip install netron)")
     i.add_argument("--port", type=int, default=8080, help="Netron's port")
 
+    se = sub.add_parser("sensitivity", help="per-layer sensitivity: output SQNR with only / all but each layer in INT8")
+    se.add_argument("model", type=Path)
+    se.add_argument("--calib", type=Path, required=True)
+    se.add_argument("--data", type=Path, required=True, help="validation data")
+    se.add_argument("--method", choices=METHODS, default="entropy")
+    se.add_argument("--target", choices=tuple(TARGETS), default="trt10")
+    se.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN")
+    se.add_argument("--limit", type=int, help="calibration samples")
+    se.add_argument("--val-limit", type=int, help="validation samples")
+    se.add_argument("--json", nargs="?", const="-", metavar="PATH")
+    se.add_argument("--report", type=Path, help="self-contained HTML report")
+    se.add_argument("-q", "--quiet", action="store_true")
+    _add_preprocess(se)
+
     ck = sub.add_parser("check", help="will TensorRT accept this file? parse + build ahead of time, no GPU needed")
     ck.add_argument("model", type=Path)
     ck.add_argument("--target", choices=tuple(TARGETS), help="also lint opset and scale dtype for this TensorRT")
@@ -164,11 +184,19 @@ def cmd_quantize(args) -> int:
         raise QdqError(f"{args.output}: already exists; pass --overwrite or choose another output path")
     if args.model.exists() and args.output.exists() and args.model.resolve() == args.output.resolve():
         raise QdqError(f"{args.output}: is the input model; choose another output path")
-    result = quantize(args.model, args.calib, method=args.method, percentile=args.percentile,
-                      batch_size=args.batch_size, target=args.target, exclude=args.exclude,
-                      preprocess=_preprocess(args), limit=args.limit,
-                      providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else None,
-                      quiet=args.quiet or args.json, ranges=args.ranges, force_ranges=args.force_ranges)
+    kwargs = dict(method=args.method, percentile=args.percentile, batch_size=args.batch_size, target=args.target,
+                  preprocess=_preprocess(args), limit=args.limit, ranges=args.ranges, force_ranges=args.force_ranges,
+                  providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else None)
+    if args.target_sqnr is not None:
+        if args.data is None:
+            raise QdqError("--target-sqnr needs validation data: pass --data VALDATA")
+        from .sensitivity import quantize_to_target
+
+        result, _ = quantize_to_target(args.model, args.calib, args.data, args.target_sqnr, args.max_fallback,
+                                       exclude=args.exclude, quiet=args.quiet or args.json,
+                                       val_limit=args.val_limit, **kwargs)
+    else:
+        result = quantize(args.model, args.calib, exclude=args.exclude, quiet=args.quiet or args.json, **kwargs)
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
     if args.ranges_out:
@@ -295,6 +323,31 @@ def cmd_inspect(args) -> int:
     return 1 if ins.errors else 0
 
 
+def cmd_sensitivity(args) -> int:
+    import json
+
+    from .modelio import atomic_write_text
+    from .pipeline import quantize
+    from .report import print_sensitivity
+    from .sensitivity import analyze
+
+    quiet = args.quiet or args.json == "-"
+    pre = _preprocess(args)
+    first = quantize(args.model, args.calib, method=args.method, target=args.target, exclude=args.exclude,
+                     preprocess=pre, limit=args.limit, quiet=quiet)
+    result = analyze(first, args.data, preprocess=pre, limit=args.val_limit, quiet=quiet)
+    if args.json:
+        text = json.dumps(result.to_dict(), indent=1)
+        print(text) if args.json == "-" else atomic_write_text(args.json, text)
+    if args.report:
+        from .html_report import render_sensitivity
+
+        atomic_write_text(args.report, render_sensitivity(result, args.model.name))
+    if not quiet:
+        print_sensitivity(result)
+    return 0
+
+
 def _shapes(specs) -> dict:
     out = {}
     for s in specs:
@@ -376,7 +429,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         commands = {"quantize": cmd_quantize, "compare": cmd_compare, "ranges": cmd_ranges, "inspect": cmd_inspect,
-                    "check": cmd_check, "trt": cmd_trt, "demo": cmd_demo}
+                    "check": cmd_check, "trt": cmd_trt, "sensitivity": cmd_sensitivity, "demo": cmd_demo}
         return commands[args.command](args)
     except QdqError as e:
         if args.debug:

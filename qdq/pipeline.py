@@ -65,6 +65,8 @@ class QuantizeResult:
     ranges: dict            # activation tensor -> Range (after scale sharing)
     placement: Placement
     calibration: Calibration | None
+    float_model: onnx.ModelProto | None = None   # the float model at the target opset
+    index: GraphIndex | None = None
 
 
 def target_opset(model: onnx.ModelProto, target: str) -> int:
@@ -92,13 +94,15 @@ def prepare(model, target: str = "trt10", source: str = "model") -> onnx.ModelPr
 
 def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 99.99, batch_size: int = 1,
              target: str = "trt10", exclude=(), preprocess: Preprocess | None = None, limit: int | None = None,
-             providers=None, quiet: bool = False, ranges=None, force_ranges: bool = False) -> QuantizeResult:
+             providers=None, quiet: bool = False, ranges=None, force_ranges: bool = False,
+             calibration: Calibration | None = None) -> QuantizeResult:
     """Calibrate ``model`` (path or ModelProto) on ``calib`` (path, see :class:`qdq.data.Dataset`)
     and return the Q/DQ model with its summary.  Nothing is written to disk.
 
     ``ranges`` (a path or :class:`qdq.range_files.RangeFile`) supplies amax values that win over
     calibration; tensors it does not cover are calibrated on ``calib``.  With ``force_ranges`` its
-    tensors get Q/DQ even where the placement rules would not put one."""
+    tensors get Q/DQ even where the placement rules would not put one.  ``calibration`` reuses the
+    statistics of an earlier pass (e.g. ``result.calibration``) instead of running a new one."""
     if method not in METHODS:
         raise QdqError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if batch_size < 1:
@@ -121,11 +125,15 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
         if force_ranges:
             _force(idx, plan, imported)
     missing = [t for t in plan.activations if imported is None or t not in imported.amax]
-    if missing and calib is None:
+    if calibration is not None:
+        lacking = [t for t in missing if t not in calibration.stats]
+        if lacking:
+            raise QdqError(f"the given calibration has no statistics for {lacking[0]!r}; calibrate again")
+    elif missing and calib is None:
         raise QdqError(f"no range for {len(missing)} tensors (e.g. {missing[0]!r})"
                        + (f" in {imported.path}" if imported else "") + ": pass --calib DATA to calibrate them")
-    cal = Calibration()
-    if calib is not None:
+    cal = calibration or Calibration()
+    if calibration is None and calib is not None:
         inputs = model_inputs(float_model)
         dataset = Dataset(calib, inputs, preprocess or Preprocess(), limit=limit)
         if any(s.shape and s.shape[0] is not None and s.shape[0] < batch_size for s in inputs):
@@ -156,25 +164,10 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
         warnings.append(f"{len(imported.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
                         + ", ".join(imported.asymmetric[:5]) + (" …" if len(imported.asymmetric) > 5 else ""))
 
-    qmodel = copy.deepcopy(float_model)
-    scale_dtype = TARGETS[target][2]
-    notes = insert_qdq(qmodel, plan, {t: r.amax for t, r in ranges.items()},
-                       {t: r.method for t, r in ranges.items()}, idx.constants, scale_dtype)
-    for n in notes:
-        if n.floored and n.tensor in plan.weights:
-            warnings.append(f"weight {n.tensor!r} has all-zero (dead) channels or scales below the "
-                            f"{np.dtype(scale_dtype).name} range; those channels got a positive placeholder scale")
-    if target == "trt11":
-        from .precision import cast_to_fp16
-
-        if calib is None:
-            warnings.append("no calibration data: FP16 overflow of the remainder was not checked")
-        kept = cast_to_fp16(qmodel, cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()},
-                            {t for t in idx.dtypes if idx.is_float(t)})
-        if kept:
-            warnings.append(f"{len(kept)} tensors exceed the FP16 range and stay FP32: {', '.join(kept[:5])}"
-                            + (" …" if len(kept) > 5 else ""))
-    set_metadata(qmodel, {"qdq_version": __version__, "qdq_method": method if calib is not None else "imported",
+    qmodel, notes = build_model(float_model, idx, plan, ranges, target, cal, warnings)
+    if target == "trt11" and calib is None and calibration is None:
+        warnings.append("no calibration data: FP16 overflow of the remainder was not checked")
+    set_metadata(qmodel, {"qdq_version": __version__, "qdq_method": method if (calib is not None or calibration is not None) else "imported",
                           "qdq_samples": cal.samples,
                           "qdq_target": target, "qdq_percentile": percentile if method == "percentile" else ""})
     try:
@@ -194,7 +187,31 @@ def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 
         weights={w: {"axis": s.axis, "amax_max": next(n.amax for n in notes if n.tensor == w)}
                  for w, s in plan.weights.items()},
         warnings=warnings)
-    return QuantizeResult(qmodel, summary, ranges, plan, cal)
+    return QuantizeResult(qmodel, summary, ranges, plan, cal, float_model, idx)
+
+
+def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, target: str,
+                cal: Calibration, warnings: list | None = None):
+    """The Q/DQ model for ``plan`` with ``ranges`` (tensor → Range): Q/DQ insertion and, for trt11,
+    the FP16 cast.  Returns (model, notes); appends what the user should know to ``warnings``."""
+    warnings = [] if warnings is None else warnings
+    qmodel = copy.deepcopy(float_model)
+    scale_dtype = TARGETS[target][2]
+    notes = insert_qdq(qmodel, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
+                       {t: r.method for t, r in ranges.items()}, idx.constants, scale_dtype)
+    for n in notes:
+        if n.floored and n.tensor in plan.weights:
+            warnings.append(f"weight {n.tensor!r} has all-zero (dead) channels or scales below the "
+                            f"{np.dtype(scale_dtype).name} range; those channels got a positive placeholder scale")
+    if target == "trt11":
+        from .precision import cast_to_fp16
+
+        kept = cast_to_fp16(qmodel, cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()},
+                            {t for t in idx.dtypes if idx.is_float(t)})
+        if kept:
+            warnings.append(f"{len(kept)} tensors exceed the FP16 range and stay FP32: {', '.join(kept[:5])}"
+                            + (" …" if len(kept) > 5 else ""))
+    return qmodel, notes
 
 
 def fp16_model(model, dataset, quiet: bool = False) -> onnx.ModelProto:

@@ -129,3 +129,17 @@ def print_inspection(ins, rules, file=None) -> None:
         con.print(lint)
     else:
         con.print("TensorRT lint: no findings")
+
+
+def print_sensitivity(result, top: int = 20, file=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(file=file or sys.stdout)
+    t = Table(title=f"layers, most harmful first (all INT8: {_db(result.full_db)} dB on {result.samples} samples)",
+              title_justify="left")
+    for col in ("layer", "op", "MACs", "only this dB", "all but this dB"):
+        t.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    for r in result.layers[:top]:
+        t.add_row(r.node, r.op, f"{r.mac_share:.1%}", _db(r.only_db), _db(r.all_but_db))
+    con.print(t)

@@ -43,7 +43,7 @@ def evaluate(float_model, qmodel, val, preprocess) -> dict:
     return out
 
 
-def ort_quantize(model_path, calib, preprocess, method: str):
+def ort_quantize(model_path, calib, preprocess, method: str, limit: int | None = None):
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
 
@@ -51,7 +51,7 @@ def ort_quantize(model_path, calib, preprocess, method: str):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(Dataset(calib, model_inputs(model), preprocess))
+            self.it = iter(Dataset(calib, model_inputs(model), preprocess, limit=limit))
 
         def get_next(self):
             nxt = next(self.it, None)

@@ -90,6 +90,20 @@ def effnet() -> Prepared:
     return Prepared(model, calib, val, EFFNET_PRE)
 
 
+def frames() -> Prepared:
+    """EfficientNet-Lite0 with 256 frames of vtest.avi as calibration data (time/memory scaling runs)."""
+    from PIL import Image
+
+    eff = effnet()
+    folder = _root("frames") / "calib"
+    if not _done(_root("frames")):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, f in zip(range(0, 768, 3), samples.video_frames(range(0, 768, 3))):
+            Image.fromarray(f).save(folder / f"frame{i:03d}.png")
+        _mark(_root("frames"))
+    return Prepared(eff.model, folder, eff.val, EFFNET_PRE)
+
+
 def ppocr_det() -> Prepared:
     root = _root("ppocr_det")
     if not _done(root):
@@ -157,7 +171,7 @@ def _sentences() -> list[str]:
     return [s for s in parts if 20 <= len(s) <= 300 and len(s.split()) >= 5 and s[0].isalpha()][:96]
 
 
-MODELS = {"effnet": effnet, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ddddocr_det": ddddocr_det,
+MODELS = {"effnet": effnet, "frames": frames, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ddddocr_det": ddddocr_det,
           "minilm": minilm}
 
 
