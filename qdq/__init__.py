@@ -1,7 +1,7 @@
 """qdq: float ONNX → TensorRT-ready INT8 Q/DQ ONNX, calibrated with ONNX Runtime.
 
 >>> import qdq
->>> result = qdq.quantize("model.onnx", "calib_images/", method="entropy")
+>>> result = qdq.quantize("model.onnx", "calib_images/", method="mse")
 >>> qdq.save_model(result.model, "model.int8.onnx")
 """
 __version__ = "0.1.0"

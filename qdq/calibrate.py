@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
-from .data import batches
+from .data import batches, prefetch
 from .errors import QdqError
 from .progress import progress
 from .stats import TensorStats
@@ -38,6 +38,8 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
                 m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # idle ORT workers must not spin: the histogram thread needs the core between runs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         # Run Q/DQ as plain float ops: TensorRT's INT8 numerics (int32 accumulation).  ORT_ENABLE_ALL
         # fuses them into ONNX Runtime's integer kernels, which saturate int16 intermediates on CPUs
@@ -77,27 +79,33 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
     wanted = [t for t in tensors + range_only if t not in inputs]
     sess = session_for(model, providers, wanted, threads)
     cal = Calibration(stats={t: TensorStats(t) for t in tensors})
-    with progress("calibrating", dataset.count(), quiet) as advance:
-        for sources, feed in batches(dataset, batch_size):
+
+    def fold(outs: dict, sources) -> None:
+        for t in tensors:
+            st = cal.stats[t]
+            st.update(outs[t])
+            if not math.isfinite(st.min) or not math.isfinite(st.max):
+                raise QdqError(f"tensor {t!r} is NaN or Inf on sample {sources[0]}; the float model overflows "
+                               "on this input: check the preprocessing or exclude the layer")
+        for t in range_only:
+            x = outs[t]
+            if x.dtype.kind != "f" or x.size == 0:
+                continue
+            lo, hi = float(x.min()), float(x.max())
+            old = cal.extrema.get(t, (math.inf, -math.inf))
+            cal.extrema[t] = (min(old[0], lo), max(old[1], hi))
+
+    # Folding batch k into the histograms (numpy, GIL released) overlaps inference of batch k+1.
+    with progress("calibrating", dataset.count(), quiet) as advance, ThreadPoolExecutor(1) as pool:
+        pending = None
+        for sources, feed in prefetch(batches(dataset, batch_size)):
             outs = run_session(sess, feed, sources[0] if len(sources) == 1 else f"{sources[0]}…")
             outs.update(feed)
-            for t in tensors:
-                x = outs[t]
-                _check_finite(x, t, sources)
-                cal.stats[t].update(x)
-            for t in range_only:
-                x = outs[t]
-                if x.dtype.kind != "f" or x.size == 0:
-                    continue
-                lo, hi = float(x.min()), float(x.max())
-                old = cal.extrema.get(t, (math.inf, -math.inf))
-                cal.extrema[t] = (min(old[0], lo), max(old[1], hi))
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(fold, outs, sources)
             cal.samples += len(sources)
             advance(len(sources))
+        if pending is not None:
+            pending.result()
     return cal
-
-
-def _check_finite(x: np.ndarray, name: str, sources) -> None:
-    if x.dtype.kind == "f" and x.size and not np.isfinite(x.max() - x.min()):
-        raise QdqError(f"tensor {name!r} is NaN or Inf on sample {sources[0]}; the float model overflows "
-                       "on this input: check the preprocessing or exclude the layer")

@@ -49,7 +49,7 @@ def _preprocess(args):
 
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import TARGETS
-    from .ranges import METHODS
+    from .ranges import DEFAULT_METHOD, METHODS
 
     ap = argparse.ArgumentParser(prog="qdq", description="Float ONNX → TensorRT-ready INT8 Q/DQ ONNX.")
     ap.add_argument("--version", action="version", version=f"qdq {__version__}")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "they win over calibration, which covers the rest")
     cal.add_argument("--force-ranges", action="store_true",
                      help="apply --ranges also to tensors the placement rules would leave in float")
-    cal.add_argument("--method", choices=METHODS, default="entropy")
+    cal.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     cal.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     cal.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (ranges do not depend on it)")
     cal.add_argument("--limit", type=int, help="use at most this many samples")
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("model", type=Path)
     se.add_argument("--calib", type=Path, required=True)
     se.add_argument("--data", type=Path, required=True, help="validation data")
-    se.add_argument("--method", choices=METHODS, default="entropy")
+    se.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     se.add_argument("--target", choices=tuple(TARGETS), default="trt10")
     se.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN")
     se.add_argument("--limit", type=int, help="calibration samples")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="quantize PP-OCRv4's text detector on real text images (no arguments needed)")
     d.add_argument("--out-dir", type=Path, help="where to write (default: the qdq cache folder)")
-    d.add_argument("--method", choices=METHODS, default="entropy")
+    d.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
     d.add_argument("--json", action="store_true")
     d.add_argument("-q", "--quiet", action="store_true")
     return ap

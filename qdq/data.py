@@ -271,3 +271,38 @@ def batches(dataset, batch_size: int):
             sources.clear()
     if pending:
         yield flush()
+
+
+def prefetch(iterable, depth: int = 2):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so decoding the next
+    samples overlaps the current inference (PIL and ONNX Runtime release the GIL).  Errors raised
+    while producing an item are raised here, in order."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                q.put((item, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((None, e))
+            return
+        q.put((done, None))
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()

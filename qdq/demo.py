@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .data import Dataset, Preprocess, model_inputs
 from .errors import QdqError
+from .ranges import DEFAULT_METHOD
 
 # PP-OCR det preprocessing as rapidocr does it: BGR, x = (pixel/255 − 0.5) / 0.5, sides multiple of 32.
 DET_PREPROCESS = Preprocess(size=(640, 640), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), scale=1 / 255, color="BGR")
@@ -32,7 +33,7 @@ def build_text_sets(folder: Path) -> tuple[Path, Path]:
     return calib, val
 
 
-def run_demo(out_dir=None, method: str = "entropy", as_json: bool = False, quiet: bool = False) -> int:
+def run_demo(out_dir=None, method: str = DEFAULT_METHOD, as_json: bool = False, quiet: bool = False) -> int:
     import json
 
     from . import zoo

@@ -22,7 +22,7 @@ from .graph import GraphIndex
 from .modelio import atomic_write_text, convert_opset, load_model, opset_of
 from .placement import Placement, place
 from .range_files import RangeFile, read_ranges
-from .ranges import METHODS, Range, clipped_fraction, compute_range
+from .ranges import DEFAULT_METHOD, METHODS, Range, clipped_fraction, compute_range
 from .rewrite import insert_qdq, set_metadata
 
 TARGETS = {
@@ -92,7 +92,7 @@ def prepare(model, target: str = "trt10", source: str = "model") -> onnx.ModelPr
     return model
 
 
-def quantize(model, calib=None, *, method: str = "entropy", percentile: float = 99.99, batch_size: int = 1,
+def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: float = 99.99, batch_size: int = 1,
              target: str = "trt10", exclude=(), preprocess: Preprocess | None = None, limit: int | None = None,
              providers=None, quiet: bool = False, ranges=None, force_ranges: bool = False,
              calibration: Calibration | None = None) -> QuantizeResult:

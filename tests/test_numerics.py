@@ -101,6 +101,13 @@ def test_fake_quant_rounds_half_to_even_and_saturates():
     assert fake_quant(x, amax).tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, 127.0, -128.0]
 
 
+def test_entropy_of_values_far_from_zero_keeps_them():
+    # no value below 100: candidates that would clip everything have an all-zero Q and must lose
+    x = np.random.default_rng(5).uniform(100, 101, 10_000).astype(np.float32)
+    amax = compute_range(_stats([x]), "entropy").amax
+    assert 100.0 < amax <= 101.0   # 100.0 exactly would be a candidate with nothing below it
+
+
 def test_all_zero_tensor_gives_zero_amax():
     s = _stats([np.zeros(1000, np.float32)])
     for m in ("max", "entropy", "percentile", "mse"):

@@ -81,7 +81,7 @@ def test_json_ranges_land_on_their_tensors(ppocr_det, det_direct, tmp_path):
     assert got[t2] == pytest.approx(8.0 / 127, rel=1e-7)
     assert got[t3] == pytest.approx(3.5 / 127, rel=1e-7)
     assert r.summary.activations[t1]["method"].startswith("imported")
-    assert r.summary.activations[sites[0]]["method"] == "entropy"       # the rest calibrated
+    assert r.summary.activations[sites[0]]["method"] == "mse"       # the rest calibrated (default method)
     assert any("asymmetric" in w and t2 in w for w in r.summary.warnings)
 
 

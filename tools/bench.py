@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from qdq.errors import QdqError  # noqa: E402
+
 OURS = ("max", "percentile", "entropy", "mse")
 ORT = ("MinMax", "Entropy", "Percentile")
 MODELOPT = ("max", "entropy")
@@ -144,7 +146,10 @@ def main(argv=None):
             row = {"model": model, "tool": tool, "method": method, "n": args.n,
                    **run_isolated(tool, method, model, args.n, out)}
             if tool != "infer" and "error" not in row:
-                row.update(quality(model, out))
+                try:
+                    row.update(quality(model, out))
+                except QdqError as e:  # e.g. ONNX Runtime refusing a file the tool wrote
+                    row["error"] = f"output unusable: {str(e)[:160]}"
             rows.append(row)
             print(json.dumps(row), flush=True)
     if skip_mo:
