@@ -6,6 +6,7 @@ import copy
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 
@@ -51,6 +52,14 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
     available = ort.get_available_providers()
     providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     try:
+        if m.ByteSize() > 2 ** 31 - 1:  # protobuf cannot serialise it: hand ORT a file with external data
+            import tempfile
+
+            from .modelio import save_model
+
+            with tempfile.TemporaryDirectory() as d:
+                path = save_model(m, Path(d) / "model.onnx")
+                return ort.InferenceSession(str(path), so, providers=providers)
         return ort.InferenceSession(m.SerializeToString(), so, providers=providers)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:300]

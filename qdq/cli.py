@@ -439,6 +439,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("qdq: interrupted; no output was written", file=sys.stderr)
         return 130
+    except OSError as e:
+        if args.debug:
+            raise
+        print(f"qdq: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug of ours: still one line, with the way to the traceback
+        if args.debug:
+            raise
+        print(f"qdq: internal error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
+              "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ def load_model(path) -> onnx.ModelProto:
             raise QdqError(f"{path}: external data file {loc!r} of tensor {t.name!r} is missing")
     if any(True for _ in _external_tensors(model)):
         onnx.load_external_data_for_model(model, str(base))
+    if model.ByteSize() <= _TWO_GB:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise QdqError(f"{path}: fails onnx.checker ({first}); fix or re-export the model") from None
     _name_nodes(model)
     return model
 
@@ -94,8 +100,12 @@ def _check_target(path: Path, overwrite: bool, protect=()) -> Path:
 
 
 def _atomic(path: Path, folder: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``.  On any
+    failure or interruption the temp file is removed and ``path`` is left as it was."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise QdqError(f"{path}: cannot write in {folder} ({e.strerror})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -103,6 +113,10 @@ def _atomic(path: Path, folder: Path, write) -> Path:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written model should read like any file
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise QdqError(f"{path}: cannot write ({e.strerror or e}); nothing was changed") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -121,19 +135,28 @@ def atomic_write_text(path, text: str, overwrite: bool = True) -> Path:
     return _atomic(path, folder, write)
 
 
-def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=()) -> Path:
+def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=(),
+               external_threshold: int = _TWO_GB) -> Path:
     """Write ``model`` to ``path`` atomically (temp file in the same folder, then rename).
 
-    Models over 2 GB are written with external data in ``<name>.data`` beside the file.  ``protect``
-    lists paths (e.g. the input model) that must never be replaced.
+    Models larger than ``external_threshold`` bytes (protobuf's 2 GB limit) are written with their
+    tensors in ``<name>.data`` beside the file; the data file is renamed into place first, then the
+    model.  ``protect`` lists paths (e.g. the input model) that must never be replaced.
     """
     path = Path(path)
     folder = _check_target(path, overwrite, protect)
-
-    def write(tmp):
-        if model.ByteSize() > _TWO_GB:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data")
-        else:
-            onnx.save_model(model, tmp)
-    return _atomic(path, folder, write)
+    if model.ByteSize() <= external_threshold:
+        return _atomic(path, folder, lambda tmp: onnx.save_model(model, tmp))
+    data = path.with_name(path.name + ".data")
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=folder) as stage:
+        staged = Path(stage) / path.name
+        try:
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+            onnx.save_model(m, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name, size_threshold=1024)
+            os.replace(Path(stage) / data.name, data)
+            os.replace(staged, path)
+        except OSError as e:
+            raise QdqError(f"{path}: cannot write ({e.strerror or e}); nothing was changed") from None
+    return path

@@ -114,6 +114,11 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
         bad = sorted({n.op_type for n in float_model.graph.node} & TRT85_UNSUPPORTED)
         if bad:
             warnings.append(f"ops {bad} are not parsed by TensorRT 8.5; use --target trt10 or replace them")
+    subgraphs = [n.name for n in float_model.graph.node
+                 if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
+    if subgraphs:
+        warnings.append(f"{len(subgraphs)} nodes with subgraphs (If/Loop/Scan: {', '.join(subgraphs[:3])}) are left "
+                        "in float; only the main graph is quantized")
     idx = GraphIndex.build(float_model)
     plan = place(idx, exclude)
     if not plan.activations:
@@ -171,7 +176,8 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
                           "qdq_samples": cal.samples,
                           "qdq_target": target, "qdq_percentile": percentile if method == "percentile" else ""})
     try:
-        onnx.checker.check_model(qmodel)
+        if qmodel.ByteSize() <= 2 ** 31 - 1:
+            onnx.checker.check_model(qmodel)
     except Exception as e:  # a bug of ours, not the user's: say so plainly
         raise QdqError(f"internal error: the rewritten model fails onnx.checker ({str(e).splitlines()[0][:200]}); "
                        "please report it with the model") from None

@@ -130,8 +130,11 @@ def main(argv=None):
     ap.add_argument("--scaling", nargs="*", type=int, default=[16, 64, 256],
                     help="sample counts for the time/memory scaling table (effnet and ppocr_det frames)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of an earlier --json run")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.markdown:
+        return print(markdown(json.loads(args.markdown.read_text())))
     if args.child:
         tool, method, model, n, out = args.child
         return _child(tool, method, model, int(n), out)
@@ -165,6 +168,25 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps({"quality": rows, "scaling": scaling, "modelopt": skip_mo or "ok"}, indent=1))
     return rows, scaling
+
+
+def markdown(doc: dict) -> str:
+    """The quality and scaling tables of a --json run, as Markdown."""
+    out = ["| model | tool | method | time (s) | peak RSS (MB) | SQNR (dB) | cosine | top-1 | TensorRT-RTX |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["quality"]:
+        if "error" in r:
+            extra = f"{r.get('seconds', '–')} | {r.get('peak_rss_mb', '–')} | – | – | – | {r['error'][:70]}"
+        else:
+            top1 = r.get("top1_agreement")
+            extra = (f"{r['seconds']} | {r['peak_rss_mb']} | {r.get('sqnr_db', '–')} | {r.get('cosine', '–')} | "
+                     f"{'' if top1 is None else f'{top1:.1%}'} | {r.get('tensorrt_rtx', '')[:70]}")
+        out.append(f"| {r['model']} | {r['tool']} | {r['method']} | {extra} |")
+    out += ["", "| N | tool | method | time (s) | peak RSS (MB) |", "|---|---|---|---|---|"]
+    for r in doc["scaling"]:
+        out.append(f"| {r['n']} | {r['tool']} | {r['method']} | {r.get('seconds', r.get('error'))} | "
+                   f"{r.get('peak_rss_mb', '–')} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

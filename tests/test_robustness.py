@@ -1,0 +1,198 @@
+"""Hostile and broken inputs on real models and real data: one-line errors (exit 2), nothing the
+user owns changed, no partial files.  Each test is a row of docs/robustness.md."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from qdq.errors import QdqError
+from qdq.modelio import _atomic, load_model, save_model
+from qdq.pipeline import quantize
+
+DET = ["--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--color", "BGR", "--size", "320x320"]
+
+
+def qdq(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "qdq.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def one_line(r, *needles, code=2):
+    assert r.returncode == code, (r.returncode, r.stdout[-300:], r.stderr[-500:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.fixture()
+def det_copy(ppocr_det, tmp_path):
+    p = tmp_path / "det.onnx"
+    shutil.copy(ppocr_det.model, p)
+    return p
+
+
+def test_non_protobuf_and_checker_failures(ppocr_det, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(os.urandom(4096))
+    one_line(qdq("quantize", junk, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx"), "junk.onnx")
+    m = onnx.load(str(ppocr_det.model))
+    next(n for n in m.graph.node if n.input).input[0] = "no_such_tensor"   # dangling: onnx.checker rejects it
+    bad = tmp_path / "dangling.onnx"
+    onnx.save(m, bad)
+    one_line(qdq("quantize", bad, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx"), "dangling.onnx", "onnx.checker")
+
+
+def test_old_opset_is_upgraded(prepared):
+    ds = prepared("ddddocr_det")                          # opset 11 as shipped
+    assert onnx.load(str(ds.model)).opset_import[0].version == 11
+    r = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=4, quiet=True)
+    assert r.model.opset_import[0].version == 17
+    assert any(n.op_type == "DequantizeLinear" and n.attribute for n in r.model.graph.node)  # per-axis is legal now
+
+
+def test_custom_op_onnxruntime_cannot_run(ppocr_det, tmp_path):
+    m = onnx.load(str(ppocr_det.model))
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.domain = "FancyRelu", "com.example"
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    p = tmp_path / "custom.onnx"
+    onnx.save(m, p)
+    one_line(qdq("quantize", p, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx", *DET), "FancyRelu")
+
+
+def test_subgraphs_are_left_alone_and_reported(effnet, tmp_path):
+    m = onnx.load(str(effnet.model))
+    out = m.graph.output[0].name
+    prod = next(n for n in m.graph.node if out in n.output)
+    prod.output[0] = out + "_pre"
+    branch = lambda name, k: helper.make_graph(  # noqa: E731
+        [helper.make_node("Mul", [out + "_pre", f"{name}_k"], [f"{name}_y"])], name, [],
+        [helper.make_tensor_value_info(f"{name}_y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(k, np.float32), f"{name}_k")])
+    m.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    m.graph.node.append(helper.make_node("If", ["cond"], [out], name="scale_if",
+                                         then_branch=branch("then", 1.0), else_branch=branch("else", 2.0)))
+    p = tmp_path / "if.onnx"
+    onnx.save(m, p)
+    r = quantize(p, effnet.calib, preprocess=effnet.preprocess, limit=4, quiet=True)
+    assert any("subgraphs" in w and "scale_if" in w for w in r.summary.warnings)
+    if_node = next(n for n in r.model.graph.node if n.op_type == "If")
+    assert all(n.op_type == "Mul" for a in if_node.attribute for n in a.g.node)
+
+
+def test_external_data_is_read_written_and_confined(effnet, tmp_path):
+    m = onnx.load(str(effnet.model))
+    src = tmp_path / "ext" / "model.onnx"
+    src.parent.mkdir()
+    onnx.save_model(m, str(src), save_as_external_data=True, location="model.data", size_threshold=1024)
+    loaded = load_model(src)
+    assert loaded.ByteSize() > 10e6                       # weights came back from model.data
+    out = tmp_path / "ext" / "q.onnx"
+    r = quantize(src, effnet.calib, preprocess=effnet.preprocess, limit=2, quiet=True)
+    save_model(r.model, out, external_threshold=1 << 20)  # the >2 GB path, exercised at 1 MB
+    assert (tmp_path / "ext" / "q.onnx.data").stat().st_size > 1e6 and out.stat().st_size < 1e6
+    back = {t.name: numpy_helper.to_array(t) for t in load_model(out).graph.initializer}
+    assert all(np.array_equal(back[t.name], numpy_helper.to_array(t)) for t in r.model.graph.initializer)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.data", "model.onnx", "q.onnx", "q.onnx.data"]
+    # external data pointing outside the model's folder: refused before anything is read
+    for loc in ("../secret.bin", "/etc/passwd"):
+        m2 = onnx.load(str(src), load_external_data=False)
+        for t in m2.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = loc
+        evil = tmp_path / "ext" / "evil.onnx"
+        onnx.save(m2, evil)
+        with pytest.raises(QdqError, match="outside the model's folder"):
+            load_model(evil)
+
+
+def test_bad_data_files(ppocr_det, tmp_path):
+    model, out = ppocr_det.model, tmp_path / "o.onnx"
+    np.savez(tmp_path / "rank.npz", x=np.zeros((64, 64), np.float32))        # rank 2 for a rank-4 input
+    one_line(qdq("quantize", model, "--calib", tmp_path / "rank.npz", "-o", out), "rank.npz", "'x'", "rank")
+    np.savez(tmp_path / "chan.npz", x=np.zeros((1, 4, 64, 64), np.float32))  # 4 channels, model takes 3
+    one_line(qdq("quantize", model, "--calib", tmp_path / "chan.npz", "-o", out), "chan.npz", "dim 1 must be 3")
+    np.savez(tmp_path / "int.npz", x=np.zeros((1, 3, 64, 64), np.int32))
+    one_line(qdq("quantize", model, "--calib", tmp_path / "int.npz", "-o", out), "int.npz", "dtype")
+    inf = np.zeros((1, 3, 64, 64), np.float32)
+    inf[0, 0, 0, 0] = np.inf
+    np.savez(tmp_path / "inf.npz", x=inf)
+    one_line(qdq("quantize", model, "--calib", tmp_path / "inf.npz", "-o", out), "inf.npz", "Inf")
+    assert not out.exists()
+
+
+def test_fewer_samples_than_a_batch(ppocr_det, tmp_path):
+    np.savez(tmp_path / "three.npz", x=np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32))
+    r = qdq("quantize", ppocr_det.model, "--calib", tmp_path / "three.npz", "-o", tmp_path / "o.onnx",
+            "--batch-size", "8", "-q")
+    assert r.returncode == 0, r.stderr
+    assert onnx.load(str(tmp_path / "o.onnx")).metadata_props
+
+
+def test_decompression_bomb_is_refused(ppocr_det, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    Image.new("1", (20000, 12000)).save(folder / "bomb.png")   # 240 Mpixel, a few kB on disk
+    assert (folder / "bomb.png").stat().st_size < 1e6
+    one_line(qdq("quantize", ppocr_det.model, "--calib", folder, "-o", tmp_path / "o.onnx", *DET),
+             "bomb.png", "too large")
+
+
+def test_huge_ranges_file_is_refused(effnet, tmp_path):
+    f = tmp_path / "huge.json"
+    with open(f, "wb") as fh:
+        fh.truncate(65 * 2 ** 20)
+    one_line(qdq("quantize", effnet.model, "--ranges", f, "-o", tmp_path / "o.onnx"), "huge.json", "larger than")
+
+
+def test_output_folder_problems(ppocr_det, tmp_path):
+    one_line(qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", tmp_path / "missing" / "o.onnx", *DET),
+             "does not exist")
+    one_line(qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", "/proc/qdq-test.onnx", "--limit", "2",
+                 *DET), "/proc/qdq-test.onnx")
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous version")
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half a model")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic(target, tmp_path, write)
+    assert target.read_bytes() == b"previous version"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_ctrl_c_mid_calibration(prepared, tmp_path):
+    ds = prepared("frames")                                     # 256 frames: long enough to interrupt
+    out = tmp_path / "o.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "qdq.cli", "quantize", str(ds.model), "--calib", str(ds.calib),
+                             "-o", str(out), "--scale", "1", "--mean", "127,127,127", "--std", "128,128,128", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_shows_the_traceback(ppocr_det, tmp_path):
+    r = qdq("--debug", "quantize", ppocr_det.model, "--calib", tmp_path / "nope", "-o", tmp_path / "o.onnx")
+    assert r.returncode != 0 and "Traceback" in r.stderr
