@@ -266,3 +266,19 @@ def test_inspect_cli_exit_code_and_netron(eff_direct, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_ranges_diff_names_the_tensors_that_moved(effnet, eff_direct, tmp_path):
+    a = tmp_path / "a.onnx"
+    onnx.save(eff_direct.model, a)                                  # percentile
+    ranges = model_ranges(eff_direct.model)
+    moved = sorted(ranges)[:3]
+    edited = {t: (v * 2 if t in moved else v * 1.01) for t, v in ranges.items()}
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(edited))
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "ranges", str(a), str(b), "--ratio", "1.1", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert sorted(d["tensor"] for d in doc["differ"]) == moved
+    assert all(d["ratio"] == pytest.approx(2.0) for d in doc["differ"])
