@@ -17,18 +17,15 @@ from qdq.pipeline import prepare
 from qdq.placement import place
 from qdq.ranges import METHODS, compute_range
 
+from clitools import one_line_error, run_qdq
+
 DET = ["--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--color", "BGR", "--size", "320x320"]
-
-
-def qdq(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "qdq.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
 
 
 def test_quantize_writes_model_ranges_and_json(ppocr_det, tmp_path):
     out, ranges = tmp_path / "det.int8.onnx", tmp_path / "ranges.json"
     before = ppocr_det.model.read_bytes()
-    r = qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", out, "--ranges-out", ranges,
+    r = run_qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", out, "--ranges-out", ranges,
             "--method", "percentile", "--json", *DET)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
@@ -44,35 +41,27 @@ def test_quantize_writes_model_ranges_and_json(ppocr_det, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def _one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qdq: error:"), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_bad_inputs_are_one_line_errors(ppocr_det, tmp_path):
     model = ppocr_det.model
     out = tmp_path / "out.onnx"
-    _one_line_error(qdq("quantize", model, "--calib", tmp_path / "nope", "-o", out), "nope")
+    one_line_error(run_qdq("quantize", model, "--calib", tmp_path / "nope", "-o", out), "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(qdq("quantize", model, "--calib", empty, "-o", out), "empty")
+    one_line_error(run_qdq("quantize", model, "--calib", empty, "-o", out), "empty")
     np.savez(tmp_path / "wrong.npz", image=np.zeros((1, 3, 64, 64), np.float32))
-    _one_line_error(qdq("quantize", model, "--calib", tmp_path / "wrong.npz", "-o", out), "wrong.npz", "'x'")
+    one_line_error(run_qdq("quantize", model, "--calib", tmp_path / "wrong.npz", "-o", out), "wrong.npz", "'x'")
     bad = np.zeros((1, 3, 64, 64), np.float32)
     bad[0, 1, 2, 3] = np.nan
     np.savez(tmp_path / "nan.npz", x=bad)
-    _one_line_error(qdq("quantize", model, "--calib", tmp_path / "nan.npz", "-o", out), "nan.npz", "NaN")
+    one_line_error(run_qdq("quantize", model, "--calib", tmp_path / "nan.npz", "-o", out), "nan.npz", "NaN")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
-    _one_line_error(qdq("quantize", model, "--calib", tmp_path / "obj.npy", "-o", out), "obj.npy", "object")
+    one_line_error(run_qdq("quantize", model, "--calib", tmp_path / "obj.npy", "-o", out), "obj.npy", "object")
     corrupt = tmp_path / "imgs"
     corrupt.mkdir()
     (corrupt / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    _one_line_error(qdq("quantize", model, "--calib", corrupt, "-o", out, *DET), "broken.png")
+    one_line_error(run_qdq("quantize", model, "--calib", corrupt, "-o", out, *DET), "broken.png")
     (tmp_path / "trunc.onnx").write_bytes(model.read_bytes()[:1000])
-    _one_line_error(qdq("quantize", tmp_path / "trunc.onnx", "--calib", ppocr_det.calib, "-o", out), "trunc.onnx")
+    one_line_error(run_qdq("quantize", tmp_path / "trunc.onnx", "--calib", ppocr_det.calib, "-o", out), "trunc.onnx")
     assert not out.exists()
 
 
@@ -81,9 +70,9 @@ def test_existing_output_and_input_path_are_refused(ppocr_det, tmp_path):
     shutil.copy(ppocr_det.model, model)
     keep = tmp_path / "keep.onnx"
     keep.write_bytes(b"precious")
-    _one_line_error(qdq("quantize", model, "--calib", ppocr_det.calib, "-o", keep, *DET), "exists")
+    one_line_error(run_qdq("quantize", model, "--calib", ppocr_det.calib, "-o", keep, *DET), "exists")
     assert keep.read_bytes() == b"precious"
-    _one_line_error(qdq("quantize", model, "--calib", ppocr_det.calib, "-o", model, "--overwrite", *DET), "input model")
+    one_line_error(run_qdq("quantize", model, "--calib", ppocr_det.calib, "-o", model, "--overwrite", *DET), "input model")
     assert model.read_bytes() == ppocr_det.model.read_bytes()
 
 

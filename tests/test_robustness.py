@@ -16,21 +16,9 @@ from qdq.errors import QdqError
 from qdq.modelio import _atomic, load_model, save_model
 from qdq.pipeline import quantize
 
+from clitools import one_line_error, run_qdq
+
 DET = ["--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--color", "BGR", "--size", "320x320"]
-
-
-def qdq(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "qdq.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, **kw)
-
-
-def one_line(r, *needles, code=2):
-    assert r.returncode == code, (r.returncode, r.stdout[-300:], r.stderr[-500:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    assert "Traceback" not in r.stderr
 
 
 @pytest.fixture()
@@ -43,12 +31,12 @@ def det_copy(ppocr_det, tmp_path):
 def test_non_protobuf_and_checker_failures(ppocr_det, tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(os.urandom(4096))
-    one_line(qdq("quantize", junk, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx"), "junk.onnx")
+    one_line_error(run_qdq("quantize", junk, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx"), "junk.onnx")
     m = onnx.load(str(ppocr_det.model))
     next(n for n in m.graph.node if n.input).input[0] = "no_such_tensor"   # dangling: onnx.checker rejects it
     bad = tmp_path / "dangling.onnx"
     onnx.save(m, bad)
-    one_line(qdq("quantize", bad, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx"), "dangling.onnx", "onnx.checker")
+    one_line_error(run_qdq("quantize", bad, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx"), "dangling.onnx", "onnx.checker")
 
 
 def test_old_opset_is_upgraded(prepared):
@@ -66,7 +54,7 @@ def test_custom_op_onnxruntime_cannot_run(ppocr_det, tmp_path):
     m.opset_import.append(helper.make_opsetid("com.example", 1))
     p = tmp_path / "custom.onnx"
     onnx.save(m, p)
-    one_line(qdq("quantize", p, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx", *DET), "FancyRelu")
+    one_line_error(run_qdq("quantize", p, "--calib", ppocr_det.calib, "-o", tmp_path / "o.onnx", *DET), "FancyRelu")
 
 
 def test_subgraphs_are_left_alone_and_reported(effnet, tmp_path):
@@ -119,21 +107,21 @@ def test_external_data_is_read_written_and_confined(effnet, tmp_path):
 def test_bad_data_files(ppocr_det, tmp_path):
     model, out = ppocr_det.model, tmp_path / "o.onnx"
     np.savez(tmp_path / "rank.npz", x=np.zeros((64, 64), np.float32))        # rank 2 for a rank-4 input
-    one_line(qdq("quantize", model, "--calib", tmp_path / "rank.npz", "-o", out), "rank.npz", "'x'", "rank")
+    one_line_error(run_qdq("quantize", model, "--calib", tmp_path / "rank.npz", "-o", out), "rank.npz", "'x'", "rank")
     np.savez(tmp_path / "chan.npz", x=np.zeros((1, 4, 64, 64), np.float32))  # 4 channels, model takes 3
-    one_line(qdq("quantize", model, "--calib", tmp_path / "chan.npz", "-o", out), "chan.npz", "dim 1 must be 3")
+    one_line_error(run_qdq("quantize", model, "--calib", tmp_path / "chan.npz", "-o", out), "chan.npz", "dim 1 must be 3")
     np.savez(tmp_path / "int.npz", x=np.zeros((1, 3, 64, 64), np.int32))
-    one_line(qdq("quantize", model, "--calib", tmp_path / "int.npz", "-o", out), "int.npz", "dtype")
+    one_line_error(run_qdq("quantize", model, "--calib", tmp_path / "int.npz", "-o", out), "int.npz", "dtype")
     inf = np.zeros((1, 3, 64, 64), np.float32)
     inf[0, 0, 0, 0] = np.inf
     np.savez(tmp_path / "inf.npz", x=inf)
-    one_line(qdq("quantize", model, "--calib", tmp_path / "inf.npz", "-o", out), "inf.npz", "Inf")
+    one_line_error(run_qdq("quantize", model, "--calib", tmp_path / "inf.npz", "-o", out), "inf.npz", "Inf")
     assert not out.exists()
 
 
 def test_fewer_samples_than_a_batch(ppocr_det, tmp_path):
     np.savez(tmp_path / "three.npz", x=np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32))
-    r = qdq("quantize", ppocr_det.model, "--calib", tmp_path / "three.npz", "-o", tmp_path / "o.onnx",
+    r = run_qdq("quantize", ppocr_det.model, "--calib", tmp_path / "three.npz", "-o", tmp_path / "o.onnx",
             "--batch-size", "8", "-q")
     assert r.returncode == 0, r.stderr
     assert onnx.load(str(tmp_path / "o.onnx")).metadata_props
@@ -146,7 +134,7 @@ def test_decompression_bomb_is_refused(ppocr_det, tmp_path):
     folder.mkdir()
     Image.new("1", (20000, 12000)).save(folder / "bomb.png")   # 240 Mpixel, a few kB on disk
     assert (folder / "bomb.png").stat().st_size < 1e6
-    one_line(qdq("quantize", ppocr_det.model, "--calib", folder, "-o", tmp_path / "o.onnx", *DET),
+    one_line_error(run_qdq("quantize", ppocr_det.model, "--calib", folder, "-o", tmp_path / "o.onnx", *DET),
              "bomb.png", "too large")
 
 
@@ -154,13 +142,13 @@ def test_huge_ranges_file_is_refused(effnet, tmp_path):
     f = tmp_path / "huge.json"
     with open(f, "wb") as fh:
         fh.truncate(65 * 2 ** 20)
-    one_line(qdq("quantize", effnet.model, "--ranges", f, "-o", tmp_path / "o.onnx"), "huge.json", "larger than")
+    one_line_error(run_qdq("quantize", effnet.model, "--ranges", f, "-o", tmp_path / "o.onnx"), "huge.json", "larger than")
 
 
 def test_output_folder_problems(ppocr_det, tmp_path):
-    one_line(qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", tmp_path / "missing" / "o.onnx", *DET),
+    one_line_error(run_qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", tmp_path / "missing" / "o.onnx", *DET),
              "does not exist")
-    one_line(qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", "/proc/qdq-test.onnx", "--limit", "2",
+    one_line_error(run_qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", "/proc/qdq-test.onnx", "--limit", "2",
                  *DET), "/proc/qdq-test.onnx")
 
 
@@ -194,5 +182,5 @@ def test_ctrl_c_mid_calibration(prepared, tmp_path):
 
 
 def test_debug_shows_the_traceback(ppocr_det, tmp_path):
-    r = qdq("--debug", "quantize", ppocr_det.model, "--calib", tmp_path / "nope", "-o", tmp_path / "o.onnx")
+    r = run_qdq("--debug", "quantize", ppocr_det.model, "--calib", tmp_path / "nope", "-o", tmp_path / "o.onnx")
     assert r.returncode != 0 and "Traceback" in r.stderr

@@ -71,14 +71,8 @@ def test_tensorrt_rejects_nonzero_zero_point_and_zero_scale(models):
 
 # ---- qdq check / qdq trt (issue: TensorRT backend) ----
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
+from clitools import run_qdq  # noqa: E402
 from qdq.tensorrt_backend import build_engines, load_backend  # noqa: E402
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "qdq.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
 def _gpu() -> str | None:
@@ -101,7 +95,7 @@ def test_check_passes_real_and_names_node_of_planted_invalid(models, tmp_path):
     good = models[("ppocr_det", "trt10")].model
     path = tmp_path / "good.onnx"
     onnx.save(good, path)
-    r = _cli("check", path, "--target", "trt10")
+    r = run_qdq("check", path, "--target", "trt10")
     assert r.returncode == 0 and "parse ok, build ok" in r.stdout, r.stdout + r.stderr
 
     def zero_scale(scale, zp):
@@ -111,7 +105,7 @@ def test_check_passes_real_and_names_node_of_planted_invalid(models, tmp_path):
     q = next(n for n in bad.graph.node if n.op_type == "QuantizeLinear")
     bad_path = tmp_path / "bad.onnx"
     onnx.save(bad, bad_path)
-    r = _cli("check", bad_path, "--json")
+    r = run_qdq("check", bad_path, "--json")
     assert r.returncode == 1
     import json
 
@@ -127,19 +121,24 @@ def test_check_passes_real_and_names_node_of_planted_invalid(models, tmp_path):
     custom.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
     cpath = tmp_path / "custom.onnx"
     onnx.save(custom, cpath)
-    r = _cli("check", cpath)
+    r = run_qdq("check", cpath)
     assert r.returncode == 1 and custom.graph.node[5].name in r.stdout, r.stdout
 
 
-def test_trt_build_serializes_both_engines_on_cpu(prepared, tmp_path):
+def _effnet_engines(prepared, tmp_path, samples):
+    """EfficientNet-Lite0 quantized on 16 images, its engines built for ``samples`` held-out images."""
     from qdq.data import Dataset, model_inputs
 
     ds = prepared("effnet")
     q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=16, quiet=True)
     qpath = tmp_path / "int8.onnx"
     onnx.save(q.model, qpath)
-    data = Dataset(ds.val, model_inputs(onnx.load(str(ds.model))), ds.preprocess, limit=2)
-    eng = build_engines(ds.model, qpath, data, tmp_path / "engines", quiet=True)
+    data = Dataset(ds.val, model_inputs(onnx.load(str(ds.model))), ds.preprocess, limit=samples)
+    return q, data, build_engines(ds.model, qpath, data, tmp_path / "engines", quiet=True)
+
+
+def test_trt_build_serializes_both_engines_on_cpu(prepared, tmp_path):
+    _, _, eng = _effnet_engines(prepared, tmp_path, 2)
     assert eng.fp16.stat().st_size > 1e6 and eng.int8.stat().st_size > 1e6
     assert eng.shapes == {"input": (1, 3, 224, 224)}
     assert any("--int8 --fp16" in line for line in eng.trtexec) and any("--fp16" in line for line in eng.trtexec)
@@ -151,16 +150,10 @@ def test_trt_build_serializes_both_engines_on_cpu(prepared, tmp_path):
 @pytest.mark.skipif(_gpu() is not None, reason=f"engine runs need a GPU: {_gpu()}")
 def test_engines_match_onnxruntime(prepared, tmp_path):  # pragma: no cover - runs only where a GPU exists
     from qdq.calibrate import run_session, session_for
-    from qdq.data import Dataset, model_inputs
     from qdq.metrics import sqnr_db
     from qdq.tensorrt_backend import EngineRunner
 
-    ds = prepared("effnet")
-    q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=16, quiet=True)
-    qpath = tmp_path / "int8.onnx"
-    onnx.save(q.model, qpath)
-    data = Dataset(ds.val, model_inputs(onnx.load(str(ds.model))), ds.preprocess, limit=4)
-    eng = build_engines(ds.model, qpath, data, tmp_path / "engines", quiet=True)
+    q, data, eng = _effnet_engines(prepared, tmp_path, 4)
     runner, sess = EngineRunner(eng.int8.read_bytes()), session_for(q.model)
     for src, feed in data:
         assert sqnr_db(run_session(sess, feed, src)["logits"], runner(feed)["logits"]) > 20
@@ -173,7 +166,7 @@ def test_trt_compare_without_gpu_is_one_clear_line(prepared, tmp_path):
     q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=8, quiet=True)
     qpath = tmp_path / "int8.onnx"
     onnx.save(q.model, qpath)
-    r = _cli("trt", "compare", ds.model, qpath, "--data", ds.val, "--limit", "1", "--workdir", tmp_path / "e",
+    r = run_qdq("trt", "compare", ds.model, qpath, "--data", ds.val, "--limit", "1", "--workdir", tmp_path / "e",
              "--scale", "1", "--mean", "127,127,127", "--std", "128,128,128", "-q")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
