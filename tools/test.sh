@@ -13,4 +13,4 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing > /dev/null
 fi
 python3 -m pip install -q -e '.[test]'
-python3 -m pytest -q "$@"
+python3 -m pytest -q -rs "$@"   # -rs: print why a test was skipped (GPU-only tests)
