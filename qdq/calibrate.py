@@ -12,6 +12,7 @@ import onnx
 
 from .data import batches, prefetch
 from .errors import QdqError
+from .modelio import PROTOBUF_LIMIT, save_model
 from .progress import progress
 from .stats import TensorStats
 
@@ -52,10 +53,9 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
     available = ort.get_available_providers()
     providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     try:
-        if m.ByteSize() > 2 ** 31 - 1:  # protobuf cannot serialise it: hand ORT a file with external data
+        if m.ByteSize() > PROTOBUF_LIMIT:  # cannot be serialised: hand ORT a file with external data
             import tempfile
 
-            from .modelio import save_model
 
             with tempfile.TemporaryDirectory() as d:
                 path = save_model(m, Path(d) / "model.onnx")

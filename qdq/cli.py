@@ -262,7 +262,7 @@ def cmd_ranges(args) -> int:
         from .ranges import QMAX
 
         text = (trt_cache_text({t: a / QMAX for t, a in amax.items()}, args.trt_version) if args.to == "trt-cache"
-                else qdq_json_text(amax, "exported"))
+                else qdq_json_text({t: {"amax": a} for t, a in amax.items()}, "exported"))
         if args.output:
             atomic_write_text(args.output, text, overwrite=args.overwrite)
         else:

@@ -11,7 +11,7 @@ from onnx import version_converter
 
 from .errors import QdqError
 
-_TWO_GB = 2 ** 31 - 1
+PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: larger models cannot be one serialised protobuf
 
 
 def load_model(path) -> onnx.ModelProto:
@@ -36,7 +36,7 @@ def load_model(path) -> onnx.ModelProto:
             raise QdqError(f"{path}: external data file {loc!r} of tensor {t.name!r} is missing")
     if any(True for _ in _external_tensors(model)):
         onnx.load_external_data_for_model(model, str(base))
-    if model.ByteSize() <= _TWO_GB:
+    if model.ByteSize() <= PROTOBUF_LIMIT:
         try:
             onnx.checker.check_model(model)
         except Exception as e:
@@ -136,7 +136,7 @@ def atomic_write_text(path, text: str, overwrite: bool = True) -> Path:
 
 
 def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=(),
-               external_threshold: int = _TWO_GB) -> Path:
+               external_threshold: int = PROTOBUF_LIMIT) -> Path:
     """Write ``model`` to ``path`` atomically (temp file in the same folder, then rename).
 
     Models larger than ``external_threshold`` bytes (protobuf's 2 GB limit) are written with their

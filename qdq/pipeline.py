@@ -7,7 +7,6 @@ Data flows one way: data (:mod:`qdq.data`) → statistics (:mod:`qdq.calibrate`,
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from .calibrate import Calibration, calibrate
 from .data import Dataset, Preprocess, model_inputs
 from .errors import QdqError
 from .graph import GraphIndex
-from .modelio import atomic_write_text, convert_opset, load_model, opset_of
+from .modelio import PROTOBUF_LIMIT, atomic_write_text, convert_opset, load_model, opset_of
 from .placement import Placement, place
 from .range_files import RangeFile, read_ranges
 from .ranges import DEFAULT_METHOD, METHODS, Range, clipped_fraction, compute_range
@@ -176,7 +175,7 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
                           "qdq_samples": cal.samples,
                           "qdq_target": target, "qdq_percentile": percentile if method == "percentile" else ""})
     try:
-        if qmodel.ByteSize() <= 2 ** 31 - 1:
+        if qmodel.ByteSize() <= PROTOBUF_LIMIT:
             onnx.checker.check_model(qmodel)
     except Exception as e:  # a bug of ours, not the user's: say so plainly
         raise QdqError(f"internal error: the rewritten model fails onnx.checker ({str(e).splitlines()[0][:200]}); "
@@ -255,7 +254,8 @@ def _import_report(imported: RangeFile | None, plan: Placement, idx: GraphIndex)
 
 def write_ranges(summary: Summary, path) -> None:
     """``--ranges-out``: tensor → amax, method, fraction of calibration values clipped (JSON)."""
-    doc = {"qdq_version": __version__, "method": summary.method, "samples": summary.samples,
-           "ranges": {t: {"amax": a["amax"], "method": a["method"], "clipped": a["clipped"]}
-                      for t, a in summary.activations.items()}}
-    atomic_write_text(Path(path), json.dumps(doc, indent=1))
+    from .range_files import qdq_json_text
+
+    entries = {t: {"amax": a["amax"], "method": a["method"], "clipped": a["clipped"]}
+               for t, a in summary.activations.items()}
+    atomic_write_text(Path(path), qdq_json_text(entries, summary.method, samples=summary.samples))

@@ -168,8 +168,9 @@ def trt_cache_text(scales: dict, version: int = 8601, algorithm: str = "EntropyC
     return "\n".join(lines) + "\n"
 
 
-def qdq_json_text(amax: dict, method: str = "imported") -> str:
+def qdq_json_text(entries: dict, method: str, **extra) -> str:
+    """qdq's ranges JSON (what ``--ranges-out`` and ``qdq ranges --to json`` write, and ``read_ranges``
+    reads): ``entries[tensor]`` is a dict with at least ``amax``; ``extra`` adds top-level fields."""
     from . import __version__
 
-    return json.dumps({"qdq_version": __version__, "method": method,
-                       "ranges": {t: {"amax": a} for t, a in amax.items()}}, indent=1)
+    return json.dumps({"qdq_version": __version__, "method": method, **extra, "ranges": entries}, indent=1)

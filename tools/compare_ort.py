@@ -19,27 +19,20 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qdq.calibrate import run_session, session_for  # noqa: E402
+from qdq.comparison import compare  # noqa: E402
 from qdq.data import Dataset, model_inputs  # noqa: E402
-from qdq.metrics import ErrorAccumulator  # noqa: E402
 from qdq.pipeline import quantize  # noqa: E402
 from tools.datasets import prepared  # noqa: E402
 
 
 def evaluate(float_model, qmodel, val, preprocess) -> dict:
-    ref_s, q_s = session_for(float_model), session_for(qmodel)
-    acc, agree, n = ErrorAccumulator(), 0, 0
-    for src, feed in Dataset(val, model_inputs(float_model), preprocess):
-        ref = next(iter(run_session(ref_s, feed, src).values()))
-        q = next(iter(run_session(q_s, feed, src).values()))
-        acc.add(ref, q)
-        if ref.ndim == 2 and ref.shape[1] >= 10:
-            agree += int((ref.argmax(1) == q.argmax(1)).sum())
-            n += ref.shape[0]
-    out = {"sqnr_db": round(acc.sqnr_db, 2), "cosine": round(acc.cosine, 5)}
-    if n:
-        out["top1_agreement"] = round(agree / n, 4)
-        out["samples"] = n
+    """First output of ``qmodel`` vs ``float_model`` on ``val``, measured by ``qdq.compare``."""
+    res = compare(float_model, qmodel, val, preprocess=preprocess, budget=False, quiet=True)
+    first = res.outputs[0]
+    out = {"sqnr_db": round(first.metrics["sqnr_db"], 2), "cosine": round(first.metrics["cosine"], 5)}
+    if first.top1 is not None:
+        out["top1_agreement"] = round(first.top1, 4)
+        out["samples"] = res.samples
     return out
 
 
