@@ -30,7 +30,7 @@ from .graph import GraphIndex
 from .inspection import QdqSite, qdq_sites
 from .metrics import ErrorAccumulator
 from .modelio import load_model
-from .pipeline import fp16_model
+from .pipeline import TARGETS, fp16_model, prepare
 from .progress import progress
 from .ranges import QMAX
 from .stats import TensorStats
@@ -117,8 +117,7 @@ def weights_only(qmodel: onnx.ModelProto) -> onnx.ModelProto:
     idx = GraphIndex.build(qmodel, infer_shapes=False)
     replace = {}
     for s in qdq_sites(qmodel):
-        q = next(n for n in qmodel.graph.node if n.name == s.node)
-        for dq, _ in idx.consumers.get(q.output[0], []):
+        for dq, _ in idx.consumer_nodes(idx.nodes[s.position].output[0]):
             if dq.op_type == "DequantizeLinear":
                 replace[dq.output[0]] = s.tensor
     return _bypass(qmodel, replace)
@@ -134,7 +133,7 @@ def activations_only(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto) -> onnx.M
     for n in qmodel.graph.node:
         if n.op_type != "DequantizeLinear" or qidx.constant(n.input[0]) is None:
             continue
-        for c, k in qidx.consumers.get(n.output[0], []):
+        for c, k in qidx.consumer_nodes(n.output[0]):
             original = fnodes.get(c.name)
             if original is None or k >= len(original.input):
                 continue
@@ -147,6 +146,15 @@ def activations_only(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto) -> onnx.M
     m = _bypass(qmodel, replace)
     m.graph.initializer.extend(m_inits)
     return m
+
+
+def _as_quantized(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto) -> onnx.ModelProto:
+    """The float model as qdq prepared it before writing ``qmodel`` (BatchNorm folded into the
+    Conv weights, same node names), when ``qmodel`` is a qdq file; else ``fmodel`` as given."""
+    meta = {p.key: p.value for p in qmodel.metadata_props}
+    if "qdq_version" not in meta:
+        return fmodel
+    return prepare(fmodel, meta.get("qdq_target") if meta.get("qdq_target") in TARGETS else "trt10")
 
 
 class _LayerAcc:
@@ -208,7 +216,7 @@ def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwis
         runs["fp32"] = session_for(fmodel)
     if budget:
         runs["weights_only"] = session_for(weights_only(qmodel))
-        runs["activations_only"] = session_for(activations_only(qmodel, fmodel))
+        runs["activations_only"] = session_for(activations_only(qmodel, _as_quantized(fmodel, qmodel)))
 
     out_acc = {o: ErrorAccumulator() for o in f_out}
     fp16_acc = {o: ErrorAccumulator() for o in f_out} if reference == "fp16" else None

@@ -247,6 +247,16 @@ def _fmt_shape(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+def first_feeds(dataset, n: int) -> list[dict]:
+    """The first ``n`` samples of ``dataset`` as feeds (input name -> array)."""
+    out = []
+    for _, feed in dataset:
+        out.append(feed)
+        if len(out) >= n:
+            break
+    return out
+
+
 def batches(dataset, batch_size: int):
     """Group consecutive samples of equal shapes into batches of up to ``batch_size`` along axis 0.
 

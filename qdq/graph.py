@@ -1,4 +1,8 @@
-"""Read-only index over an ONNX graph: producers, consumers, constants and inferred shapes."""
+"""Read-only index over an ONNX graph: producers, consumers, constants and inferred types/shapes.
+
+A node is identified by its position in ``model.graph.node`` (its *id*), never by its name: names
+may be empty or repeated in real models.  ``labels[id]`` is a unique, readable name for reports.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,41 +11,47 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+               onnx.TensorProto.DOUBLE)
+
 
 @dataclass
 class GraphIndex:
     """Lookups over ``model.graph`` (main graph only; subgraphs are left alone).
 
-    ``shapes[name]`` is a list of dims, each an int or None (dynamic/unknown); ``dtypes[name]``
-    an ONNX TensorProto element type.
+    ``producer[t]`` is the id of the node writing tensor ``t``; ``consumers[t]`` lists
+    ``(node id, input index)``.  ``shapes[t]`` is a list of dims, each an int or None (dynamic or
+    unknown); ``dtypes[t]`` an ONNX TensorProto element type.
     """
 
     model: onnx.ModelProto
-    producer: dict = field(default_factory=dict)        # tensor -> NodeProto
-    consumers: dict = field(default_factory=dict)       # tensor -> [(NodeProto, input index)]
+    nodes: list = field(default_factory=list)           # NodeProto by id
+    labels: list = field(default_factory=list)          # unique display name by id
+    producer: dict = field(default_factory=dict)        # tensor -> node id
+    consumers: dict = field(default_factory=dict)       # tensor -> [(node id, input index)]
     constants: dict = field(default_factory=dict)       # tensor -> np.ndarray (initializer or Constant)
     shapes: dict = field(default_factory=dict)
     dtypes: dict = field(default_factory=dict)
-    order: dict = field(default_factory=dict)           # node name -> topological position
     inputs: list = field(default_factory=list)          # graph input names (not initializers)
     outputs: list = field(default_factory=list)
 
     @classmethod
     def build(cls, model: onnx.ModelProto, infer_shapes: bool = True) -> "GraphIndex":
         g = model.graph
-        idx = cls(model=model)
+        idx = cls(model=model, nodes=list(g.node))
+        idx.labels = unique_labels(idx.nodes)
         inits = {t.name for t in g.initializer}
         idx.inputs = [i.name for i in g.input if i.name not in inits]
         idx.outputs = [o.name for o in g.output]
         for t in g.initializer:
             idx.constants[t.name] = numpy_helper.to_array(t)
-        for pos, node in enumerate(g.node):
-            idx.order[node.name] = pos
+        for pos, node in enumerate(idx.nodes):
             for o in node.output:
-                idx.producer[o] = node
+                if o:
+                    idx.producer[o] = pos
             for i, name in enumerate(node.input):
                 if name:
-                    idx.consumers.setdefault(name, []).append((node, i))
+                    idx.consumers.setdefault(name, []).append((pos, i))
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 for a in node.attribute:
                     if a.name == "value":
@@ -63,11 +73,26 @@ class GraphIndex:
         return idx
 
     def is_float(self, name: str) -> bool:
-        return self.dtypes.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                         onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+        return self.dtypes.get(name) in FLOAT_TYPES
 
     def constant(self, name: str) -> np.ndarray | None:
         return self.constants.get(name)
 
-    def node_label(self, node: onnx.NodeProto) -> str:
-        return node.name or f"{node.op_type}->{node.output[0]}"
+    def producer_node(self, tensor: str):
+        """The NodeProto writing ``tensor`` (None for graph inputs and initializers)."""
+        pos = self.producer.get(tensor)
+        return None if pos is None else self.nodes[pos]
+
+    def consumer_nodes(self, tensor: str) -> list:
+        """``[(NodeProto, input index)]`` reading ``tensor``."""
+        return [(self.nodes[p], i) for p, i in self.consumers.get(tensor, [])]
+
+
+def unique_labels(nodes) -> list[str]:
+    """A unique readable name per node: its own name when it has a unique one, else
+    ``<name or op type>#<id>``."""
+    counts = {}
+    for n in nodes:
+        counts[n.name] = counts.get(n.name, 0) + 1
+    return [n.name if n.name and counts[n.name] == 1 else f"{n.name or n.op_type}#{pos}"
+            for pos, n in enumerate(nodes)]

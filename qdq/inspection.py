@@ -80,8 +80,8 @@ def qdq_sites(model: onnx.ModelProto) -> list[QdqSite]:
         scale = idx.constant(n.input[1])
         if scale is None or np.asarray(scale).size != 1:
             continue
-        users = [c.name for q_out in n.output for dq, _ in idx.consumers.get(q_out, [])
-                 for dq_out in dq.output for c, _ in idx.consumers.get(dq_out, [])]
+        users = [idx.labels[c] for q_out in n.output for dq, _ in idx.consumers.get(q_out, [])
+                 for dq_out in idx.nodes[dq].output for c, _ in idx.consumers.get(dq_out, [])]
         sites.append(QdqSite(n.input[0], float(np.asarray(scale).reshape(-1)[0]), n.name, users, pos))
     return sites
 
@@ -149,10 +149,10 @@ def inspect_model(model: onnx.ModelProto, target: str | None = None, shapes: dic
         data = const(n.input[0])
         is_weight = n.op_type == "DequantizeLinear" and data is not None
         if n.op_type == "QuantizeLinear" or is_weight:  # an activation DQ is reported with its Q
-            users = [(c.name, c.op_type) for c, _ in idx.consumers.get(n.output[0], [])]
+            users = [(c.name, c.op_type) for c, _ in idx.consumer_nodes(n.output[0])]
             if n.op_type == "QuantizeLinear":
-                users = [(c.name, c.op_type) for dq, _ in idx.consumers.get(n.output[0], [])
-                         for c, _ in idx.consumers.get(dq.output[0], [])]
+                users = [(c.name, c.op_type) for dq, _ in idx.consumer_nodes(n.output[0])
+                         for c, _ in idx.consumer_nodes(dq.output[0])]
             s = scale.astype(np.float64).reshape(-1) if scale is not None else np.array([math.nan])
             ins.pairs.append({
                 "tensor": n.input[0], "node": n.name, "kind": "weight" if is_weight else "activation",
@@ -173,12 +173,12 @@ def inspect_model(model: onnx.ModelProto, target: str | None = None, shapes: dic
         if n.output[0] in outputs:
             ins.findings.append(Finding("QDQ003", n.name, f"graph output {n.output[0]!r} comes from {n.op_type}; "
                                         "leave outputs in float"))
-        if n.op_type == "QuantizeLinear" and not any(c.op_type == "DequantizeLinear" for c, _ in idx.consumers.get(n.output[0], [])):
+        if n.op_type == "QuantizeLinear" and not any(c.op_type == "DequantizeLinear" for c, _ in idx.consumer_nodes(n.output[0])):
             ins.findings.append(Finding("QDQ007", n.name, f"{n.output[0]!r} is never dequantized"))
         if is_weight and data.dtype == np.int32:
             ins.findings.append(Finding("QDQ009", n.name, f"{n.input[0]!r} is INT32; keep biases float"))
         if is_weight and scale.size > 1:
-            for c, k in idx.consumers.get(n.output[0], []):
+            for c, k in idx.consumer_nodes(n.output[0]):
                 if c.op_type in WEIGHTED and k == 1:
                     want = _weight_axis(c, data) % data.ndim
                     if axis is None or axis % data.ndim != want or scale.size != data.shape[want]:
@@ -194,7 +194,7 @@ def inspect_model(model: onnx.ModelProto, target: str | None = None, shapes: dic
             continue
         scales = set()
         for t in n.input:
-            p = idx.producer.get(t)
+            p = idx.producer_node(t)
             if p is not None and p.op_type == "DequantizeLinear":
                 s = const(p.input[1])
                 if s is not None:
@@ -209,7 +209,7 @@ def inspect_model(model: onnx.ModelProto, target: str | None = None, shapes: dic
         if n.op_type not in WEIGHTED:
             continue
         macs = layer_macs(idx, n)
-        quant = all((p := idx.producer.get(t)) is not None and p.op_type == "DequantizeLinear" for t in n.input[:2])
+        quant = all((p := idx.producer_node(t)) is not None and p.op_type == "DequantizeLinear" for t in n.input[:2])
         if macs is None:
             unknown += 1
         else:

@@ -6,7 +6,6 @@ Data flows one way: data (:mod:`qdq.data`) → statistics (:mod:`qdq.calibrate`,
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,11 +14,11 @@ import onnx
 
 from . import __version__
 from .calibrate import Calibration, calibrate
-from .data import Dataset, Preprocess, model_inputs
+from .data import Dataset, Preprocess, first_feeds, model_inputs
 from .errors import QdqError
 from .graph import GraphIndex
-from .modelio import PROTOBUF_LIMIT, atomic_write_text, convert_opset, load_model, opset_of
-from .placement import Placement, place
+from .modelio import atomic_write_text, convert_opset, load_model, opset_of
+from .placement import Placement, calibration_tensors, place
 from .range_files import RangeFile, read_ranges
 from .ranges import DEFAULT_METHOD, METHODS, Range, clipped_fraction, compute_range
 from .rewrite import insert_qdq, set_metadata
@@ -30,6 +29,8 @@ TARGETS = {
     "trt8": (13, 17, np.float32),
     "trt11": (19, None, np.float16),
 }
+# samples on which the FP16 remainder's precision is measured (qdq.autocast)
+FP16_SAMPLES = 4
 # Ops TensorRT 8.5's ONNX parser does not know (added in 8.6 or later).
 TRT85_UNSUPPORTED = {"LayerNormalization", "GroupNormalization", "GridSample", "ReverseSequence",
                      "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Col2Im", "STFT"}
@@ -52,6 +53,7 @@ class Summary:
     warnings: list = field(default_factory=list)
     output: str | None = None
     ranges_import: dict | None = None   # what an imported ranges file applied, and what it could not
+    fp32_nodes: dict = field(default_factory=dict)   # trt11: node -> why it stays FP32
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +68,7 @@ class QuantizeResult:
     calibration: Calibration | None
     float_model: onnx.ModelProto | None = None   # the float model at the target opset
     index: GraphIndex | None = None
+    fp16: object | None = None                   # trt11: the qdq.autocast.Fp16Plan of the remainder
 
 
 def target_opset(model: onnx.ModelProto, target: str) -> int:
@@ -78,16 +81,36 @@ def target_opset(model: onnx.ModelProto, target: str) -> int:
     return v
 
 
-def prepare(model, target: str = "trt10", source: str = "model") -> onnx.ModelProto:
-    """Load (if a path) and convert the float model to the target's opset."""
+def prepare(model, target: str = "trt10", source: str = "model", warnings: list | None = None) -> onnx.ModelProto:
+    """Load (if a path) the float model and make it ready to quantize, without changing what it
+    computes: the target's opset; Constant nodes as initializers; every node named uniquely;
+    BatchNormalization folded into the Conv before it (:func:`qdq.surgery.fold_batchnorm`); an FP16
+    model computed in FP32 inside (its inputs and outputs keep their FP16 type), since Q/DQ before
+    opset 19 take FP32 scales and statistics are best gathered in FP32."""
+    from .surgery import constants_to_initializers, export_graph, fold_batchnorm, import_graph, name_nodes
+
     if target not in TARGETS:
         raise QdqError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if not isinstance(model, onnx.ModelProto):
         source = str(model)
         model = load_model(model)
-    else:
-        model = copy.deepcopy(model)
     model = convert_opset(model, target_opset(model, target), source)
+    graph = import_graph(model)
+    constants_to_initializers(graph)
+    renamed = name_nodes(graph)
+    fold_batchnorm(graph, fp16_scales=TARGETS[target][2] == np.float16)
+    model = export_graph(graph, model, "preparation")
+    if renamed and warnings is not None:
+        warnings.append(f"{renamed} nodes shared a name with another node and were renamed (name_1, name_2, …)")
+    if any(t == onnx.TensorProto.FLOAT16 for t in GraphIndex.build(model).dtypes.values()):
+        from .precision import cast_float
+
+        declared = {v.name: np.float16 for v in list(model.graph.input) + list(model.graph.output)
+                    if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+        model = cast_float(model, np.float32, pass_name="FP16 model to FP32", io_types=declared)
+        if warnings is not None:
+            warnings.append("the model is FP16: it is calibrated and quantized in FP32 inside, its inputs and "
+                            "outputs stay FP16")
     return model
 
 
@@ -107,8 +130,8 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
     if batch_size < 1:
         raise QdqError(f"--batch-size must be >= 1, got {batch_size}")
     source = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
-    float_model = prepare(model, target, source)
     warnings = []
+    float_model = prepare(model, target, source, warnings)
     if target == "trt8":
         bad = sorted({n.op_type for n in float_model.graph.node} & TRT85_UNSUPPORTED)
         if bad:
@@ -137,13 +160,15 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
         raise QdqError(f"no range for {len(missing)} tensors (e.g. {missing[0]!r})"
                        + (f" in {imported.path}" if imported else "") + ": pass --calib DATA to calibrate them")
     cal = calibration or Calibration()
-    if calibration is None and calib is not None:
+    dataset = None
+    if calib is not None:
         inputs = model_inputs(float_model)
         dataset = Dataset(calib, inputs, preprocess or Preprocess(), limit=limit)
         if any(s.shape and s.shape[0] is not None and s.shape[0] < batch_size for s in inputs):
             batch_size = 1  # a fixed batch dim: run one sample at a time
+    if calibration is None and dataset is not None:
         range_only = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants] if target == "trt11" else ()
-        cal = calibrate(float_model, dataset, plan.activations, range_only, batch_size, providers, quiet)
+        cal = calibrate(float_model, dataset, calibration_tensors(idx, plan), range_only, batch_size, providers, quiet)
 
     ranges = {}
     for t in plan.activations:
@@ -152,12 +177,7 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
             ranges[t] = Range(a, f"imported ({imported.kind})", clipped_fraction(cal.stats[t], a) if t in cal.stats else None)
         else:
             ranges[t] = compute_range(cal.stats[t], method, percentile)
-    for group in plan.groups:
-        shared = max(ranges[t].amax for t in group)
-        for t in group:
-            r = ranges[t]
-            clipped = clipped_fraction(cal.stats[t], shared) if t in cal.stats else None
-            ranges[t] = Range(amax=shared, method=f"{r.method} (shared)", clipped=clipped)
+    ranges = share_ranges(plan, ranges, cal)
     for t, r in ranges.items():
         st = cal.stats.get(t)
         if r.amax == 0.0:
@@ -168,68 +188,83 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
         warnings.append(f"{len(imported.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
                         + ", ".join(imported.asymmetric[:5]) + (" …" if len(imported.asymmetric) > 5 else ""))
 
-    qmodel, notes = build_model(float_model, idx, plan, ranges, target, cal, warnings)
-    if target == "trt11" and calib is None and calibration is None:
-        warnings.append("no calibration data: FP16 overflow of the remainder was not checked")
+    fp16 = None
+    if target == "trt11":
+        from .autocast import fp16_plan
+
+        if not cal.samples:
+            warnings.append("no calibration data: FP16 overflow and precision of the remainder were not checked")
+        extrema = cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()}
+        fp16 = fp16_plan(float_model, extrema, first_feeds(dataset, FP16_SAMPLES) if dataset else [], idx=idx)
+        if fp16.keep:
+            names = list(fp16.names(idx))
+            warnings.append(f"{len(names)} nodes stay FP32 (range or measured FP16 error): {', '.join(names[:5])}"
+                            + (" …" if len(names) > 5 else ""))
+    qmodel, notes = build_model(float_model, idx, plan, ranges, target, fp16, warnings)
     set_metadata(qmodel, {"qdq_version": __version__, "qdq_method": method if (calib is not None or calibration is not None) else "imported",
                           "qdq_samples": cal.samples,
                           "qdq_target": target, "qdq_percentile": percentile if method == "percentile" else ""})
-    try:
-        if qmodel.ByteSize() <= PROTOBUF_LIMIT:
-            onnx.checker.check_model(qmodel)
-    except Exception as e:  # a bug of ours, not the user's: say so plainly
-        raise QdqError(f"internal error: the rewritten model fails onnx.checker ({str(e).splitlines()[0][:200]}); "
-                       "please report it with the model") from None
-
     summary = Summary(
         ranges_import=_import_report(imported, plan, idx),
         model=source, target=target, method=method, opset=opset_of(qmodel), samples=cal.samples,
-        quantized_layers=plan.quantized_layers,
+        quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
         weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
-        skipped=[{"node": n, "op": op, "reason": why} for n, op, why in plan.skipped],
+        skipped=[{"node": idx.labels[i], "op": idx.nodes[i].op_type, "reason": why} for i, why in plan.skipped],
         activations={t: {"amax": r.amax, "scale": r.scale, "method": r.method, "clipped": r.clipped,
                          "reason": plan.reasons.get(t, "")} for t, r in ranges.items()},
         weights={w: {"axis": s.axis, "amax_max": next(n.amax for n in notes if n.tensor == w)}
                  for w, s in plan.weights.items()},
+        fp32_nodes=fp16.names(idx) if fp16 is not None else {},
         warnings=warnings)
-    return QuantizeResult(qmodel, summary, ranges, plan, cal, float_model, idx)
+    return QuantizeResult(qmodel, summary, ranges, plan, cal, float_model, idx, fp16)
+
+
+def share_ranges(plan: Placement, ranges: dict, cal: Calibration) -> dict:
+    """Tensors of one scale group (a Concat's inputs and output, MaxPool/Resize in and out) take
+    the largest amax of the group."""
+    ranges = dict(ranges)
+    for group in plan.groups:
+        shared = max(ranges[t].amax for t in group)
+        for t in group:
+            r = ranges[t]
+            clipped = clipped_fraction(cal.stats[t], shared) if t in cal.stats else None
+            ranges[t] = Range(amax=shared, method=f"{r.method} (shared)", clipped=clipped)
+    return ranges
 
 
 def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, target: str,
-                cal: Calibration, warnings: list | None = None):
+                fp16=None, warnings: list | None = None):
     """The Q/DQ model for ``plan`` with ``ranges`` (tensor → Range): Q/DQ insertion and, for trt11,
-    the FP16 cast.  Returns (model, notes); appends what the user should know to ``warnings``."""
+    the FP16 remainder with the nodes of ``fp16`` (a :class:`qdq.autocast.Fp16Plan`) kept FP32.
+    Returns (model, notes); appends what the user should know to ``warnings``."""
     warnings = [] if warnings is None else warnings
-    qmodel = copy.deepcopy(float_model)
-    scale_dtype = TARGETS[target][2]
-    notes = insert_qdq(qmodel, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
-                       {t: r.method for t, r in ranges.items()}, idx.constants, scale_dtype)
+    qmodel, notes = insert_qdq(float_model, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
+                               {t: r.method for t, r in ranges.items()})
     for n in notes:
         if n.floored and n.tensor in plan.weights:
-            warnings.append(f"weight {n.tensor!r} has all-zero (dead) channels or scales below the "
-                            f"{np.dtype(scale_dtype).name} range; those channels got a positive placeholder scale")
+            warnings.append(f"weight {n.tensor!r} has all-zero (dead) channels or scales below the float32 range; "
+                            "those channels got a positive placeholder scale")
     if target == "trt11":
-        from .precision import cast_to_fp16
+        from .precision import cast_float
 
-        kept = cast_to_fp16(qmodel, cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()},
-                            {t for t in idx.dtypes if idx.is_float(t)})
-        if kept:
-            warnings.append(f"{len(kept)} tensors exceed the FP16 range and stay FP32: {', '.join(kept[:5])}"
-                            + (" …" if len(kept) > 5 else ""))
+        # names are unique after prepare(), and Q/DQ insertion keeps them: they carry the node ids over
+        kept = {idx.nodes[i].name for i in (fp16.keep if fp16 is not None else {})}
+        qmodel = cast_float(qmodel, np.float16, {i for i, n in enumerate(qmodel.graph.node) if n.name in kept})
     return qmodel, notes
 
 
 def fp16_model(model, dataset, quiet: bool = False) -> onnx.ModelProto:
-    """The FP16 model TensorRT runs for ``model``: the cast ``--target trt11`` applies (FP32 I/O,
-    tensors whose range on ``dataset`` would overflow FP16 kept FP32), at opset 19."""
-    from .precision import cast_to_fp16
+    """The FP16 model TensorRT runs for ``model``: the cast ``--target trt11`` applies (FP32 I/O;
+    nodes kept FP32 where ``dataset`` shows FP16 would overflow or cost precision), at opset 19."""
+    from .autocast import fp16_plan
+    from .precision import cast_float
 
     m = prepare(model, "trt11")
     idx = GraphIndex.build(m)
     floats = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants]
     cal = calibrate(m, dataset, [], floats, quiet=quiet)
-    cast_to_fp16(m, cal.extrema, {t for t in idx.dtypes if idx.is_float(t)})
-    return m
+    plan = fp16_plan(m, cal.extrema, first_feeds(dataset, FP16_SAMPLES), idx=idx)
+    return cast_float(m, np.float16, set(plan.keep))
 
 
 def _force(idx: GraphIndex, plan: Placement, imported: RangeFile) -> None:
@@ -238,7 +273,7 @@ def _force(idx: GraphIndex, plan: Placement, imported: RangeFile) -> None:
         if t in plan.activations or t in idx.constants or not idx.is_float(t):
             continue
         for node, i in idx.consumers.get(t, []):
-            plan.add(t, node.name, i, "range forced by --force-ranges")
+            plan.add(t, node, i, "range forced by --force-ranges")
 
 
 def _import_report(imported: RangeFile | None, plan: Placement, idx: GraphIndex) -> dict | None:

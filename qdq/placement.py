@@ -15,6 +15,10 @@ Rules (TensorRT "Working with Quantized Types" and NVIDIA's QAT tooling):
    than 16 input or output channels unless both are multiples of 8; Gemm/MatMul that are GEMV
    shaped (M or N = 1) or have K or N < 16; weights that are not constants.
 Graph outputs are never quantized: Q/DQ feed only the consumers that need them.
+
+Nodes are referred to by id (position in the graph, see :class:`qdq.graph.GraphIndex`).  A weight
+read by layers with different output-channel layouts (a Conv and a ConvTranspose, or a Gemm with and
+without ``transB``) gets one INT8 copy per layout.
 """
 from __future__ import annotations
 
@@ -38,25 +42,41 @@ class WeightSpec:
 
     tensor: str
     axis: int
-    consumers: list  # [(node name, input index)]
+    consumers: list  # [(node id, input index)]
 
 
 @dataclass
 class Placement:
-    """Where Q/DQ go.  ``activations[tensor]`` lists (node name, input index) to rewire."""
+    """Where Q/DQ go.  ``activations[tensor]`` lists (node id, input index) to rewire;
+    ``weights[key]`` one :class:`WeightSpec` per weight and layout (key: the tensor name, or
+    ``name@axisN`` when the weight is read with several layouts)."""
 
     activations: dict = field(default_factory=dict)
-    weights: dict = field(default_factory=dict)            # tensor -> WeightSpec
+    weights: dict = field(default_factory=dict)            # key -> WeightSpec
     groups: list = field(default_factory=list)             # lists of tensors sharing one amax
-    quantized_layers: list = field(default_factory=list)   # node names of weighted ops in INT8
-    skipped: list = field(default_factory=list)            # (node name, op type, reason)
+    quantized_layers: list = field(default_factory=list)   # node ids of weighted ops in INT8
+    skipped: list = field(default_factory=list)            # (node id, reason)
     reasons: dict = field(default_factory=dict)            # activation tensor -> why it is quantized
 
-    def add(self, tensor: str, node: str, index: int, reason: str) -> None:
+    def add(self, tensor: str, node: int, index: int, reason: str) -> None:
         users = self.activations.setdefault(tensor, [])
         if (node, index) not in users:
             users.append((node, index))
         self.reasons.setdefault(tensor, reason)
+
+    def add_weight(self, tensor: str, axis: int, node: int, index: int) -> None:
+        same = [s for s in self.weights.values() if s.tensor == tensor]
+        spec = next((s for s in same if s.axis == axis), None)
+        if spec is None:
+            spec = WeightSpec(tensor, axis, [])
+            if same and same[0].axis != axis:  # a second layout: key both by axis
+                first = same[0]
+                self.weights = {(f"{first.tensor}@axis{first.axis}" if s is first else k): s
+                                for k, s in self.weights.items()}
+                self.weights[f"{tensor}@axis{axis}"] = spec
+            else:
+                self.weights[tensor] = spec
+        spec.consumers.append((node, index))
 
 
 class Excluder:
@@ -132,69 +152,73 @@ def _skip_reason(idx: GraphIndex, node, weight: np.ndarray | None) -> str | None
     return None
 
 
-def place(idx: GraphIndex, exclude=None) -> Placement:
-    """Decide the Q/DQ placement for the main graph of ``idx.model`` (see module doc)."""
+def place(idx: GraphIndex, exclude=None, keep_float: dict | None = None) -> Placement:
+    """Decide the Q/DQ placement for the main graph of ``idx.model`` (see module doc).
+    ``keep_float`` maps node ids of weighted layers to keep in float to the reason (mixed precision)."""
     ex = Excluder(exclude)
+    keep_float = keep_float or {}
     plan = Placement()
-    nodes = list(idx.model.graph.node)
-    quantized_nodes = set()
+    nodes = idx.nodes
+    quantized = set()
 
     def activation_ok(name: str) -> bool:
         return bool(name) and name not in idx.constants and (name not in idx.dtypes or idx.is_float(name))
 
     # 1. weighted layers
-    for node in nodes:
+    for pos, node in enumerate(nodes):
         if node.op_type not in WEIGHTED or node.domain not in ("", "ai.onnx"):
             continue
-        label = idx.node_label(node)
         if ex.match(node):
-            plan.skipped.append((label, node.op_type, "excluded by --exclude"))
+            plan.skipped.append((pos, "excluded by --exclude"))
+            continue
+        if pos in keep_float:
+            plan.skipped.append((pos, keep_float[pos]))
             continue
         x, wname = node.input[0], node.input[1]
         w = idx.constant(wname)
         if idx.constant(x) is not None:
-            plan.skipped.append((label, node.op_type, "first input is a constant"))
+            plan.skipped.append((pos, "first input is a constant"))
             continue
         if w is None and node.op_type != "MatMul":
-            plan.skipped.append((label, node.op_type, "weight is not a constant"))
+            plan.skipped.append((pos, "weight is not a constant"))
             continue
         if w is not None and (w.dtype.kind != "f" or w.ndim < 1):
-            plan.skipped.append((label, node.op_type, f"weight dtype {w.dtype} is not float"))
+            plan.skipped.append((pos, f"weight dtype {w.dtype} is not float"))
             continue
         if not activation_ok(x) or (w is None and not activation_ok(wname)):
-            plan.skipped.append((label, node.op_type, "input is not a float tensor"))
+            plan.skipped.append((pos, "input is not a float tensor"))
             continue
         reason = _skip_reason(idx, node, w)
         if reason:
-            plan.skipped.append((label, node.op_type, reason))
+            plan.skipped.append((pos, reason))
             continue
-        plan.add(x, label, 0, f"input of {node.op_type}")
+        plan.add(x, pos, 0, f"input of {node.op_type}")
         if w is None:
-            plan.add(wname, label, 1, f"input of {node.op_type} (activation x activation)")
+            plan.add(wname, pos, 1, f"input of {node.op_type} (activation x activation)")
         else:
-            spec = plan.weights.setdefault(wname, WeightSpec(wname, _weight_axis(node, w), []))
-            spec.consumers.append((label, 1))
-        plan.quantized_layers.append(label)
-        quantized_nodes.add(label)
+            plan.add_weight(wname, _weight_axis(node, w), pos, 1)
+        plan.quantized_layers.append(pos)
+        quantized.add(pos)
 
     # 2. residual Add fused into a quantized Conv
-    depth = _depths(idx, nodes)
-    for node in nodes:
-        if node.op_type != "Add" or len(node.input) != 2 or ex.match(node):
+    depth = _depths(nodes)
+    for pos, node in enumerate(nodes):
+        if not _residual_add(idx, node) or ex.match(node):
             continue
-        fused = [_conv_source(idx, t, quantized_nodes) for t in node.input]
-        if not any(fused) or any(idx.constant(t) is not None for t in node.input):
+        fused = [_conv_source(idx, t, quantized) for t in node.input]
+        if not any(fused):
             continue
         if all(fused):
             shortcut = min(node.input, key=lambda t: depth.get(t, 0))
         else:
             shortcut = node.input[0] if not fused[0] else node.input[1]
         if activation_ok(shortcut):
-            plan.add(shortcut, idx.node_label(node), list(node.input).index(shortcut), "residual input of Add")
+            plan.add(shortcut, pos, list(node.input).index(shortcut), "residual input of Add")
 
     # 3. propagate through pooling / resize / concat / shape ops whose output is quantized
     groups = _UnionFind()
-    for node in reversed(nodes):
+    for pos in reversed(range(len(nodes))):
+        node = nodes[pos]
         if node.op_type not in SAME_SCALE_OPS + OWN_SCALE_OPS or ex.match(node):
             continue
         out = node.output[0]
@@ -204,22 +228,35 @@ def place(idx: GraphIndex, exclude=None) -> Placement:
         for i, t in enumerate(data_inputs):
             if not activation_ok(t):
                 continue
-            plan.add(t, idx.node_label(node), i, f"input of {node.op_type} between quantized layers")
+            plan.add(t, pos, i, f"input of {node.op_type} between quantized layers")
             if node.op_type in SAME_SCALE_OPS:
                 groups.union(out, t)
     plan.groups = [g for g in groups.groups() if len(g) > 1]
     return plan
 
 
+def calibration_tensors(idx: GraphIndex, plan: Placement) -> list[str]:
+    """Tensors to gather statistics for: the placement's, plus every float input of a residual Add
+    (keeping a layer in float can move the shortcut Q/DQ to the Add's other input)."""
+    extra = [t for node in idx.nodes if _residual_add(idx, node) for t in node.input
+             if t not in plan.activations and idx.constant(t) is None and (t not in idx.dtypes or idx.is_float(t))]
+    return list(plan.activations) + list(dict.fromkeys(extra))
+
+
+def _residual_add(idx: GraphIndex, node) -> bool:
+    return (node.op_type == "Add" and len(node.input) == 2
+            and all(idx.constant(t) is None for t in node.input))
+
+
 def _conv_source(idx: GraphIndex, tensor: str, quantized: set) -> bool:
     """True if ``tensor`` is the output of a quantized Conv/ConvTranspose (through a BatchNorm)."""
-    node = idx.producer.get(tensor)
-    while node is not None and node.op_type in _FUSED_INTO_CONV:
-        node = idx.producer.get(node.input[0])
-    return node is not None and node.op_type in ("Conv", "ConvTranspose") and idx.node_label(node) in quantized
+    pos = idx.producer.get(tensor)
+    while pos is not None and idx.nodes[pos].op_type in _FUSED_INTO_CONV:
+        pos = idx.producer.get(idx.nodes[pos].input[0])
+    return pos is not None and idx.nodes[pos].op_type in ("Conv", "ConvTranspose") and pos in quantized
 
 
-def _depths(idx: GraphIndex, nodes) -> dict:
+def _depths(nodes) -> dict:
     """Longest path (in nodes) from a graph input to each tensor."""
     depth = {}
     for node in nodes:

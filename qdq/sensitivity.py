@@ -24,7 +24,8 @@ from .progress import progress
 
 @dataclass
 class LayerSensitivity:
-    node: str
+    node: str               # label (unique name) of the layer
+    id: int                 # its node id in the float model
     op: str
     mac_share: float
     only_db: float          # output SQNR with only this layer quantized
@@ -48,14 +49,14 @@ class FallbackResult:
     target_db: float
     before_db: float
     after_db: float
-    fallback: list = field(default_factory=list)     # node names kept in float, in the order chosen
+    fallback: list = field(default_factory=list)     # node ids kept in float, in the order chosen
     steps: list = field(default_factory=list)        # [(node, SQNR after excluding it)]
     int8_mac_share: float = 0.0
     reached: bool = False
 
 
 def restrict(plan: Placement, layers: set) -> Placement:
-    """The part of ``plan`` that belongs to ``layers`` (node names) plus the Q/DQ that are not
+    """The part of ``plan`` that belongs to ``layers`` (node ids) plus the Q/DQ that are not
     inputs of a weighted layer (residual shortcuts, pooling), which stay with any non-empty set."""
     weighted = set(plan.quantized_layers)
     out = Placement(quantized_layers=[n for n in plan.quantized_layers if n in layers], skipped=plan.skipped,
@@ -84,7 +85,7 @@ class _Evaluator:
 
     def sqnr(self, plan: Placement) -> float:
         r = self.result
-        model, _ = build_model(r.float_model, r.index, plan, r.ranges, r.summary.target, r.calibration)
+        model, _ = build_model(r.float_model, r.index, plan, r.ranges, r.summary.target, r.fp16)
         sess = session_for(model)
         acc = ErrorAccumulator()
         for (src, feed), ref in zip(self.feeds, self.refs):
@@ -96,7 +97,7 @@ class _Evaluator:
 
 def _mac_shares(result: QuantizeResult) -> dict:
     idx = _static_shapes(result.float_model, None)
-    macs = {n.name: layer_macs(idx, n) or 0 for n in result.float_model.graph.node if n.op_type in WEIGHTED}
+    macs = {i: layer_macs(idx, n) or 0 for i, n in enumerate(idx.nodes) if n.op_type in WEIGHTED}
     total = sum(macs.values())
     return {k: (v / total if total else 0.0) for k, v in macs.items()}
 
@@ -110,12 +111,12 @@ def analyze(result: QuantizeResult, data, *, preprocess: Preprocess | None = Non
     if not layers:
         raise QdqError("no quantized weighted layer to analyse")
     shares = _mac_shares(result)
-    ops = {n.name: n.op_type for n in result.float_model.graph.node}
+    idx = result.index
     full = ev.sqnr(plan)
     rows = []
     with progress("sensitivity", len(layers), quiet) as advance:
         for node in layers:
-            rows.append(LayerSensitivity(node, ops.get(node, "?"), shares.get(node, 0.0),
+            rows.append(LayerSensitivity(idx.labels[node], node, idx.nodes[node].op_type, shares.get(node, 0.0),
                                          ev.sqnr(restrict(plan, {node})),
                                          ev.sqnr(restrict(plan, set(layers) - {node}))))
             advance()
@@ -130,13 +131,13 @@ def fallback(result: QuantizeResult, sens: SensitivityResult, data, target_db: f
     ev = ev or _Evaluator(result, data, preprocess, limit, quiet)
     plan = result.placement
     layers = set(plan.quantized_layers)
-    shares = {r.node: r.mac_share for r in sens.layers}
+    shares = {r.id: r.mac_share for r in sens.layers}
     out = FallbackResult(target_db, sens.full_db, sens.full_db)
     current = sens.full_db
     for row in sens.layers:
         if current >= target_db or len(out.fallback) >= max_fallback:
             break
-        out.fallback.append(row.node)
+        out.fallback.append(row.id)
         current = ev.sqnr(restrict(plan, layers - set(out.fallback)))
         out.steps.append((row.node, current))
     out.after_db = current
@@ -156,21 +157,20 @@ def quantize_to_target(model, calib, data, target_db: float, max_fallback: int =
     if not fb.fallback:
         return first, fb
     # build exactly what was measured: the first placement without the fallback layers
-    ops = {n.name: n.op_type for n in first.float_model.graph.node}
+    idx = first.index
     plan = restrict(first.placement, set(first.placement.quantized_layers) - set(fb.fallback))
-    plan.skipped = list(first.placement.skipped) + [(n, ops.get(n, "?"), f"kept in float by --target-sqnr {target_db:g}")
-                                                    for n in fb.fallback]
-    model, _ = build_model(first.float_model, first.index, plan, first.ranges, first.summary.target, first.calibration)
+    plan.skipped = list(first.placement.skipped) + [(n, f"kept in float by --target-sqnr {target_db:g}") for n in fb.fallback]
+    model, _ = build_model(first.float_model, first.index, plan, first.ranges, first.summary.target, first.fp16)
     del model.metadata_props[:]
     model.metadata_props.extend(first.model.metadata_props)
     s = first.summary
     summary = replace(
-        s, quantized_layers=plan.quantized_layers,
-        skipped=[{"node": n, "op": op, "reason": why} for n, op, why in plan.skipped],
+        s, quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
+        skipped=[{"node": idx.labels[i], "op": idx.nodes[i].op_type, "reason": why} for i, why in plan.skipped],
         activations={t: a for t, a in s.activations.items() if t in plan.activations},
         weights={w: a for w, a in s.weights.items() if w in plan.weights},
         warnings=s.warnings + [
-            f"--target-sqnr {target_db:g}: kept {len(fb.fallback)} layers in float ({', '.join(fb.fallback)}); "
+            f"--target-sqnr {target_db:g}: kept {len(fb.fallback)} layers in float ({', '.join(idx.labels[i] for i in fb.fallback)}); "
             f"output SQNR {fb.before_db:.2f} → {fb.after_db:.2f} dB; INT8 share of MACs {fb.int8_mac_share:.1%}"
             + ("" if fb.reached else f"; target not reached within --max-fallback {max_fallback}")])
     return QuantizeResult(model, summary, {t: r for t, r in first.ranges.items() if t in plan.activations}, plan,

@@ -1,0 +1,162 @@
+"""Which nodes of a float model stay FP32 when the rest runs in FP16 (the idea of NVIDIA's AutoCast,
+decided from data here):
+
+1. *range*: a tensor whose calibrated |x| exceeds half the FP16 maximum keeps its producer and its
+   readers FP32; so does a node reading a constant beyond FP16 (other than "no bound" Clip limits);
+2. *measured*: every node is also run in FP16 from FP16-rounded copies of its FP32 inputs, on a few
+   samples, in one ONNX Runtime session; a node whose FP16 output lies below
+   :data:`qdq.precision.NODE_FP16_MIN_DB` (SQNR against its FP32 output) stays FP32, and so do the
+   producers of its float inputs, so that it reads values never stored in FP16;
+3. *end to end*: the model cast with that set is run against FP32; while its output SQNR is below
+   ``floor_db``, the nodes with the next-largest FP16 error are added (a batch per round, doubling).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .graph import GraphIndex
+from .metrics import ErrorAccumulator
+from .precision import _BOUND_OPS, _NO_BOUND, FP16_MAX, FP16_OUTPUT_MIN_DB, FP16_SAFE_MAX, NODE_FP16_MIN_DB, cast_float
+
+_SKIP = ("QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Size", "Identity")
+
+
+@dataclass
+class Fp16Plan:
+    """Nodes kept FP32 (ids of the float model) with the reason per node, and what was measured."""
+
+    keep: dict = field(default_factory=dict)          # node id -> reason
+    node_db: dict = field(default_factory=dict)       # node id -> FP16 SQNR of its own output
+    output_db: float | None = None                   # FP16 model vs FP32, pooled over outputs
+
+    def names(self, idx: GraphIndex) -> dict:
+        return {idx.labels[i]: why for i, why in self.keep.items()}
+
+
+def range_rules(idx: GraphIndex, extrema: dict) -> dict:
+    """Rule 1: node id -> reason, from calibrated (min, max) per tensor and the constants."""
+    keep = {}
+    for t, (lo, hi) in extrema.items():
+        if max(abs(lo), abs(hi)) > FP16_SAFE_MAX:
+            why = f"tensor {t!r} reaches {max(abs(lo), abs(hi)):.4g}, beyond FP16's safe range"
+            if t in idx.producer:
+                keep.setdefault(idx.producer[t], why)
+            for pos, _ in idx.consumers.get(t, []):
+                keep.setdefault(pos, why)
+    for pos, node in enumerate(idx.nodes):
+        for t in node.input:
+            c = idx.constant(t)
+            if c is None or c.dtype.kind != "f" or c.size == 0:
+                continue
+            big = np.abs(c.astype(np.float64)) > FP16_MAX
+            if np.any(big) and not (node.op_type in _BOUND_OPS and np.all(np.abs(c[big]) >= _NO_BOUND)):
+                keep.setdefault(pos, f"constant {t!r} is beyond the FP16 range")
+    return keep
+
+
+def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None = None) -> dict:
+    """Rule 2's measurement: node id -> SQNR (dB) of the node's FP16 output against its FP32 output,
+    both computed from the same FP32 input values, pooled over ``feeds`` (a list of input dicts)."""
+    from .calibrate import run_session, session_for
+    from .precision import _F16, _opsets, _resolve
+    from .surgery import gs, import_graph
+
+    idx = idx or GraphIndex.build(model)
+    g = gs()
+    graph = import_graph(model)
+    nodes = list(graph.nodes)
+    opsets = _opsets(model)
+    halves, pairs = {}, []   # pairs: (node id, FP32 output name, FP16 duplicate output name)
+
+    def half(t):
+        if t.name not in halves:
+            if isinstance(t, g.Constant):
+                v = np.asarray(t.values)
+                halves[t.name] = g.Constant(f"{t.name}__h", np.asarray(np.clip(v, -FP16_MAX, FP16_MAX), np.float16))
+            else:
+                out = g.Variable(f"{t.name}__h", dtype=np.float16, shape=t.shape)
+                graph.nodes.append(g.Node("Cast", f"{t.name}__cast_h", attrs={"to": onnx.TensorProto.FLOAT16},
+                                          inputs=[t], outputs=[out]))
+                halves[t.name] = out
+        return halves[t.name]
+
+    for pos, node in enumerate(nodes):
+        f = _resolve(node, True, opsets) if node.op not in _SKIP else None
+        if f is None or _F16 not in f.outputs:   # cannot run in FP16 at all: nothing to measure
+            continue
+        inputs = [half(t) if f.inputs[i] == _F16 and idx.dtypes.get(t.name) == onnx.TensorProto.FLOAT else t
+                  for i, t in enumerate(node.inputs)]
+        outs = []
+        for t in node.outputs:
+            if idx.dtypes.get(t.name) != onnx.TensorProto.FLOAT:
+                outs.append(g.Variable(f"{t.name}__dup{pos}"))
+                continue
+            outs.append(g.Variable(f"{t.name}__h16", dtype=np.float16))
+        attrs = dict(node.attrs)
+        if node.op == "Cast":
+            attrs["to"] = onnx.TensorProto.FLOAT16
+        graph.nodes.append(g.Node(node.op, f"{node.name}__fp16", attrs=attrs, inputs=inputs, outputs=outs,
+                                  domain=node.domain))
+        for t, o in zip(node.outputs, outs):
+            if o.dtype == np.float16:
+                back = g.Variable(f"{t.name}__h32", dtype=np.float32)
+                graph.nodes.append(g.Node("Cast", f"{t.name}__cast_back", attrs={"to": onnx.TensorProto.FLOAT},
+                                          inputs=[o], outputs=[back]))
+                graph.outputs += [t, back] if t not in graph.outputs else [back]
+                pairs.append((pos, t.name, back.name))
+    graph.toposort()
+    aug = gs().export_onnx(graph, do_type_check=False)
+    aug.ir_version = model.ir_version
+    sess = session_for(aug)
+    acc = {pos: ErrorAccumulator() for pos, _, _ in pairs}
+    for k, feed in enumerate(feeds):
+        outs = run_session(sess, feed, f"sample {k}")
+        for pos, ref, dup in pairs:
+            acc[pos].add(outs[ref], outs[dup])
+    out = {}
+    for pos, a in acc.items():
+        out[pos] = min(out.get(pos, math.inf), a.sqnr_db)
+    return out
+
+
+def fp16_plan(model: onnx.ModelProto, extrema: dict, feeds: list, floor_db: float = FP16_OUTPUT_MIN_DB,
+              idx: GraphIndex | None = None, rounds: int = 4) -> Fp16Plan:
+    """The FP32 set for ``model`` (a float model) from ``extrema`` (tensor -> (min, max)) and a few
+    ``feeds`` (see module doc)."""
+    from .calibrate import run_session, session_for
+
+    idx = idx or GraphIndex.build(model)
+    plan = Fp16Plan(keep=range_rules(idx, extrema))
+    if not feeds:
+        return plan
+    plan.node_db = node_fp16_errors(model, feeds, idx)
+    for pos, db in plan.node_db.items():
+        if db < NODE_FP16_MIN_DB:
+            plan.keep.setdefault(pos, f"FP16 output {db:.1f} dB from FP32 on calibration samples")
+            for t in idx.nodes[pos].input:
+                if t in idx.producer and idx.is_float(t):
+                    plan.keep.setdefault(idx.producer[t], f"feeds {idx.labels[pos]}, which needs FP32 inputs")
+    ref_sess = session_for(model)
+    refs = [run_session(ref_sess, f, f"sample {k}") for k, f in enumerate(feeds)]
+    ranked = [pos for pos, db in sorted(plan.node_db.items(), key=lambda kv: kv[1]) if pos not in plan.keep]
+    batch = 4
+    for _ in range(rounds + 1):
+        half = cast_float(model, np.float16, set(plan.keep), "FP16 cast")
+        sess = session_for(half)
+        acc = ErrorAccumulator()
+        for k, (feed, ref) in enumerate(zip(feeds, refs)):
+            outs = run_session(sess, feed, f"sample {k}")
+            for name, value in ref.items():
+                acc.add(value, outs[name])
+        plan.output_db = acc.sqnr_db
+        if plan.output_db >= floor_db or not ranked:
+            break
+        for pos in ranked[:batch]:
+            plan.keep[pos] = (f"FP16 output {plan.node_db[pos]:.1f} dB from FP32; kept to bring the model's "
+                              f"FP16 output above {floor_db:g} dB")
+        ranked, batch = ranked[batch:], batch * 2
+    return plan
