@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .data import batches, prefetch
@@ -93,16 +94,17 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
         for t in tensors:
             st = cal.stats[t]
             st.update(outs[t])
-            if not math.isfinite(st.min) or not math.isfinite(st.max):
+            if st.nonfinite:
                 raise QdqError(f"tensor {t!r} is NaN or Inf on sample {sources[0]}; the float model overflows "
                                "on this input: check the preprocessing or exclude the layer")
         for t in range_only:
             x = outs[t]
             if x.dtype.kind != "f" or x.size == 0:
                 continue
-            lo, hi = float(x.min()), float(x.max())
+            lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
             old = cal.extrema.get(t, (math.inf, -math.inf))
-            cal.extrema[t] = (min(old[0], lo), max(old[1], hi))
+            # NaN (0/0 in a masked branch) is not a range; ±Inf is, and keeps the tensor FP32
+            cal.extrema[t] = (min(old[0], lo), max(old[1], hi)) if not (math.isnan(lo) or math.isnan(hi)) else old
 
     # Folding batch k into the histograms (numpy, GIL released) overlaps inference of batch k+1.
     with progress("calibrating", dataset.count(), quiet) as advance, ThreadPoolExecutor(1) as pool:

@@ -50,6 +50,7 @@ def _preprocess(args):
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import TARGETS
     from .ranges import DEFAULT_METHOD, METHODS
+    from .trt_cache import ALGORITHMS
 
     ap = argparse.ArgumentParser(prog="qdq", description="Float ONNX → TensorRT-ready INT8 Q/DQ ONNX.")
     ap.add_argument("--version", action="version", version=f"qdq {__version__}")
@@ -112,15 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-q", "--quiet", action="store_true")
     _add_preprocess(c)
 
-    r = sub.add_parser("ranges", help="export a Q/DQ model's ranges (TensorRT cache or JSON), or diff two")
+    r = sub.add_parser("ranges", help="export a model's ranges (TensorRT cache or JSON), or diff two")
     r.add_argument("sources", type=Path, nargs="+", metavar="FILE",
-                   help="one Q/DQ model to export, or two (Q/DQ models or ranges files) to diff")
+                   help="one model to export (Q/DQ or float), or two (Q/DQ models or ranges files) to diff")
     r.add_argument("--to", choices=("trt-cache", "json"), help="export format")
     r.add_argument("-o", "--output", type=Path, help="file to write (stdout if omitted)")
-    r.add_argument("--overwrite", action="store_true")
-    r.add_argument("--trt-version", type=int, default=8601, help="version in the cache header (default 8601 = 8.6.1)")
-    r.add_argument("--ratio", type=float, default=1.1, help="diff: list tensors whose amax differ by more than this ratio")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    ex = r.add_argument_group("TensorRT cache (implicit INT8 on TensorRT 8.x/10.x)",
+                              "a complete cache has a range for every tensor an INT8 layer reads or writes: "
+                              "the model's Q/DQ ranges, the other tensors calibrated on --calib")
+    ex.add_argument("--calib", type=Path, help="data to calibrate the tensors without Q/DQ (as quantize --calib)")
+    ex.add_argument("--method", choices=METHODS,
+                    help="range method for those tensors (default: the Q/DQ model's own, else entropy)")
+    ex.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    ex.add_argument("--limit", type=int, help="use at most this many samples")
+    ex.add_argument("--trt-version", type=int, default=8601, help="version in the cache header (default 8601 = 8.6.1)")
+    ex.add_argument("--trt-algorithm", choices=ALGORITHMS,
+                    help="calibrator named in the header (default: EntropyCalibration2, MinMaxCalibration for max)")
+    r.add_argument("--ratio", type=float, default=1.1, help="diff: list tensors whose amax differ by more than this ratio "
+                   "(default 1.1)")
     r.add_argument("--json", action="store_true", help="diff as JSON")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no notes")
+    _add_preprocess(r)
 
     i = sub.add_parser("inspect", help="list a Q/DQ model's pairs, its INT8 coverage and TensorRT lint")
     i.add_argument("model", type=Path)
@@ -252,21 +266,28 @@ def cmd_ranges(args) -> int:
 
     from .modelio import atomic_write_text
     from .range_files import qdq_json_text, trt_cache_text
+    from .ranges import QMAX
 
     if len(args.sources) == 1:
         if not args.to:
             raise QdqError("pass --to trt-cache or --to json to export, or two files to diff")
-        amax = _ranges_of(args.sources[0])
-        if not amax:
-            raise QdqError(f"{args.sources[0]}: no activation Q/DQ found; is this a quantized model?")
-        from .ranges import QMAX
-
-        text = (trt_cache_text({t: a / QMAX for t, a in amax.items()}, args.trt_version) if args.to == "trt-cache"
-                else qdq_json_text({t: {"amax": a} for t, a in amax.items()}, "exported"))
+        src = args.sources[0]
+        if args.to == "trt-cache" and src.suffix == ".onnx":
+            text, note = _complete_cache(args)
+        else:
+            amax = _ranges_of(src)
+            if not amax:
+                raise QdqError(f"{src}: no activation Q/DQ found; is this a quantized model?")
+            text = (trt_cache_text({t: a / QMAX for t, a in amax.items()}, args.trt_version,
+                                   args.trt_algorithm or "EntropyCalibration2") if args.to == "trt-cache"
+                    else qdq_json_text({t: {"amax": a} for t, a in amax.items()}, "exported"))
+            note = ""
         if args.output:
             atomic_write_text(args.output, text, overwrite=args.overwrite)
         else:
             sys.stdout.write(text)
+        if note and not args.quiet:
+            print(f"qdq: {note}", file=sys.stderr)
         return 0
     if len(args.sources) != 2:
         raise QdqError("give one file to export or two to diff")
@@ -293,6 +314,31 @@ def cmd_ranges(args) -> int:
                   "only in one" if r["ratio"] is None else f"{r['ratio']:.3g}")
     Console().print(t)
     return 0
+
+
+def _complete_cache(args) -> tuple[str, str]:
+    """``qdq ranges MODEL.onnx --to trt-cache``: every network tensor's range (see qdq.trt_cache)."""
+    from .data import Dataset, model_inputs
+    from .modelio import load_model
+    from .range_files import trt_cache_text
+    from .ranges import METHODS, QMAX
+    from .trt_cache import algorithm_for, network_ranges
+
+    if args.output and args.output.exists() and not args.overwrite:
+        raise QdqError(f"{args.output}: already exists; pass --overwrite or choose another output path")
+    model = load_model(args.sources[0])
+    meta = {p.key: p.value for p in model.metadata_props}
+    method = args.method or (meta.get("qdq_method") if meta.get("qdq_method") in METHODS else "entropy")
+    dataset = Dataset(args.calib, model_inputs(model), _preprocess(args), limit=args.limit) if args.calib else None
+    nr = network_ranges(model, dataset, method, args.percentile, quiet=args.quiet)
+    algorithm = args.trt_algorithm or algorithm_for(method)
+    text = trt_cache_text({t: a / QMAX for t, a in nr.amax.items()}, args.trt_version, algorithm)
+    note = (f"{len(nr.amax)} tensors: {len(nr.from_model)} from the model's Q/DQ, {len(nr.calibrated)} calibrated "
+            f"({method}); header TRT-{args.trt_version}-{algorithm}")
+    if nr.missing:
+        note += (f"; incomplete: {len(nr.missing)} float tensors have no range (e.g. {nr.missing[0]!r}), so TensorRT "
+                 "runs the layers touching them in FP16/FP32: pass --calib DATA")
+    return text, note
 
 
 def cmd_inspect(args) -> int:

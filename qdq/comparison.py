@@ -56,7 +56,7 @@ class LayerReport:
     local_sqnr_db: float
     clipped: float
     levels_used: float
-    hist: list = field(default_factory=list, repr=False)  # |x| counts of the reference tensor, 2048 bins
+    hist: list = field(default_factory=list, repr=False)  # |x| counts of the reference tensor, 2048 bins over [0, max]
     bin_width: float = 0.0
 
 
@@ -181,9 +181,10 @@ class _LayerAcc:
 
     def report(self) -> LayerReport:
         s = self.site
+        counts, width = self.stats.histogram()
         return LayerReport(s.tensor, s.consumers, s.position, s.amax, s.scale, self.acc.sqnr_db, self.local.sqnr_db,
                            self.clipped / max(self.count, 1), float(self.levels.mean()),
-                           self.stats.hist.tolist(), self.stats.bin_width)
+                           [round(c) for c in counts], width)
 
 
 def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwise: bool = False,

@@ -184,6 +184,14 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
             warnings.append(f"tensor {t!r} has a zero range; given scale 1")
         elif st is not None and st.min == st.max:
             warnings.append(f"tensor {t!r} is constant ({st.min:g}) on the calibration data")
+    if imported is not None and imported.note:
+        warnings.append(imported.note)
+    if imported is not None and imported.kind == "ort-cache":
+        lost = [t for t in plan.activations if t in imported.amax and t in cal.stats
+                and -cal.stats[t].min > imported.amax[t] * 1.001]
+        if lost:
+            warnings.append(f"{len(lost)} imported ranges are smaller than the negative values the calibration data "
+                            f"reaches (lost in ONNX Runtime's .cache): {', '.join(lost[:5])}" + (" …" if len(lost) > 5 else ""))
     if imported is not None and imported.asymmetric:
         warnings.append(f"{len(imported.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
                         + ", ".join(imported.asymmetric[:5]) + (" …" if len(imported.asymmetric) > 5 else ""))

@@ -4,11 +4,15 @@ tables; read (format detected by content) and written.
 Every range is reduced to a symmetric ``amax`` (INT8 scale = amax / 127):
 
 * JSON ``{"tensor": amax}``, ``{"tensor": [min, max]}`` (→ max(|min|, |max|), reported as asymmetric),
-  ONNX Runtime's ``{"tensor": {"lowest": min, "highest": max}}``, or qdq's own ``--ranges-out`` file
+  ONNX Runtime's ``calibration.json`` (``{"tensor": {"lowest": min, "highest": max}}``, and since
+  ONNX Runtime 1.20 ``{"CLS": "TensorsData", "data": {...}}`` with NumPy values written as
+  ``{"data": v, "dtype": …, "CLS": "numpy.array"}``), or qdq's own ``--ranges-out`` file
   ``{"ranges": {"tensor": {"amax": …}}}``;
 * TensorRT calibration cache: ``TRT-<version>-<Algorithm>`` then ``<name>: <8 hex digits>``, the
   big-endian IEEE-754 float32 *scale*: amax = scale · 127.  ``0`` entries are listed, not applied;
-* ONNX Runtime ``calibration.cache``: ``<name> <amax in decimal>`` per line.
+* ONNX Runtime ``calibration.cache``: ``<name> <value in decimal>`` per line, where ONNX Runtime
+  writes max(lowest, highest), *signed*: a tensor in [−5, 1] is written as 1 and its negative side is
+  lost.  When ONNX Runtime's ``calibration.json`` lies beside it, that file is read instead.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class RangeFile:
     zero: list = field(default_factory=list)        # entries of 0 (TensorRT writes them for unused tensors)
     asymmetric: list = field(default_factory=list)  # [min, max] ranges made symmetric
     header: str = ""
+    note: str = ""                                  # what the reader did that the user should know
 
 
 def _fail(path, msg: str, line: int | None = None):
@@ -76,7 +81,16 @@ def read_ranges(path) -> RangeFile:
         return _read_trt_cache(path, text)
     if not first:
         _fail(path, "empty ranges file")
-    return _read_ort_cache(path, text)
+    beside = path.with_name("calibration.json")
+    if beside.is_file() and beside != path:
+        rf = read_ranges(beside)
+        rf.note = (f"read {beside.name} beside {path.name}: ONNX Runtime's .cache keeps max(lowest, highest) "
+                   "and loses a larger negative side")
+        return rf
+    rf = _read_ort_cache(path, text)
+    rf.note = ("ONNX Runtime's calibration.cache keeps max(lowest, highest), not max(|lowest|, |highest|): "
+               "a tensor whose negative side is larger lost it; import calibration.json instead")
+    return rf
 
 
 def _read_json(path, text: str) -> RangeFile:
@@ -87,6 +101,8 @@ def _read_json(path, text: str) -> RangeFile:
     if not isinstance(doc, dict):
         _fail(path, "JSON ranges must be an object mapping tensor names to ranges")
     rf = RangeFile(str(path), "json")
+    if doc.get("CLS") == "TensorsData" and isinstance(doc.get("data"), dict):   # ONNX Runtime >= 1.20
+        rf.kind, doc = "ort-json", doc["data"]
     if isinstance(doc.get("ranges"), dict) and "qdq_version" in doc:
         rf.kind = "qdq-json"
         doc = {k: (v.get("amax") if isinstance(v, dict) else v) for k, v in doc["ranges"].items()}
@@ -109,6 +125,8 @@ def _read_json(path, text: str) -> RangeFile:
 
 
 def _scalar(path, name, x) -> float:
+    if isinstance(x, dict) and x.get("CLS") == "numpy.array":  # ONNX Runtime's JSON for a NumPy value
+        x = x.get("data")
     if isinstance(x, list) and len(x) == 1:  # ONNX Runtime stores 0-d arrays as one-element lists
         x = x[0]
     try:

@@ -1,23 +1,23 @@
 """Range methods: turn a tensor's statistics into a symmetric amax (INT8 scale = amax / 127).
 
-All methods read only :class:`qdq.stats.TensorStats` (min, max, 2048-bin |x| histogram), so they
-inherit its independence from batch size and sample order.  Formulas follow NVIDIA's
-pytorch-quantization (``calib/histogram.py``) and TensorRT's entropy calibration:
+All methods read only :class:`qdq.stats.TensorStats`, so they inherit its independence from batch
+size and sample order.  ``entropy``, ``percentile`` and ``mse`` work, as TensorRT's calibrator and
+NVIDIA's pytorch-quantization (``calib/histogram.py``) do, on 2048 bins of |x| over [0, max|x|]:
+counts h_k, edges e_k = k·max/2048, centres c_k = (e_k + e_{k+1})/2.
 
 * ``max``        amax = max |x|.
-* ``percentile`` amax = the first bin edge e_{j+1} where the CDF of |x| reaches p/100
-                 (i.e. at least p % of values are <= e_{j+1}), never above max |x|.
-* ``entropy``    for each candidate i = 128 … n (n = last non-empty bin + 1): the reference
-                 distribution P is bins[0:i] with the mass of bins[i:] folded into bin i-1; the
-                 candidate Q merges bins[0:i] into 128 levels (bin k → level floor(128·k / i)) and
-                 spreads each level's mass evenly over that level's non-empty bins (empty bins
-                 stay 0).  KL(P‖Q) = Σ P_k log(P_k / Q_k) after normalising each to sum 1.
-                 amax = i · w for the i with the smallest KL (largest i on ties).  As in
-                 pytorch-quantization, bin 0 takes bin 1's count first, so the exact zeros that
-                 ReLU-like layers produce in bulk do not dominate the divergence.
-* ``mse``        for each candidate amax c = centre of bin i, i = 128 … n-1: expected squared
-                 error Σ_k h_k (x_k − fq(x_k, c))², with x_k the bin centres and
-                 fq(x, c) = clamp(round_half_even(x·127/c), −128, 127) · c/127.  amax = argmin.
+* ``percentile`` amax = e_j with j the first bin whose cumulative share of values reaches p/100
+                 (pytorch-quantization's ``calib_bin_edges[searchsorted(cdf, p/100)]``).
+* ``entropy``    for each candidate i = 128 … 2048: the reference distribution P is h[0:i] with the
+                 mass of h[i:] folded into bin i-1; the candidate Q merges h[0:i] into 128 levels
+                 (bin k → level floor(128·k / i)) and spreads each level's mass evenly over that
+                 level's non-empty bins (empty bins stay 0).  KL(P‖Q) = Σ P_k log(P_k / Q_k) after
+                 normalising each to sum 1.  amax = e_i for the i with the smallest KL (largest i on
+                 ties).  As in pytorch-quantization, bin 0 takes bin 1's count first, so the exact
+                 zeros that ReLU-like layers produce in bulk do not dominate the divergence.
+* ``mse``        for each candidate amax c = c_i, i = 128 … 2047: expected squared error
+                 Σ_k h_k (c_k − fq(c_k, c))², with fq(x, c) = clamp(round_half_even(x·127/c), −128, 127)·c/127;
+                 amax = the first argmin.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import NUM_BINS, TensorStats
+from .stats import FINE_BINS, TensorStats
 
 METHODS = ("entropy", "percentile", "mse", "max")
 # mse is the default: on all four real models of tools/bench.py it is best or within 0.1 dB of the best
@@ -55,40 +55,36 @@ def compute_range(stats: TensorStats, method: str = DEFAULT_METHOD, percentile: 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     vmax = stats.amax
-    n = _used_bins(stats.hist)
-    if vmax == 0.0 or n == 0:
+    if vmax == 0.0:
         amax = 0.0
-    elif method == "max" or n < NUM_LEVELS:
+    elif method == "max":
         amax = vmax
-    elif method == "percentile":
-        amax = _percentile_amax(stats, percentile)
-    elif method == "entropy":
-        amax = _entropy_amax(stats.hist[:n].astype(np.float64)) * stats.bin_width
     else:
-        amax = _mse_amax(stats.hist[:n].astype(np.float64), stats.bin_width)
+        counts, width = stats.histogram()
+        if method == "percentile":
+            amax = _percentile_amax(counts, percentile) * width
+        elif method == "entropy":
+            amax = _entropy_amax(counts) * width
+        else:
+            amax = _mse_amax(counts, width)
     amax = min(amax, vmax)
     return Range(amax=float(amax), method=method, clipped=clipped_fraction(stats, amax))
 
 
-def _used_bins(hist: np.ndarray) -> int:
-    nz = np.flatnonzero(hist)
-    return int(nz[-1]) + 1 if nz.size else 0
-
-
 def clipped_fraction(stats: TensorStats, amax: float) -> float:
-    """Share of values with |x| >= amax, counted by whole bins whose lower edge is >= amax."""
+    """Share of values with |x| >= amax, counted by whole fine bins whose lower edge is >= amax."""
     if stats.count == 0 or amax >= stats.amax:
         return 0.0
-    first = min(NUM_BINS, math.ceil(amax / stats.bin_width))
+    first = min(FINE_BINS, math.ceil(amax / stats.bin_width))
     return float(stats.hist[first:].sum() / stats.count)
 
 
-def _percentile_amax(stats: TensorStats, percentile: float) -> float:
+def _percentile_amax(counts: np.ndarray, percentile: float) -> int:
+    """Index j of the edge e_j (see module doc)."""
     if not 0.0 < percentile <= 100.0:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    cdf = np.cumsum(stats.hist) / stats.count
-    j = int(np.searchsorted(cdf, percentile / 100.0))  # first bin whose cumulative share >= p
-    return (min(j, NUM_BINS - 1) + 1) * stats.bin_width
+    cdf = np.cumsum(counts) / counts.sum()
+    return int(min(np.searchsorted(cdf, percentile / 100.0), counts.size))
 
 
 def _entropy_amax(bins: np.ndarray) -> int:

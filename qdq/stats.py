@@ -1,16 +1,20 @@
 """Streaming per-tensor statistics: min, max and a histogram of |x|.
 
-The histogram has ``NUM_BINS`` = 2048 bins of width ``w = 2**k`` covering ``[0, 2048·w)``;
-bin ``i`` counts the values with ``i·w <= |x| < (i+1)·w``.  ``k`` is the smallest integer with
-``max|x| < 2048·2**k`` over everything seen so far.  When a larger value arrives, the width
-doubles (adjacent pairs of bins merge) until it fits.  Because every bin edge of width ``2w`` is
-also an edge of width ``w``, merging gives exactly the histogram that width ``2w`` would have
-produced directly, so the final histogram depends only on the multiset of values seen: not on
-batch size, nor on sample order (unlike TensorRT's and pytorch-quantization's histograms, whose
-range is fixed by the first batch).  Memory per tensor is constant (2048 int64 counts).
+The stored histogram has ``FINE_BINS`` = 65536 bins of width ``w = 2**k`` covering
+``[0, FINE_BINS·w)``; bin ``i`` counts the values with ``i·w <= |x| < (i+1)·w``.  ``k`` is the
+smallest integer with ``max|x| < FINE_BINS·2**k`` over everything seen so far.  When a larger value
+arrives, the width doubles (adjacent pairs of bins merge) until it fits.  Because every bin edge of
+width ``2w`` is also an edge of width ``w``, merging gives exactly the histogram that width ``2w``
+would have produced directly, so the histogram depends only on the multiset of values seen: not on
+batch size, nor on sample order.  Dividing by a power of two is exact in binary floating point, so
+``floor(|x| / w)`` assigns every value to the same bin whichever batch it arrived in.  Memory per
+tensor is constant (65536 int64 counts, 512 KB).
 
-Dividing by a power of two is exact in binary floating point, so ``floor(|x| / w)`` assigns every
-value to the same bin whichever batch it arrived in.
+TensorRT's calibrator and pytorch-quantization use ``NUM_BINS`` = 2048 bins over ``[0, max|x|]``
+(their range follows the first batch; here it is the max over all data, i.e. what they compute when
+every value comes in one batch).  :meth:`TensorStats.histogram` rebuilds that histogram from the
+fine one: the fine bins, 16 to 32 per coarse bin, are split across coarse edges in proportion to
+their overlap, the last one ending at max|x|.
 """
 from __future__ import annotations
 
@@ -19,27 +23,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NUM_BINS = 2048
+NUM_BINS = 2048            # TensorRT / pytorch-quantization calibration histogram
+FINE_BINS = 1 << 16        # stored, power-of-two-width histogram
 
-# Smallest bin width: 2**-126 keeps |x|/w finite for float32 subnormals-free data and makes
-# tensors that are all zero still have a defined histogram.
+# Smallest bin width: 2**-126 keeps the scaling factor 2**-k finite in float32 and gives tensors
+# that are all zero a defined histogram.
 _MIN_EXP = -126
 
 
 def _double_width(hist: np.ndarray) -> np.ndarray:
     """The same counts at twice the bin width: bins 2j and 2j+1 merge into bin j."""
-    merged = hist.reshape(NUM_BINS // 2, 2).sum(axis=1)
-    return np.concatenate([merged, np.zeros(NUM_BINS // 2, dtype=np.int64)])
+    merged = hist.reshape(FINE_BINS // 2, 2).sum(axis=1)
+    return np.concatenate([merged, np.zeros(FINE_BINS // 2, dtype=np.int64)])
 
 
 def _exponent_for(amax: float) -> int:
-    """Smallest k (>= _MIN_EXP) with amax < NUM_BINS · 2**k."""
+    """Smallest k (>= _MIN_EXP) with amax < FINE_BINS · 2**k."""
     if amax <= 0.0:
         return _MIN_EXP
-    m, e = math.frexp(amax / NUM_BINS)  # amax/NUM_BINS = m·2**e, 0.5 <= m < 1 → value < 2**e
+    m, e = math.frexp(amax / FINE_BINS)  # amax/FINE_BINS = m·2**e, 0.5 <= m < 1 → value < 2**e
     k = e
-    # amax/NUM_BINS < 2**e always; try one lower exponent in case m == 0.5 exactly (value = 2**(e-1)).
-    if amax < NUM_BINS * math.ldexp(1.0, k - 1):
+    # amax/FINE_BINS < 2**e always; try one lower exponent in case m == 0.5 exactly (value = 2**(e-1)).
+    if amax < FINE_BINS * math.ldexp(1.0, k - 1):
         k -= 1
     return max(k, _MIN_EXP)
 
@@ -49,6 +54,7 @@ class TensorStats:
     """Running statistics of one tensor over all calibration samples.
 
     ``hist[i]`` counts values with ``i·bin_width <= |x| < (i+1)·bin_width`` (units of the tensor).
+    ``nonfinite`` counts NaN and ±Inf values (they are not in ``min``, ``max`` or ``hist``).
     """
 
     name: str
@@ -56,7 +62,8 @@ class TensorStats:
     min: float = math.inf
     max: float = -math.inf
     exp: int = _MIN_EXP
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BINS, dtype=np.int64))
+    nonfinite: int = 0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(FINE_BINS, dtype=np.int64))
 
     @property
     def bin_width(self) -> float:
@@ -76,16 +83,23 @@ class TensorStats:
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float32)
         lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through min/max, Inf shows there
+            finite = np.isfinite(x)
+            self.nonfinite += int(x.size - np.count_nonzero(finite))
+            x = x[finite]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
         self.count += x.size
         self._widen(self.amax)
         a = np.abs(x.reshape(-1))
         a *= a.dtype.type(math.ldexp(1.0, -self.exp))  # exact: a power of two
-        # products that round up onto NUM_BINS still belong to the last bin
-        np.minimum(a, a.dtype.type(NUM_BINS - 1), out=a)
-        idx = a.astype(np.uint16)  # truncation = floor for |x| >= 0; < 2048 fits 16 bits
-        self.hist += np.bincount(idx, minlength=NUM_BINS)
+        # products that round up onto FINE_BINS still belong to the last bin
+        np.minimum(a, a.dtype.type(FINE_BINS - 1), out=a)
+        idx = a.astype(np.uint16)  # truncation = floor for |x| >= 0; < 65536 fits 16 bits
+        self.hist += np.bincount(idx, minlength=FINE_BINS)
 
     def _widen(self, amax: float) -> None:
         k = _exponent_for(amax)
@@ -95,6 +109,7 @@ class TensorStats:
 
     def merge(self, other: "TensorStats") -> None:
         """Fold another TensorStats of the same tensor into this one (order-independent)."""
+        self.nonfinite += other.nonfinite
         if other.count == 0:
             return
         self.min = min(self.min, other.min)
@@ -105,3 +120,24 @@ class TensorStats:
         for _ in range(self.exp - other.exp):
             o = _double_width(o)
         self.hist = self.hist + o
+
+    def histogram(self, bins: int = NUM_BINS) -> tuple[np.ndarray, float]:
+        """``bins`` counts over ``[0, max|x|]`` (float64, summing to ``count``) and their width.
+
+        Fine bin i covers [i·w, (i+1)·w), the last non-empty one ending at max|x|; its count is
+        spread uniformly over that interval, so a coarse bin receives each fine bin's count in
+        proportion to their overlap."""
+        amax = self.amax
+        if self.count == 0 or amax == 0.0:
+            out = np.zeros(bins)
+            out[0] = self.count
+            return out, 0.0
+        nz = np.flatnonzero(self.hist)
+        last = int(nz[-1]) + 1
+        edges = np.minimum(np.arange(last + 1) * self.bin_width, amax)
+        edges[-1] = amax
+        cum = np.concatenate([[0.0], np.cumsum(self.hist[:last], dtype=np.float64)])
+        coarse = np.linspace(0.0, amax, bins + 1)
+        at = np.interp(coarse, edges, cum)
+        at[-1] = cum[-1]
+        return np.diff(at), amax / bins

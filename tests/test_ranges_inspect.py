@@ -90,6 +90,62 @@ def test_ort_calibration_cache_is_decimal_amax(tmp_path):
     f.write_text("input 2.5\nconv_out 0.125\n")
     rf = read_ranges(f)
     assert rf.kind == "ort-cache" and rf.amax == {"input": 2.5, "conv_out": 0.125}
+    assert "max(lowest, highest)" in rf.note
+
+
+def test_onnxruntime_calibration_files_as_it_writes_them(tmp_path):
+    """ONNX Runtime's own writer: calibration.json as TensorsData with NumPy values as dicts, and a
+    .cache holding max(lowest, highest), signed.  [−5, 1] must import as amax 5."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+    from onnxruntime.quantization.quant_utils import write_calibration_table
+
+    data = TensorsData(CalibrationMethod.MinMax, {
+        "a": (np.array(-5.0, np.float32), np.array(1.0, np.float32)),
+        "b": (np.array(0.0, np.float32), np.array(2.5, np.float32))})
+    write_calibration_table(data, str(tmp_path))
+    rf = read_ranges(tmp_path / "calibration.json")
+    assert rf.kind == "ort-json" and rf.amax == {"a": 5.0, "b": 2.5} and rf.asymmetric == ["a", "b"]
+    rf = read_ranges(tmp_path / "calibration.cache")       # the .json beside it is read instead
+    assert rf.amax == {"a": 5.0, "b": 2.5} and "calibration.json" in rf.note
+    (tmp_path / "calibration.json").unlink()
+    rf = read_ranges(tmp_path / "calibration.cache")       # alone, the signed value is all there is: say so
+    assert rf.amax == {"a": 1.0, "b": 2.5} and "import calibration.json" in rf.note
+
+
+def test_complete_trt_cache_covers_every_layer_and_round_trips(effnet, eff_direct, tmp_path):
+    """Implicit INT8 needs a range for every tensor an INT8 layer reads or writes; the Q/DQ ranges
+    survive the round trip bit for bit and the header names the calibrator for the method."""
+    from qdq.graph import GraphIndex
+    from qdq.placement import WEIGHTED
+
+    q = tmp_path / "direct.onnx"
+    onnx.save(eff_direct.model, q)
+    cache = tmp_path / "full.cache"
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "ranges", str(q), "--to", "trt-cache", "-o", str(cache),
+                        "--calib", str(effnet.calib), "--limit", "8", "--scale", "1", "--mean", "127,127,127",
+                        "--std", "128,128,128", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = cache.read_text().splitlines()
+    assert lines[0] == "TRT-8601-EntropyCalibration2"          # percentile: TensorRT reads it with EntropyCalibrator2
+    names = {ln.rsplit(":", 1)[0] for ln in lines[1:]}
+    fidx = GraphIndex.build(eff_direct.float_model)
+    for node in fidx.nodes:
+        if node.op_type in WEIGHTED or node.op_type in ("Add", "Clip", "GlobalAveragePool", "Flatten"):
+            for t in [node.input[0], *node.output]:
+                assert t in names, (node.name, t)              # Conv outputs included
+    from qdq.trt_cache import network_tensors
+
+    assert set(network_tensors(eff_direct.float_model)) <= names    # every tensor TensorRT's network has
+    assert len(names) > len(eff_direct.placement.activations) + 40
+    imported = quantize(effnet.model, None, ranges=cache, quiet=True)
+    a, b = _scales(eff_direct.model), _scales(imported.model)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "ranges", str(q), "--to", "trt-cache", "--method", "max",
+                        "--calib", str(effnet.calib), "--limit", "2", "-q", "--scale", "1"], capture_output=True, text=True)
+    assert r.stdout.startswith("TRT-8601-MinMaxCalibration\n"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "ranges", str(q), "--to", "trt-cache"], capture_output=True,
+                       text=True)                               # without data: exported, and said to be incomplete
+    assert r.returncode == 0 and "incomplete" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("text,line,needle", [
