@@ -3,8 +3,8 @@ decided from data here):
 
 1. *range*: a tensor whose calibrated |x| exceeds half the FP16 maximum keeps its producer and its
    readers FP32; so does a node reading a constant beyond FP16 (other than "no bound" Clip limits);
-2. *measured*: every node is also run in FP16 from FP16-rounded copies of its FP32 inputs, on a few
-   samples, in one ONNX Runtime session; a node whose FP16 output lies below
+2. *measured*: every node is also run with FP16 storage (FP16-rounded copies of its FP32 inputs, its
+   output rounded to FP16), on a few samples, in one ONNX Runtime session; a node whose output then lies below
    :data:`qdq.precision.NODE_FP16_MIN_DB` (SQNR against its FP32 output) stays FP32, and so do the
    producers of its float inputs, so that it reads values never stored in FP16;
 3. *end to end*: the model cast with that set is run against FP32; while its output SQNR is below
@@ -59,8 +59,10 @@ def range_rules(idx: GraphIndex, extrema: dict) -> dict:
 
 
 def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None = None) -> dict:
-    """Rule 2's measurement: node id -> SQNR (dB) of the node's FP16 output against its FP32 output,
-    both computed from the same FP32 input values, pooled over ``feeds`` (a list of input dicts)."""
+    """Rule 2's measurement: node id -> SQNR (dB) of the node's output computed with FP16 storage
+    (inputs rounded to FP16, output rounded to FP16, see :func:`qdq.precision.emulate_fp16`) against
+    its FP32 output, both from the same FP32 input values, pooled over ``feeds``.  One ONNX Runtime
+    session runs the model with an emulated FP16 duplicate of every node that could run in FP16."""
     from .calibrate import run_session, session_for
     from .precision import _F16, _opsets, _resolve
     from .surgery import gs, import_graph
@@ -70,46 +72,40 @@ def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None
     graph = import_graph(model)
     nodes = list(graph.nodes)
     opsets = _opsets(model)
-    halves, pairs = {}, []   # pairs: (node id, FP32 output name, FP16 duplicate output name)
+    rounded, pairs = {}, []   # pairs: (node id, FP32 output name, emulated FP16 output name)
 
-    def half(t):
-        if t.name not in halves:
+    def round_trip(t, name):
+        half = g.Variable(f"{name}__h", dtype=np.float16, shape=t.shape)
+        back = g.Variable(f"{name}__h32", dtype=np.float32, shape=t.shape)
+        graph.nodes += [g.Node("Cast", f"{name}__to_h", attrs={"to": onnx.TensorProto.FLOAT16}, inputs=[t], outputs=[half]),
+                        g.Node("Cast", f"{name}__to_f", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[half], outputs=[back])]
+        return back
+
+    def fp16_input(t):
+        if t.name not in rounded:
             if isinstance(t, g.Constant):
-                v = np.asarray(t.values)
-                halves[t.name] = g.Constant(f"{t.name}__h", np.asarray(np.clip(v, -FP16_MAX, FP16_MAX), np.float16))
+                v = np.clip(np.asarray(t.values, np.float64), -FP16_MAX, FP16_MAX)
+                rounded[t.name] = g.Constant(f"{t.name}__r", np.asarray(v.astype(np.float16), np.float32))
             else:
-                out = g.Variable(f"{t.name}__h", dtype=np.float16, shape=t.shape)
-                graph.nodes.append(g.Node("Cast", f"{t.name}__cast_h", attrs={"to": onnx.TensorProto.FLOAT16},
-                                          inputs=[t], outputs=[out]))
-                halves[t.name] = out
-        return halves[t.name]
+                rounded[t.name] = round_trip(t, t.name)
+        return rounded[t.name]
 
     for pos, node in enumerate(nodes):
         f = _resolve(node, True, opsets) if node.op not in _SKIP else None
         if f is None or _F16 not in f.outputs:   # cannot run in FP16 at all: nothing to measure
             continue
-        inputs = [half(t) if f.inputs[i] == _F16 and idx.dtypes.get(t.name) == onnx.TensorProto.FLOAT else t
+        inputs = [fp16_input(t) if f.inputs[i] == _F16 and idx.dtypes.get(t.name) == onnx.TensorProto.FLOAT else t
                   for i, t in enumerate(node.inputs)]
-        outs = []
-        for t in node.outputs:
-            if idx.dtypes.get(t.name) != onnx.TensorProto.FLOAT:
-                outs.append(g.Variable(f"{t.name}__dup{pos}"))
-                continue
-            outs.append(g.Variable(f"{t.name}__h16", dtype=np.float16))
-        attrs = dict(node.attrs)
-        if node.op == "Cast":
-            attrs["to"] = onnx.TensorProto.FLOAT16
-        graph.nodes.append(g.Node(node.op, f"{node.name}__fp16", attrs=attrs, inputs=inputs, outputs=outs,
+        outs = [g.Variable(f"{t.name}__dup{pos}", dtype=t.dtype, shape=t.shape) for t in node.outputs]
+        graph.nodes.append(g.Node(node.op, f"{node.name}__fp16", attrs=dict(node.attrs), inputs=inputs, outputs=outs,
                                   domain=node.domain))
-        for t, o in zip(node.outputs, outs):
-            if o.dtype == np.float16:
-                back = g.Variable(f"{t.name}__h32", dtype=np.float32)
-                graph.nodes.append(g.Node("Cast", f"{t.name}__cast_back", attrs={"to": onnx.TensorProto.FLOAT},
-                                          inputs=[o], outputs=[back]))
-                graph.outputs += [t, back] if t not in graph.outputs else [back]
+        for k, (t, o) in enumerate(zip(node.outputs, outs)):
+            if f.outputs[k] == _F16 and idx.dtypes.get(t.name) == onnx.TensorProto.FLOAT:
+                back = round_trip(o, o.name)
+                graph.outputs += [back] + ([] if t in graph.outputs else [t])
                 pairs.append((pos, t.name, back.name))
     graph.toposort()
-    aug = gs().export_onnx(graph, do_type_check=False)
+    aug = g.export_onnx(graph, do_type_check=False)
     aug.ir_version = model.ir_version
     sess = session_for(aug)
     acc = {pos: ErrorAccumulator() for pos, _, _ in pairs}

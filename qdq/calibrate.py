@@ -2,7 +2,6 @@
 tensors that will carry Q/DQ into streaming statistics.  Activations are never kept."""
 from __future__ import annotations
 
-import copy
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,13 +27,18 @@ class Calibration:
 
 
 def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), threads: int | None = None):
-    """An ONNX Runtime session of ``model`` that also returns ``extra_outputs`` (tensor names)."""
+    """An ONNX Runtime session of ``model`` that also returns ``extra_outputs`` (tensor names).
+
+    A model computing in FP16 runs as its FP16 emulation (:func:`qdq.precision.emulate_fp16`): ONNX
+    Runtime's CPU provider would compute much of it in FP32 and hide what FP16 storage costs."""
     import onnxruntime as ort
 
-    m = model
+    from .precision import emulate_fp16, has_fp16
+
+    m = emulate_fp16(model) if has_fp16(model) else model
     if extra_outputs:
-        m = copy.copy(model)
-        m.CopyFrom(model)
+        m, src = onnx.ModelProto(), m
+        m.CopyFrom(src)
         present = {o.name for o in m.graph.output}
         for name in extra_outputs:
             if name not in present:

@@ -16,10 +16,15 @@ Types are decided per node from the ONNX op schemas (:func:`cast_float`):
 * graph inputs and outputs keep their declared types, with a Cast at each boundary; a Cast is added
   wherever a producer's type differs from what a consumer takes, once per tensor and type.
 
-Which nodes stay FP32 (:func:`fp16_keep`) is decided by data, like NVIDIA's AutoCast: tensors whose
-calibrated range exceeds half the FP16 maximum, and nodes whose own FP16 error, measured on
-calibration samples, is high (:func:`node_fp16_errors`); the result is checked end to end and more
-nodes are kept while the FP16 model's output stays measurably below FP32 (:func:`fp16_plan`).
+Which nodes stay FP32 is decided by data, like NVIDIA's AutoCast (:mod:`qdq.autocast`).
+
+Evaluating FP16 in ONNX Runtime: its CPU provider runs FP16 nodes that have no FP16 kernel in FP32 and
+removes the roundings between consecutive such nodes, so an FP16 model run there looks better than
+TensorRT runs it (a graph that adds 2000 and subtracts it again measured 70 dB as an FP16 model in
+ONNX Runtime, 6.6 dB with its FP16 storage made explicit).  :func:`emulate_fp16` gives the FP32 graph
+that rounds every tensor the model stores in FP16, through explicit Cast pairs ONNX Runtime keeps:
+each op computes from FP16 values and its output is stored in FP16, which is what TensorRT's FP16
+kernels do except for the FP32 accumulation inside Conv/GEMM.
 """
 from __future__ import annotations
 
@@ -202,6 +207,38 @@ def cast_float(model: onnx.ModelProto, to, keep: set = frozenset(), pass_name: s
                                   attrs={"to": _ONNX_OF[want]}, inputs=[inner], outputs=[out]))
         out.dtype = want
     return export_graph(graph, model, pass_name)
+
+
+def has_fp16(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` computes anything in FP16 (initializers or declared tensors)."""
+    return (any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+            or any(v.type.tensor_type.elem_type == TensorProto.FLOAT16
+                   for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)))
+
+
+def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The FP32 graph computing what ``model`` (with FP16 tensors) computes with FP16 storage: every
+    tensor the model holds in FP16 is rounded to FP16 (Cast to FP16 and back) where it is produced;
+    FP16 constants become FP32 of the same values.  Inputs and outputs keep their declared types."""
+    g = gs()
+    graph = import_graph(model)
+    half = {t.name for t in graph.tensors().values() if isinstance(t, g.Variable) and _dtype(t) == _F16}
+    io = {t.name: _dtype(t) for t in list(graph.inputs) + list(graph.outputs) if _dtype(t) is not None}
+    full = cast_float(model, np.float32, pass_name="FP16 emulation", io_types=io)
+    graph = import_graph(full)
+    taken = taken_names(graph)
+    for t in [t for t in graph.tensors().values() if isinstance(t, g.Variable) and t.name in half and t.inputs]:
+        if _dtype(t) != _F32:   # a declared FP16 graph input/output is rounded by its type already
+            continue
+        producer = t.inputs[0]
+        raw = g.Variable(fresh_name(f"{t.name}_fp32", taken), dtype=_F32, shape=t.shape)
+        mid = g.Variable(fresh_name(f"{t.name}_as_fp16", taken), dtype=_F16, shape=t.shape)
+        producer.outputs[producer.outputs.index(t)] = raw
+        graph.nodes += [g.Node("Cast", fresh_name(f"{t.name}_RoundToFp16", taken), attrs={"to": TensorProto.FLOAT16},
+                               inputs=[raw], outputs=[mid]),
+                        g.Node("Cast", fresh_name(f"{t.name}_BackToFp32", taken), attrs={"to": TensorProto.FLOAT},
+                               inputs=[mid], outputs=[t])]
+    return export_graph(graph, full, "FP16 emulation")
 
 
 def _suffix(dtype) -> str:

@@ -138,15 +138,24 @@ def fake_quant(x: np.ndarray, amax) -> np.ndarray:
 
 
 def _mse_amax(bins: np.ndarray, width: float) -> float:
+    """argmin over candidates c = centre i (i >= 128) of Σ_k h_k (x_k − fq(x_k, c))², in bin units
+    (u_k = k + 0.5; the width scales every error alike).  Centres above c saturate to c exactly, so
+    their part is Σ_{k>i} h_k (u_k − c)², from suffix sums; the rest is rounding error, summed over
+    k <= i only."""
     n = bins.size
-    centres = (np.arange(n) + 0.5) * width
-    best, best_err = centres[-1], math.inf
-    # candidates in chunks to keep the (candidates × bins) work array small (≤ 32 MB)
-    cands = centres[NUM_LEVELS:]
-    for lo in range(0, cands.size, 256):
-        c = cands[lo:lo + 256, None]
-        err = ((fake_quant(centres[None, :], c) - centres[None, :]) ** 2 * bins).sum(axis=1)
-        k = int(np.argmin(err))
-        if err[k] < best_err:
-            best, best_err = float(cands[lo + k]), float(err[k])
-    return best
+    u = np.arange(n) + 0.5
+    h = bins.astype(np.float64)
+    # suffix sums over k > i of h, h·u, h·u²
+    s0, s1, s2 = (np.concatenate([np.cumsum((h * u ** p)[::-1])[::-1][1:], [0.0]]) for p in (0, 1, 2))
+    best, best_err = n - 1, math.inf
+    for lo in range(NUM_LEVELS, n, 256):
+        i = np.arange(lo, min(lo + 256, n))
+        c = u[i][:, None]
+        k = u[: i[-1] + 1][None, :]
+        s = c / QMAX
+        inside = np.where(k <= c, (k - np.rint(k / s) * s) ** 2, 0.0) @ h[: i[-1] + 1]
+        err = inside + s2[i] - 2 * u[i] * s1[i] + u[i] ** 2 * s0[i]
+        j = int(np.argmin(err))
+        if err[j] < best_err:
+            best, best_err = int(i[j]), float(err[j])
+    return u[best] * width

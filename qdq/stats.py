@@ -31,10 +31,17 @@ FINE_BINS = 1 << 16        # stored, power-of-two-width histogram
 _MIN_EXP = -126
 
 
-def _double_width(hist: np.ndarray) -> np.ndarray:
-    """The same counts at twice the bin width: bins 2j and 2j+1 merge into bin j."""
-    merged = hist.reshape(FINE_BINS // 2, 2).sum(axis=1)
-    return np.concatenate([merged, np.zeros(FINE_BINS // 2, dtype=np.int64)])
+def _coarsen(hist: np.ndarray, d: int) -> np.ndarray:
+    """The same counts at 2**d times the bin width: bins f·j … f·j + f − 1 (f = 2**d) merge into bin j."""
+    if d <= 0:
+        return hist
+    if d >= FINE_BINS.bit_length() - 1:
+        out = np.zeros(FINE_BINS, dtype=np.int64)
+        out[0] = hist.sum()
+        return out
+    f = 1 << d
+    merged = hist.reshape(FINE_BINS // f, f).sum(axis=1)
+    return np.concatenate([merged, np.zeros(FINE_BINS - FINE_BINS // f, dtype=np.int64)])
 
 
 def _exponent_for(amax: float) -> int:
@@ -103,9 +110,10 @@ class TensorStats:
 
     def _widen(self, amax: float) -> None:
         k = _exponent_for(amax)
-        while self.exp < k:
-            self.hist = _double_width(self.hist)
-            self.exp += 1
+        if k > self.exp:
+            # an empty histogram just takes the new width; a filled one merges 2**(k - exp) bins at once
+            self.hist = _coarsen(self.hist, k - self.exp) if self.hist.any() else self.hist
+            self.exp = k
 
     def merge(self, other: "TensorStats") -> None:
         """Fold another TensorStats of the same tensor into this one (order-independent)."""
@@ -116,10 +124,7 @@ class TensorStats:
         self.max = max(self.max, other.max)
         self.count += other.count
         self._widen(self.amax)
-        o = other.hist
-        for _ in range(self.exp - other.exp):
-            o = _double_width(o)
-        self.hist = self.hist + o
+        self.hist = self.hist + _coarsen(other.hist, self.exp - other.exp)
 
     def histogram(self, bins: int = NUM_BINS) -> tuple[np.ndarray, float]:
         """``bins`` counts over ``[0, max|x|]`` (float64, summing to ``count``) and their width.

@@ -4,22 +4,28 @@ Modules, tried in order and imported lazily: ``tensorrt`` (NVIDIA TensorRT 8.5 â
 GPU), ``tensorrt_rtx`` / ``tensorrt_rtx_bindings`` (TensorRT-RTX from PyPI: strongly typed only; its
 builder runs ahead of time on a CPU-only machine once a compute capability is set, and it enforces
 TensorRT's Q/DQ rules).  Device memory goes through cuda-python (``cuda.bindings.runtime`` or
-``cuda.cudart``) or pycuda, whichever is installed.
+``cuda.cudart``) or pycuda, whichever is installed; every CUDA call's status is checked.
 
-Precision per API:
-* TensorRT < 11 (weakly typed): FP16 engine = FP32 ONNX + BuilderFlag.FP16; INT8 engine = Q/DQ ONNX +
-  INT8 and FP16 flags (Q/DQ decide what runs in INT8, the flags allow it).
-* TensorRT â‰¥ 11 and TensorRT-RTX (strongly typed): FP16 engine = the FP16 cast of the model (the cast
-  ``--target trt11`` uses); INT8 engine = the Q/DQ ONNX as written (use ``--target trt11`` for an FP16
-  remainder).
+What differs per version is decided in one place, :class:`Backend` (as Polygraphy's loaders do):
+
+* network: TensorRT 8.x's ONNX parser needs ``1 << EXPLICIT_BATCH`` (an implicit-batch network is
+  refused); 10.x networks are always explicit (the flag is deprecated, 0 is passed); 11.x and
+  TensorRT-RTX are strongly typed (``STRONGLY_TYPED`` where the enum has it);
+* precision, weakly typed (8.x, 10.x): FP16 engine = FP32 ONNX + ``BuilderFlag.FP16``; INT8 engine =
+  Q/DQ ONNX + INT8 and FP16 flags (Q/DQ decide what runs in INT8, the flags allow it).  Strongly typed
+  (11.x, RTX; those flags are gone): FP16 engine = the FP16 cast of the model, INT8 engine = the Q/DQ
+  ONNX as written (``--target trt11`` gives it an FP16 remainder);
+* target GPU: TensorRT builds for the local GPU; TensorRT-RTX builds for the local GPU's compute
+  capability when one is visible, and ahead of time for SM86 on a machine without one.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
+import os
 import shlex
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +58,29 @@ class Backend:
     def strongly_typed(self) -> bool:
         return self.rtx or self.major >= 11
 
+    def network_flags(self) -> int:
+        flags = self.module.NetworkDefinitionCreationFlag
+        if self.strongly_typed:
+            return 1 << int(flags.STRONGLY_TYPED) if hasattr(flags, "STRONGLY_TYPED") else 0
+        if self.major < 10:  # the 8.x ONNX parser refuses implicit-batch networks
+            return 1 << int(flags.EXPLICIT_BATCH)
+        return 0
+
+    def configure(self, config, precision: str) -> None:
+        """Builder flags (weakly typed only) and, for TensorRT-RTX, the compute capability."""
+        trt = self.module
+        if not self.strongly_typed:
+            if precision in ("fp16", "int8"):
+                config.set_flag(trt.BuilderFlag.FP16)
+            if precision == "int8":
+                config.set_flag(trt.BuilderFlag.INT8)
+        if self.rtx and hasattr(config, "set_compute_capability"):
+            config.num_compute_capabilities = 1
+            target = trt.ComputeCapability.CURRENT if gpu_visible() else trt.ComputeCapability.SM86
+            config.set_compute_capability(target, 0)
+        if hasattr(trt, "ProfilingVerbosity"):
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+
 
 def load_backend(prefer: str | None = None) -> Backend:
     """The first importable TensorRT module (``prefer`` first), or a QdqError saying what to install."""
@@ -66,17 +95,33 @@ def load_backend(prefer: str | None = None) -> Backend:
                    "(checks without a GPU) or install NVIDIA TensorRT")
 
 
-def _logger(trt):
-    """An ILogger that keeps warnings and errors, so they can be reported on one line each."""
+def gpu_visible() -> bool:
+    """Whether a CUDA GPU is visible (cuda-python's device count; else the NVIDIA device node)."""
+    try:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart
+        err, count = cudart.cudaGetDeviceCount()
+        return int(err) == 0 and count > 0
+    except Exception:  # no cuda-python, or no driver
+        return os.path.exists("/dev/nvidia0")
+
+
+def _logger(trt, verbose: bool = False):
+    """An ILogger that keeps errors (to report them one line each) and, with ``verbose``, every
+    message (the engine layer list of a DETAILED build arrives at VERBOSE severity)."""
 
     class Capture(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
-            self.messages = []
+            self.messages, self.lines = [], []
 
         def log(self, severity, msg):
             if severity in (trt.Logger.ERROR, trt.Logger.INTERNAL_ERROR):
                 self.messages.append(msg.strip())
+            if verbose:
+                self.lines.append(msg)
 
     return Capture()
 
@@ -89,6 +134,8 @@ class CheckResult:
     built: bool
     errors: list = field(default_factory=list)   # "node NAME (OP): message" or builder messages
     engine: bytes | None = field(default=None, repr=False)
+    log: list = field(default_factory=list, repr=False)   # every builder message (verbose builds)
+    shapes: dict = field(default_factory=dict)   # input -> shape the engine was built for
 
     @property
     def ok(self) -> bool:
@@ -98,7 +145,7 @@ class CheckResult:
 def _parse(b: Backend, model: onnx.ModelProto, logger):
     trt = b.module
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(b.network_flags())
     parser = trt.OnnxParser(network, logger)
     ok = bool(parser.parse(model.SerializeToString()))
     errors = []
@@ -106,17 +153,20 @@ def _parse(b: Backend, model: onnx.ModelProto, logger):
         e = parser.get_error(i)
         node = e.node_name() if hasattr(e, "node_name") else ""
         op = e.node_operator() if hasattr(e, "node_operator") else ""
-        if not node and e.node() >= 0 and e.node() < len(model.graph.node):
+        if not node and 0 <= e.node() < len(model.graph.node):   # TensorRT 8.5: only the node index
             node, op = model.graph.node[e.node()].name, model.graph.node[e.node()].op_type
         errors.append(f"node {node or '?'} ({op or '?'}): {e.desc()}")
     return builder, network, parser, ok, errors
 
 
-def _profile(builder, network, config, shapes: dict | None) -> None:
+def _profile(builder, network, config, shapes: dict | None) -> dict:
+    """An optimization profile fixing dynamic inputs (``shapes[name]``, else batch 1 and 640);
+    returns the shape of every input the engine is built for."""
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    built = {t.name: tuple(int(d) for d in t.shape) for t in inputs}
     dynamic = [t for t in inputs if any(d < 0 for d in t.shape)]
     if not dynamic:
-        return
+        return built
     profile = builder.create_optimization_profile()
     for t in dynamic:
         dims = (shapes or {}).get(t.name)
@@ -124,39 +174,34 @@ def _profile(builder, network, config, shapes: dict | None) -> None:
             dims = tuple(d if d >= 0 else (1 if k == 0 else 640) for k, d in enumerate(t.shape))
         dims = tuple(int(d) for d in dims)
         profile.set_shape(t.name, dims, dims, dims)
+        built[t.name] = dims
     config.add_optimization_profile(profile)
+    return built
 
 
 def build(model: onnx.ModelProto, precision: str = "int8", shapes: dict | None = None, backend: Backend | None = None,
-          timing_cache: Path | None = None) -> CheckResult:
+          timing_cache: Path | None = None, verbose: bool = False) -> CheckResult:
     """Parse and build ``model`` into a serialized engine.  ``precision`` sets the builder flags of
     weakly typed TensorRT (``fp16``: FP16; ``int8``: INT8 + FP16); strongly typed APIs take the
-    precision from the graph.  ``shapes`` maps dynamic inputs to the shape to build for."""
+    precision from the graph.  ``shapes`` maps dynamic inputs to the shape to build for.  With
+    ``verbose`` the result keeps every builder message (the engine's layer list among them)."""
     b = backend or load_backend()
     trt = b.module
-    logger = _logger(trt)
+    logger = _logger(trt, verbose)
     builder, network, parser, parsed, errors = _parse(b, model, logger)
     result = CheckResult(b.name, b.version, parsed, False, errors)
     if not parsed:
         return result
     config = builder.create_builder_config()
-    if hasattr(config, "set_compute_capability"):  # TensorRT-RTX: ahead of time, no GPU needed
-        config.num_compute_capabilities = 1
-        config.set_compute_capability(trt.ComputeCapability.SM86, 0)
-    if not b.strongly_typed:
-        if precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-    if hasattr(trt, "ProfilingVerbosity"):
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    b.configure(config, precision)
     cache = None
     if timing_cache is not None and not b.rtx and hasattr(config, "create_timing_cache"):  # no-op in RTX
         blob = timing_cache.read_bytes() if timing_cache.exists() else b""
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=True)
-    _profile(builder, network, config, shapes)
+    result.shapes = _profile(builder, network, config, shapes)
     engine = builder.build_serialized_network(network, config)
+    result.log = logger.lines
     if engine is None:
         result.errors += logger.messages or ["the builder returned no engine"]
         return result
@@ -166,15 +211,17 @@ def build(model: onnx.ModelProto, precision: str = "int8", shapes: dict | None =
     return result
 
 
-def check_model(model: onnx.ModelProto, shapes: dict | None = None, backend: Backend | None = None) -> CheckResult:
+def check_model(model: onnx.ModelProto, shapes: dict | None = None, backend: Backend | None = None,
+                verbose: bool = False) -> CheckResult:
     """Does TensorRT parse and build this file?  (INT8 flags on weakly typed TensorRT.)"""
-    return build(model, "int8", shapes, backend)
+    return build(model, "int8", shapes, backend, verbose=verbose)
 
 
 # ---- engines on a GPU ----
 
 class _Cuda:
-    """Minimal device memory and stream API over cuda-python or pycuda."""
+    """Device and pinned host memory, a stream and events over cuda-python or pycuda.  Every
+    cuda-python call returns its status first; each one is checked."""
 
     def __init__(self):
         try:
@@ -182,15 +229,15 @@ class _Cuda:
                 from cuda.bindings import runtime as cudart
             except ImportError:
                 from cuda import cudart
+        except ImportError:
+            cudart = None
+        if cudart is not None:
             self.kind, self.rt = "cuda-python", cudart
-            err, count = cudart.cudaGetDeviceCount()
-            if int(err) != 0 or count == 0:
+            if self._call("cudaGetDeviceCount") == 0:
                 raise QdqError("no CUDA GPU visible (cudaGetDeviceCount); engines can be built with "
                                "TensorRT-RTX here but run only on a GPU")
-            err, self.stream = cudart.cudaStreamCreate()
+            self.stream = self._call("cudaStreamCreate")
             return
-        except ImportError:
-            pass
         try:
             import pycuda.autoinit  # noqa: F401
             import pycuda.driver as drv
@@ -201,11 +248,33 @@ class _Cuda:
         self.kind, self.drv = "pycuda", drv
         self.stream = drv.Stream()
 
+    def _call(self, name: str, *args):
+        """cuda-python ``name(*args)``: raises on a non-zero status, returns the value(s)."""
+        out = getattr(self.rt, name)(*args)
+        err, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+        if int(err) != 0:
+            label = self.rt.cudaGetErrorName(err)[1]
+            raise QdqError(f"CUDA call {name} failed: {label.decode() if isinstance(label, bytes) else label}")
+        return rest[0] if len(rest) == 1 else (rest or None)
+
     def alloc(self, nbytes: int):
         if self.kind == "pycuda":
             return self.drv.mem_alloc(max(nbytes, 1))
-        err, ptr = self.rt.cudaMalloc(max(nbytes, 1))
-        return ptr
+        return self._call("cudaMalloc", max(nbytes, 1))
+
+    def pinned(self, shape, dtype) -> np.ndarray:
+        """A page-locked host array (asynchronous copies need it; pageable memory is staged)."""
+        dtype = np.dtype(dtype)
+        if self.kind == "pycuda":
+            return self.drv.pagelocked_empty(tuple(shape), dtype)
+        nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+        ptr = self._call("cudaMallocHost", nbytes)
+        buf = (ctypes.c_byte * nbytes).from_address(int(ptr))
+        return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+    def free_pinned(self, array: np.ndarray) -> None:
+        if self.kind == "cuda-python":
+            self._call("cudaFreeHost", array.ctypes.data)
 
     def ptr(self, mem) -> int:
         return int(mem)
@@ -214,15 +283,15 @@ class _Cuda:
         if self.kind == "pycuda":
             self.drv.memcpy_htod_async(mem, host, self.stream)
         else:
-            self.rt.cudaMemcpyAsync(mem, host.ctypes.data, host.nbytes,
-                                    self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream)
+            self._call("cudaMemcpyAsync", mem, host.ctypes.data, host.nbytes,
+                       self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream)
 
     def d2h(self, host: np.ndarray, mem):
         if self.kind == "pycuda":
             self.drv.memcpy_dtoh_async(host, mem, self.stream)
         else:
-            self.rt.cudaMemcpyAsync(host.ctypes.data, mem, host.nbytes,
-                                    self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
+            self._call("cudaMemcpyAsync", host.ctypes.data, mem, host.nbytes,
+                       self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream)
 
     def handle(self) -> int:
         return self.stream.handle if self.kind == "pycuda" else int(self.stream)
@@ -231,17 +300,34 @@ class _Cuda:
         if self.kind == "pycuda":
             self.stream.synchronize()
         else:
-            self.rt.cudaStreamSynchronize(self.stream)
+            self._call("cudaStreamSynchronize", self.stream)
+
+    def event(self):
+        return self.drv.Event() if self.kind == "pycuda" else self._call("cudaEventCreate")
+
+    def record(self, event):
+        if self.kind == "pycuda":
+            event.record(self.stream)
+        else:
+            self._call("cudaEventRecord", event, self.stream)
+
+    def elapsed_ms(self, start, end) -> float:
+        if self.kind == "pycuda":
+            end.synchronize()
+            return end.time_since(start)
+        self._call("cudaEventSynchronize", end)
+        return float(self._call("cudaEventElapsedTime", start, end))
 
     def free(self, mem):
         if self.kind == "pycuda":
             mem.free()
         else:
-            self.rt.cudaFree(mem)
+            self._call("cudaFree", mem)
 
 
 class EngineRunner:
-    """Runs a serialized engine with the named-tensor API (``execute_async_v3``)."""
+    """Runs a serialized engine with the named-tensor API (``execute_async_v3``).  Device buffers and
+    page-locked host buffers are allocated once per input shape and reused."""
 
     def __init__(self, engine_bytes: bytes, backend: Backend | None = None):
         self.b = backend or load_backend()
@@ -256,45 +342,57 @@ class EngineRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
+        self._shapes, self._buffers = None, {}
+
+    def _dtype(self, name):
+        return np.dtype(self.b.module.nptype(self.engine.get_tensor_dtype(name)))
+
+    def _bind(self, feed: dict) -> None:
+        """(Re)allocate buffers when the input shapes change and point the context at them."""
+        shapes = {n: tuple(feed[n].shape) for n in self.inputs}
+        if shapes == self._shapes:
+            return
+        self.close()
+        for name in self.inputs:
+            self.context.set_input_shape(name, shapes[name])
+        for name in self.inputs + self.outputs:
+            shape = shapes[name] if name in shapes else tuple(self.context.get_tensor_shape(name))
+            host = self.cuda.pinned(shape, self._dtype(name))
+            mem = self.cuda.alloc(host.nbytes)
+            self.context.set_tensor_address(name, self.cuda.ptr(mem))
+            self._buffers[name] = (host, mem)
+        self._shapes = shapes
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.cuda.handle()):
+            raise QdqError("TensorRT execution failed: " + "; ".join(self.logger.messages[:2]))
 
     def __call__(self, feed: dict) -> dict:
-        trt = self.b.module
-        mems = []
-        try:
-            for name in self.inputs:
-                x = np.ascontiguousarray(feed[name].astype(trt.nptype(self.engine.get_tensor_dtype(name))))
-                self.context.set_input_shape(name, x.shape)
-                mem = self.cuda.alloc(x.nbytes)
-                mems.append(mem)
-                self.cuda.h2d(mem, x)
-                self.context.set_tensor_address(name, self.cuda.ptr(mem))
-            host = {}
-            for name in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
-                y = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-                mem = self.cuda.alloc(y.nbytes)
-                mems.append(mem)
-                self.context.set_tensor_address(name, self.cuda.ptr(mem))
-                host[name] = (y, mem)
-            if not self.context.execute_async_v3(self.cuda.handle()):
-                raise QdqError("TensorRT execution failed: " + "; ".join(self.logger.messages[:2]))
-            for y, mem in host.values():
-                self.cuda.d2h(y, mem)
-            self.cuda.sync()
-            return {n: y.astype(np.float32) for n, (y, _) in host.items()}
-        finally:
-            for m in mems:
-                self.cuda.free(m)
+        self._bind(feed)
+        for name in self.inputs:
+            host, mem = self._buffers[name]
+            np.copyto(host, feed[name].astype(host.dtype, copy=False))
+            self.cuda.h2d(mem, host)
+        self._enqueue()
+        for name in self.outputs:
+            host, mem = self._buffers[name]
+            self.cuda.d2h(host, mem)
+        self.cuda.sync()
+        return {n: self._buffers[n][0].astype(np.float32) for n in self.outputs}
 
     def latency_ms(self, feed: dict, runs: int = 50) -> float:
-        """Median wall time of one inference including transfers, over ``runs`` runs after warm-up."""
+        """Median GPU time of one inference (CUDA events around ``execute_async_v3``, inputs already
+        on the device), over ``runs`` runs after warm-up: what trtexec reports as GPU compute time."""
+        self(feed)
+        start, end = self.cuda.event(), self.cuda.event()
         for _ in range(3):
-            self(feed)
+            self._enqueue()
         times = []
         for _ in range(runs):
-            t = time.perf_counter()
-            self(feed)
-            times.append((time.perf_counter() - t) * 1e3)
+            self.cuda.record(start)
+            self._enqueue()
+            self.cuda.record(end)
+            times.append(self.cuda.elapsed_ms(start, end))
         return statistics.median(times)
 
     def layer_precisions(self) -> dict:
@@ -304,12 +402,19 @@ class EngineRunner:
         counts = {}
         for layer in info.get("Layers", []):
             if isinstance(layer, dict):
-                types = {o.get("Format/Datatype", "") for o in layer.get("Outputs", [])}
-                for kind in ("Int8", "Half", "Float"):
-                    if any(kind in t for t in types):
+                # TensorRT 10 writes "Format/Datatype": "Row major linear FP32"; 11 splits "Format" and "Datatype"
+                types = {o.get("Datatype") or o.get("Format/Datatype", "") for o in layer.get("Outputs", [])}
+                for kind, names in (("Int8", ("Int8", "INT8")), ("Half", ("Half", "FP16")), ("Float", ("Float", "FP32"))):
+                    if any(n in t for t in types for n in names):
                         counts[kind] = counts.get(kind, 0) + 1
                         break
         return counts
+
+    def close(self) -> None:
+        for host, mem in self._buffers.values():
+            self.cuda.free(mem)
+            self.cuda.free_pinned(host)
+        self._buffers, self._shapes = {}, None
 
 
 def trtexec_lines(float_onnx: str, quant_onnx: str, shapes: dict | None, fp16_onnx: str | None = None,

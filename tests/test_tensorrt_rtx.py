@@ -49,9 +49,9 @@ def test_trt11_file_is_strongly_typed_fp16(models):
             side_type = inits[side].data_type if side in inits else dtype[side]
             assert inits[n.input[1]].data_type == side_type, n.name      # a scale has its float side's type
             scales[side_type] += 1
-    # the detector's overflowing DB-head conv stays FP32 with FP32 scales, the rest is FP16
-    assert "p2o.Conv.61" in r.summary.fp32_nodes and 0 < scales[onnx.TensorProto.FLOAT] < 6
-    assert scales[onnx.TensorProto.FLOAT16] > 100
+    # the DB head's BatchNorm (running variance 9.8e7) stays FP32; nodes kept FP32 read FP32 Q/DQ, the rest FP16
+    assert "p2o.BatchNormalization.1" in r.summary.fp32_nodes
+    assert scales[onnx.TensorProto.FLOAT16] > 4 * scales[onnx.TensorProto.FLOAT]
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
