@@ -80,13 +80,19 @@ class CompareResult:
 
 
 def _finite(x):
-    """JSON has no Infinity or NaN: ±inf (e.g. an exact SQNR) becomes ±999, NaN becomes null."""
+    """JSON has no Infinity or NaN: they become null.  A dB figure that is +inf (outputs identical)
+    or −inf (NaN/Inf in the output, or an all-zero reference) gets a ``<key>_note`` saying which."""
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        out = {}
+        for k, v in x.items():
+            out[k] = _finite(v)
+            if isinstance(v, float) and math.isinf(v) and k.endswith("_db"):
+                out[f"{k}_note"] = "identical" if v > 0 else "non-finite values or an all-zero reference"
+        return out
     if isinstance(x, list):
         return [_finite(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else math.copysign(999.0, x)
+        return None
     return x
 
 

@@ -22,7 +22,7 @@ def _e(x) -> str:
 def _db(v) -> str:
     if v is None:
         return "–"
-    return "∞" if v == math.inf or v >= 999 else ("-∞" if v == -math.inf or v <= -999 else f"{v:.2f}")
+    return "∞" if v == math.inf else ("-∞" if v == -math.inf else f"{v:.2f}")
 
 
 def _layer_chart(layers, threshold: float, first_below) -> str:
