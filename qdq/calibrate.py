@@ -25,6 +25,15 @@ class Calibration:
     extrema: dict = field(default_factory=dict)
     samples: int = 0
 
+    def merge(self, other: "Calibration") -> None:
+        """Fold another pass over other samples into this one (order-independent)."""
+        for t, st in other.stats.items():
+            self.stats.setdefault(t, TensorStats(t)).merge(st)
+        for t, (lo, hi) in other.extrema.items():
+            old = self.extrema.get(t, (math.inf, -math.inf))
+            self.extrema[t] = (min(old[0], lo), max(old[1], hi))
+        self.samples += other.samples
+
 
 def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), threads: int | None = None):
     """An ONNX Runtime session of ``model`` that also returns ``extra_outputs`` (tensor names).

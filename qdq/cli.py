@@ -76,12 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (ranges do not depend on it)")
     cal.add_argument("--limit", type=int, help="use at most this many samples")
     cal.add_argument("--cuda", action="store_true", help="run calibration on the CUDA execution provider if present")
-    mp = q.add_argument_group("automatic mixed precision")
-    mp.add_argument("--target-sqnr", type=float, metavar="DB",
-                    help="keep the most harmful layers in float until the output SQNR on --data reaches this")
-    mp.add_argument("--max-fallback", type=int, default=5, help="at most this many layers kept in float (default 5)")
-    mp.add_argument("--data", type=Path, help="validation data for --target-sqnr (as --calib)")
-    mp.add_argument("--val-limit", type=int, help="use at most this many validation samples")
+    mp = q.add_argument_group("accuracy (on by default with --calib)",
+                              "every 5th calibration sample (up to 16) is held back to measure the file")
+    mp.add_argument("--max-loss-db", type=float, default=2.0,
+                    help="keep layers in float until the output SQNR is within this of the weights-only figure (default 2)")
+    mp.add_argument("--min-int8-share", type=float, default=0.85,
+                    help="never let the INT8 share of multiply-accumulates fall below this (default 0.85)")
+    mp.add_argument("--no-fallback", action="store_true", help="write the all-INT8 file: no layer kept in float")
+    mp.add_argument("--no-bias-correction", action="store_true",
+                    help="do not fold the mean INT8 error into the biases (default: folded where it helps)")
+    mp.add_argument("--smoothquant", action="store_true",
+                    help="SmoothQuant: move activation channel ranges into MatMul/Gemm weights (off by default)")
+    mp.add_argument("--equalize", action="store_true",
+                    help="cross-layer equalization of Conv→ReLU→Conv pairs (off by default)")
     pl = q.add_argument_group("placement and target")
     pl.add_argument("--target", choices=tuple(TARGETS), default="trt10",
                     help="trt10: opset 17, FP32 scales; trt8: opset 13–17 for TensorRT 8.5/8.6 (Jetson); "
@@ -143,15 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--netron", action="store_true", help="serve the file in Netron on localhost (pip install netron)")
     i.add_argument("--port", type=int, default=8080, help="Netron's port")
 
-    se = sub.add_parser("sensitivity", help="per-layer sensitivity: output SQNR with only / all but each layer in INT8")
+    se = sub.add_parser("sensitivity", help="per-layer sensitivity: the SQNR each layer's INT8 leaves at its output "
+                                              "and at the model's, from one pass")
     se.add_argument("model", type=Path)
     se.add_argument("--calib", type=Path, required=True)
     se.add_argument("--data", type=Path, required=True, help="validation data")
-    se.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
-    se.add_argument("--target", choices=tuple(TARGETS), default="trt10")
+    se.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help=f"range method (default {DEFAULT_METHOD})")
+    se.add_argument("--target", choices=tuple(TARGETS), default="trt10", help="as for quantize (default trt10)")
     se.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN")
     se.add_argument("--limit", type=int, help="calibration samples")
-    se.add_argument("--val-limit", type=int, help="validation samples")
+    se.add_argument("--val-limit", type=int, help="validation samples (at most 16 are used)")
+    se.add_argument("--verify", type=int, default=0, metavar="N",
+                    help="measure the N most harmful layers end to end (all INT8 but that one; default 0)")
     se.add_argument("--json", nargs="?", const="-", metavar="PATH")
     se.add_argument("--report", type=Path, help="self-contained HTML report")
     se.add_argument("-q", "--quiet", action="store_true")
@@ -198,19 +208,13 @@ def cmd_quantize(args) -> int:
         raise QdqError(f"{args.output}: already exists; pass --overwrite or choose another output path")
     if args.model.exists() and args.output.exists() and args.model.resolve() == args.output.resolve():
         raise QdqError(f"{args.output}: is the input model; choose another output path")
-    kwargs = dict(method=args.method, percentile=args.percentile, batch_size=args.batch_size, target=args.target,
-                  preprocess=_preprocess(args), limit=args.limit, ranges=args.ranges, force_ranges=args.force_ranges,
-                  providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else None)
-    if args.target_sqnr is not None:
-        if args.data is None:
-            raise QdqError("--target-sqnr needs validation data: pass --data VALDATA")
-        from .sensitivity import quantize_to_target
-
-        result, _ = quantize_to_target(args.model, args.calib, args.data, args.target_sqnr, args.max_fallback,
-                                       exclude=args.exclude, quiet=args.quiet or args.json,
-                                       val_limit=args.val_limit, **kwargs)
-    else:
-        result = quantize(args.model, args.calib, exclude=args.exclude, quiet=args.quiet or args.json, **kwargs)
+    result = quantize(args.model, args.calib, method=args.method, percentile=args.percentile,
+                      batch_size=args.batch_size, target=args.target, preprocess=_preprocess(args), limit=args.limit,
+                      ranges=args.ranges, force_ranges=args.force_ranges, exclude=args.exclude,
+                      providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else None,
+                      quiet=args.quiet or args.json, mixed_precision=not args.no_fallback, max_loss_db=args.max_loss_db,
+                      min_int8_share=args.min_int8_share, bias_correction=not args.no_bias_correction,
+                      smoothquant=args.smoothquant, equalize=args.equalize)
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
     if args.ranges_out:
@@ -375,13 +379,13 @@ def cmd_sensitivity(args) -> int:
     from .modelio import atomic_write_text
     from .pipeline import quantize
     from .report import print_sensitivity
-    from .sensitivity import analyze
+    from .sensitivity import sensitivity
 
     quiet = args.quiet or args.json == "-"
     pre = _preprocess(args)
     first = quantize(args.model, args.calib, method=args.method, target=args.target, exclude=args.exclude,
-                     preprocess=pre, limit=args.limit, quiet=quiet)
-    result = analyze(first, args.data, preprocess=pre, limit=args.val_limit, quiet=quiet)
+                     preprocess=pre, limit=args.limit, quiet=quiet, mixed_precision=False)
+    result = sensitivity(first, args.data, preprocess=pre, limit=args.val_limit, verify=args.verify, quiet=quiet)
     if args.json:
         text = json.dumps(result.to_dict(), indent=1)
         print(text) if args.json == "-" else atomic_write_text(args.json, text)

@@ -247,6 +247,45 @@ def _fmt_shape(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+class HoldOut:
+    """Iterates ``dataset`` for calibration while setting every ``every``-th sample aside (at most
+    ``cap`` of them: ``held``) and copying the first ``keep`` samples it yields (``kept``, for the
+    analysis pass).  The split depends only on sample order, not on batch size."""
+
+    def __init__(self, dataset, every: int = 5, cap: int = 16, keep: int = 8):
+        self.dataset, self.every, self.cap, self.keep = dataset, every, cap, keep
+        self.inputs, self.path = dataset.inputs, dataset.path
+        self.held, self.kept = [], []
+
+    def count(self) -> int | None:
+        n = self.dataset.count()
+        return None if n is None else n - min(n // self.every, self.cap)
+
+    def __iter__(self):
+        self.held, self.kept = [], []
+        for i, (source, feed) in enumerate(self.dataset):
+            if (i + 1) % self.every == 0 and len(self.held) < self.cap:
+                self.held.append(feed)
+                continue
+            if len(self.kept) < self.keep:
+                self.kept.append(feed)
+            yield source, feed
+
+
+class Feeds:
+    """A list of feeds as a dataset (``inputs``, ``count()``, iteration), e.g. held-back samples."""
+
+    def __init__(self, inputs, feeds: list, path="samples"):
+        self.inputs, self.feeds, self.path = inputs, feeds, Path(str(path))
+
+    def count(self) -> int:
+        return len(self.feeds)
+
+    def __iter__(self):
+        for k, feed in enumerate(self.feeds):
+            yield f"{self.path}[{k}]", feed
+
+
 def first_feeds(dataset, n: int) -> list[dict]:
     """The first ``n`` samples of ``dataset`` as feeds (input name -> array)."""
     out = []

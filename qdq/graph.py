@@ -59,7 +59,7 @@ class GraphIndex:
         typed = model
         if infer_shapes:
             try:
-                typed = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+                typed = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
             except Exception:  # shape inference is a help, not a requirement
                 typed = model
         for vi in list(typed.graph.value_info) + list(typed.graph.input) + list(typed.graph.output):

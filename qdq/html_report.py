@@ -129,10 +129,10 @@ def render(result, float_name: str, quant_name: str, worst: int = 6) -> str:
 
 
 def render_sensitivity(result, model_name: str) -> str:
-    """Sensitivity report: per-layer SQNR with only that layer quantized and with all but it."""
+    """Sensitivity report: per layer, the SQNR its INT8 leaves at its own output and at the model's."""
     rows = result.layers
     w, h, pad = 1100, 260, 40
-    top = max([60.0] + [r.only_db for r in rows if math.isfinite(r.only_db)])
+    top = max([60.0] + [r.input_db for r in rows if math.isfinite(r.input_db)])
     step = (w - 2 * pad) / max(len(rows), 1)
 
     def y(v):
@@ -140,20 +140,20 @@ def render_sensitivity(result, model_name: str) -> str:
         return pad + (h - 2 * pad) * (1 - v / top)
 
     bars = "".join(
-        f'<rect class="only" x="{pad + i * step:.1f}" y="{y(r.only_db):.1f}" width="{max(step - 1, 1):.1f}" '
-        f'height="{h - pad - y(r.only_db):.1f}" fill="#9cc3e6"><title>{_e(r.node)}: only {_db(r.only_db)} dB, '
-        f'all but {_db(r.all_but_db)} dB</title></rect>' for i, r in enumerate(rows))
+        f'<rect class="layer" x="{pad + i * step:.1f}" y="{y(r.contribution_db):.1f}" width="{max(step - 1, 1):.1f}" '
+        f'height="{h - pad - y(r.contribution_db):.1f}" fill="#9cc3e6"><title>{_e(r.node)}: at the output '
+        f'{_db(r.contribution_db)} dB, at its own output {_db(r.input_db)} dB</title></rect>' for i, r in enumerate(rows))
     chart = (f'<svg id="sensitivity-chart" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">'
              f'<rect width="{w}" height="{h}" fill="#fff"/>{bars}'
-             f'<line x1="{pad}" x2="{w - pad}" y1="{y(result.full_db):.1f}" y2="{y(result.full_db):.1f}" '
-             f'stroke="#c0392b" stroke-dasharray="5,4"/><text x="{w - pad}" y="{y(result.full_db) - 4:.1f}" '
-             f'font-size="11" text-anchor="end">all layers INT8: {_db(result.full_db)} dB</text>'
-             f'<text x="{pad}" y="16" font-size="12">output SQNR with only this layer quantized (most harmful '
-             'first)</text></svg>')
-    table = "".join(f"<tr><td>{_e(r.node)}</td><td>{_e(r.op)}</td><td>{r.mac_share:.1%}</td><td>{_db(r.only_db)}</td>"
-                    f"<td>{_db(r.all_but_db)}</td></tr>" for r in rows)
+             f'<text x="{pad}" y="16" font-size="12">estimated output SQNR with only this layer\'s input INT8 '
+             '(most output noise per MAC first)</text></svg>')
+    verified = result.full_db is not None
+    table = "".join(f"<tr><td>{_e(r.node)}</td><td>{_e(r.op)}</td><td>{r.mac_share:.1%}</td><td>{_db(r.input_db)}</td>"
+                    f"<td>{_db(r.weight_db)}</td><td>{_db(r.layer_db)}</td><td>{_db(r.contribution_db)}</td>"
+                    + (f"<td>{_db(r.all_but_db)}</td>" if verified else "") + "</tr>" for r in rows)
+    note = f" Every layer INT8: {_db(result.full_db)} dB (measured)." if verified else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>qdq sensitivity</title><style>{_CSS}</style>"
-            f"</head><body><h1>Sensitivity of {_e(model_name)}</h1><p class='note'>{result.samples} validation samples; "
-            f"output SQNR with every layer in INT8: {_db(result.full_db)} dB.</p>{chart}"
-            "<h2>Layers, most harmful first</h2><table><tr><th>layer</th><th>op</th><th>MACs</th>"
-            f"<th>only this layer dB</th><th>all but this layer dB</th></tr>{table}</table></body></html>")
+            f"</head><body><h1>Sensitivity of {_e(model_name)}</h1><p class='note'>{result.samples} validation samples."
+            f"{note}</p>{chart}<h2>Layers, most output noise per MAC first</h2><table><tr><th>layer</th><th>op</th>"
+            "<th>MACs</th><th>input dB</th><th>weight dB</th><th>layer dB</th><th>at output dB</th>"
+            + ("<th>all but this dB</th>" if verified else "") + f"</tr>{table}</table></body></html>")

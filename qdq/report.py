@@ -18,13 +18,27 @@ def print_summary(summary, top: int = 12, file=None) -> None:
     n_q, n_all = len(summary.quantized_layers), summary.weighted_layers
     con.print(f"[bold]{summary.model}[/bold] → target {summary.target}, opset {summary.opset}, "
               f"method {summary.method}, {summary.samples} calibration samples")
-    con.print(f"INT8 weighted layers: {n_q}/{n_all}; Q/DQ pairs: {len(summary.activations)} activations, "
-              f"{len(summary.weights)} weights (per-channel)")
-    if summary.skipped:
-        t = Table(title="weighted layers left in float", title_justify="left")
+    con.print(f"INT8 weighted layers: {n_q}/{n_all} ({summary.int8_mac_share:.1%} of the multiply-accumulates); "
+              f"Q/DQ pairs: {len(summary.activations)} activations, {len(summary.weights)} weights (per-channel); "
+              f"bias correction: {summary.bias_correction} ({summary.bias_corrected} layers)")
+    acc = summary.accuracy
+    if acc:
+        con.print(f"held-back check ({acc['held_back_samples']} samples): all layers INT8 {_db(acc['int8_db'])} dB, "
+                  f"this file {_db(acc['final_db'])} dB; its weights alone {_db(acc['final_weights_only_db'])} dB "
+                  f"({'within' if acc['reached'] else 'not within'} {acc['max_loss_db']:g} dB)")
+    if summary.float_layers:
+        t = Table(title="kept in float by mixed precision (costliest INT8 per MAC first)", title_justify="left")
+        for col in ("node", "op", "MACs", "its INT8 would cost dB"):
+            t.add_column(col, justify="left" if col in ("node", "op") else "right")
+        for f in sorted(summary.float_layers, key=lambda f: -f["cost_db"]):
+            t.add_row(f["node"], f["op"], f"{f['mac_share']:.1%}", f"{f['cost_db']:.2f}")
+        con.print(t)
+    rules = [s for s in summary.skipped if not s["reason"].startswith("kept in float:")]
+    if rules:
+        t = Table(title="weighted layers left in float by the placement rules", title_justify="left")
         for col in ("node", "op", "reason"):
             t.add_column(col)
-        for s in summary.skipped:
+        for s in rules:
             t.add_row(s["node"], s["op"], s["reason"])
         con.print(t)
     t = Table(title=f"activation ranges (most clipped first, top {top})", title_justify="left")
@@ -136,10 +150,17 @@ def print_sensitivity(result, top: int = 20, file=None) -> None:
     from rich.table import Table
 
     con = Console(file=file or sys.stdout)
-    t = Table(title=f"layers, most harmful first (all INT8: {_db(result.full_db)} dB on {result.samples} samples)",
-              title_justify="left")
-    for col in ("layer", "op", "MACs", "only this dB", "all but this dB"):
+    full = f"; every layer INT8: {_db(result.full_db)} dB" if result.full_db is not None else ""
+    t = Table(title=f"layers, most output noise per MAC first ({result.samples} samples{full})", title_justify="left")
+    cols = ("layer", "op", "MACs", "input dB", "weight dB", "layer dB", "at output dB") + (
+        ("all but this dB",) if result.full_db is not None else ())
+    for col in cols:
         t.add_column(col, justify="left" if col in ("layer", "op") else "right")
     for r in result.layers[:top]:
-        t.add_row(r.node, r.op, f"{r.mac_share:.1%}", _db(r.only_db), _db(r.all_but_db))
+        row = [r.node, r.op, f"{r.mac_share:.1%}", _db(r.input_db), _db(r.weight_db), _db(r.layer_db), _db(r.contribution_db)]
+        if result.full_db is not None:
+            row.append("" if r.all_but_db is None else _db(r.all_but_db))
+        t.add_row(*row)
     con.print(t)
+    con.print("input/weight/layer dB: SQNR at the layer's own output with its INT8 input, weight, both; "
+              "at output: estimated SQNR at the model's output from its input alone")

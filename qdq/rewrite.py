@@ -78,16 +78,22 @@ def quantize_weight(w: np.ndarray, axis: int, scale_dtype) -> tuple[np.ndarray, 
 
 
 def insert_qdq(model: onnx.ModelProto, plan: Placement, amax: dict, method: dict,
-               scale_dtype=np.float32) -> tuple[onnx.ModelProto, list[QdqNote]]:
+               scale_dtype=np.float32, bias: dict | None = None, check: bool = True) -> tuple[onnx.ModelProto, list[QdqNote]]:
     """The Q/DQ version of ``model`` (left unchanged).  ``amax[t]`` per activation tensor;
-    ``method[t]`` its label.  Node ids in ``plan`` refer to ``model.graph.node``.
-    Returns the verified model and one note per Q/DQ pair written."""
+    ``method[t]`` its label; ``bias[node id]`` a per-channel mean error to fold into that layer's
+    bias (:mod:`qdq.bias_correction`).  Node ids in ``plan`` refer to ``model.graph.node``.
+    Returns the verified model (``check=False``: unverified, for evaluation only) and one note per
+    Q/DQ pair written."""
+    from . import bias_correction
+
     g = gs()
     graph = import_graph(model)
     nodes = list(graph.nodes)
     tensors = graph.tensors()
     taken = taken_names(graph)
     docs, notes = {}, []
+    if bias:
+        bias_correction.apply(graph, nodes, bias, taken)
 
     def scalar(name, value):
         return g.Constant(fresh_name(name, taken), np.asarray(value))
@@ -127,7 +133,7 @@ def insert_qdq(model: onnx.ModelProto, plan: Placement, amax: dict, method: dict
                          f"{amax_c.min():.6g}/{np.median(amax_c):.6g}/{amax_c.max():.6g} method=max")
         notes.append(QdqNote(key, float(amax_c.max()), float(scale.max()), "max (per-channel)", floored))
 
-    out = export_graph(graph, model, "Q/DQ insertion")
+    out = export_graph(graph, model, "Q/DQ insertion", check)
     for n in out.graph.node:  # names drawn fresh above: each is one node of ours
         if n.name in docs:
             n.doc_string = docs[n.name]

@@ -48,17 +48,23 @@ def infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+_TYPED = [None, None]   # the last model typed, and its typed copy: candidates rebuild from one float model
+
+
 def import_graph(model: onnx.ModelProto):
     """A gs.Graph of ``model`` whose tensors carry inferred dtypes and shapes.  ``graph.nodes[i]``
     is ``model.graph.node[i]``: node ids of a :class:`qdq.graph.GraphIndex` hold in the graph."""
-    graph = gs().import_onnx(infer_types(model))
+    if _TYPED[0] is not model:
+        _TYPED[:] = [model, infer_types(model)]
+    graph = gs().import_onnx(_TYPED[1])
     if len(graph.nodes) != len(model.graph.node):
         raise QdqError("internal error: onnx-graphsurgeon changed the node count on import; please report it")
     return graph
 
 
-def export_graph(graph, template: onnx.ModelProto, pass_name: str) -> onnx.ModelProto:
-    """Clean up, sort, export and verify ``graph``; model-level fields come from ``template``."""
+def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool = True) -> onnx.ModelProto:
+    """Clean up, sort, export and verify ``graph``; model-level fields come from ``template``.
+    ``check=False`` only for throw-away candidates that are evaluated, never written."""
     graph.cleanup().toposort()
     try:
         model = gs().export_onnx(graph, do_type_check=False)
@@ -72,7 +78,8 @@ def export_graph(graph, template: onnx.ModelProto, pass_name: str) -> onnx.Model
     model.metadata_props.extend(template.metadata_props)
     known = {o.domain for o in model.opset_import}
     model.opset_import.extend(o for o in template.opset_import if o.domain not in known)
-    verify(model, pass_name)
+    if check:
+        verify(model, pass_name)
     return model
 
 
