@@ -187,25 +187,32 @@ def analyze(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, rang
     def reduce(ref_name, dup, axis, rank, tag, with_signal):
         """In-graph sums: Σ d² and per-channel Σ d, d = dup − ref (and Σ ref² when asked)."""
         ref = tensors[ref_name]
+        if idx.dtypes.get(ref_name) not in (None, onnx.TensorProto.FLOAT):   # e.g. an FP16 graph output: compare in FP32
+            ref, dup = (_cast32(x, f"{tag}__{k}") for k, x in (("r", ref), ("q", dup)))
         d = g.Variable(f"{tag}__d", dtype=np.float32)
-        sq = g.Variable(f"{tag}__dd", dtype=np.float32)
+        sq = g.Variable(f"{tag}__dd", dtype=np.float32, shape=[])
         extra.append(g.Node("Sub", f"{tag}__Sub", inputs=[dup, ref], outputs=[d]))
         extra.append(g.Node("ReduceSumSquare", f"{tag}__SS", attrs={"keepdims": 0}, inputs=[d], outputs=[sq]))
         names = {"noise": sq}
         if rank is not None:
             axes = [a for a in range(rank) if a != axis % rank]
-            ch = g.Variable(f"{tag}__dc", dtype=np.float32)
+            ch = g.Variable(f"{tag}__dc", dtype=np.float32, shape=[f"{tag}_channels"])
             extra.append(g.Node("ReduceSum", f"{tag}__RS", attrs={"keepdims": 0},
                                 inputs=[d, g.Constant(f"{tag}__axes", np.asarray(axes, np.int64))], outputs=[ch]))
-            n = g.Variable(f"{tag}__n", dtype=np.int64)
+            n = g.Variable(f"{tag}__n", dtype=np.int64, shape=[])
             extra.append(g.Node("Size", f"{tag}__Size", inputs=[d], outputs=[n]))
             names.update(chan=ch, size=n)
         if with_signal:
-            s = g.Variable(f"{tag}__ss", dtype=np.float32)
+            s = g.Variable(f"{tag}__ss", dtype=np.float32, shape=[])
             extra.append(g.Node("ReduceSumSquare", f"{tag}__Sig", attrs={"keepdims": 0}, inputs=[ref], outputs=[s]))
             names["signal"] = s
         outputs.extend(names.values())
         return {k: v.name for k, v in names.items()}
+
+    def _cast32(t, name):
+        out = g.Variable(name, dtype=np.float32)
+        extra.append(g.Node("Cast", name + "_Cast", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[t], outputs=[out]))
+        return out
 
     # every site, with the copies that measure it
     for layer in plan.quantized_layers:
@@ -254,14 +261,15 @@ def analyze(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, rang
     for j, run in enumerate(r for r in runs if r):
         edges = {(p, i) for t in run for p, i in plan.activations[t]}
         mapping = copy_group(_downstream(idx, {p for p, _ in edges}), {}, f"G{j}", edges)
-        names = [reduce(o, mapping[o], 0, None, f"G{j}o{k}", True) for k, o in enumerate(idx.outputs) if o in mapping]
+        names = [reduce(o, mapping[o], 0, None, f"G{j}o{k}", True) for k, o in enumerate(idx.outputs)
+                 if o in mapping and idx.is_float(o)]
         group_plans.append((run, SiteError("group", f"group {j}", -1), names))
     graph.nodes += extra
     graph.outputs += outputs
     graph.toposort()
     aug = g.export_onnx(graph, do_type_check=False)
     aug.ir_version = float_model.ir_version
-    sess = session_for(aug)
+    sess = session_for(aug, emulate=False)   # FP32 inside; its own roundings are explicit
     result = Analysis()
     chan_sum, chan_n = {}, {}
     with progress("analysing", len(feeds), quiet) as advance:

@@ -35,16 +35,18 @@ class Calibration:
         self.samples += other.samples
 
 
-def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), threads: int | None = None):
+def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), threads: int | None = None,
+                emulate: bool = True):
     """An ONNX Runtime session of ``model`` that also returns ``extra_outputs`` (tensor names).
 
     A model computing in FP16 runs as its FP16 emulation (:func:`qdq.precision.emulate_fp16`): ONNX
-    Runtime's CPU provider would compute much of it in FP32 and hide what FP16 storage costs."""
+    Runtime's CPU provider would compute much of it in FP32 and hide what FP16 storage costs.
+    ``emulate=False`` for graphs that make their FP16 rounding explicit themselves."""
     import onnxruntime as ort
 
     from .precision import emulate_fp16, has_fp16
 
-    m = emulate_fp16(model) if has_fp16(model) else model
+    m = emulate_fp16(model) if emulate and has_fp16(model) else model
     if extra_outputs:
         m, src = onnx.ModelProto(), m
         m.CopyFrom(src)

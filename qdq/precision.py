@@ -210,10 +210,13 @@ def cast_float(model: onnx.ModelProto, to, keep: set = frozenset(), pass_name: s
 
 
 def has_fp16(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` computes anything in FP16 (initializers or declared tensors)."""
+    """Whether ``model`` computes anything in FP16 inside: FP16 initializers, intermediate tensors
+    or Casts to FP16 feeding other nodes (FP16 graph inputs and outputs alone are exact Casts)."""
+    outputs = {o.name for o in model.graph.output}
     return (any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
-            or any(v.type.tensor_type.elem_type == TensorProto.FLOAT16
-                   for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)))
+            or any(v.type.tensor_type.elem_type == TensorProto.FLOAT16 for v in model.graph.value_info)
+            or any(n.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in n.attribute)
+                   and n.output[0] not in outputs for n in model.graph.node))
 
 
 def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -66,6 +66,10 @@ def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool =
     """Clean up, sort, export and verify ``graph``; model-level fields come from ``template``.
     ``check=False`` only for throw-away candidates that are evaluated, never written."""
     graph.cleanup().toposort()
+    io = {t.name for t in graph.inputs + graph.outputs}
+    for t in graph.tensors().values():   # a dtype without a shape would export as an invalid value_info
+        if isinstance(t, gs().Variable) and t.shape is None and t.name not in io:
+            t.dtype = None
     try:
         model = gs().export_onnx(graph, do_type_check=False)
     except Exception as e:

@@ -105,4 +105,4 @@ def test_demo_runs_without_arguments(tmp_path):
     doc = json.loads(r.stdout)
     assert (tmp_path / "ch_PP-OCRv4_det.int8.onnx").exists()
     assert doc["check"]["output_sqnr_db"] > 8 and doc["check"]["cosine"] > 0.9
-    assert len(doc["summary"]["quantized_layers"]) > 30
+    assert len(doc["summary"]["quantized_layers"]) >= 20 and doc["summary"]["int8_mac_share"] >= 0.85
