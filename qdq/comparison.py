@@ -4,9 +4,12 @@ inputs, per graph output and tensor by tensor.
 * Outputs: SQNR, cosine, max/mean |error|, bias (shift) and gain (scale), top-1/top-5 agreement when
   an output looks like class scores (rank 2, ≥ 10 columns).
 * Layer by layer (``layerwise``): for every tensor that carries an activation Q/DQ, the *accumulated*
-  SQNR (quantized model's tensor vs the reference model's) and the *local* SQNR (the reference tensor
-  fake-quantized with that Q/DQ's scale, nothing else quantized), the share of values clipped and of the
-  256 INT8 levels used by the values reaching that Q in the quantized model.
+  SQNR (quantized model's tensor vs the reference model's), the *local* SQNR (the reference tensor
+  fake-quantized with that Q/DQ's scale, nothing else quantized), the SQNR that Q/DQ alone leaves *at
+  its consumer's output* (after the bias and activation TensorRT fuses; :mod:`qdq.analysis`), the share
+  of values clipped and of the 256 INT8 levels used by the values reaching that Q in the quantized
+  model.  Tensors are ranked by the consumer-output figure: noise on a depthwise conv's input looks
+  small on the tensor and large where it lands.
 * Budget: output SQNR with only the weights quantized (activation Q/DQ bypassed), only the
   activations (weights float, taken from the float model), and both.
 
@@ -28,6 +31,7 @@ from .data import Dataset, Preprocess, batches, model_inputs
 from .errors import QdqError
 from .graph import GraphIndex
 from .inspection import QdqSite, qdq_sites
+from .placement import WEIGHTED
 from .metrics import ErrorAccumulator
 from .modelio import load_model
 from .pipeline import TARGETS, fp16_model, prepare
@@ -56,6 +60,7 @@ class LayerReport:
     local_sqnr_db: float
     clipped: float
     levels_used: float
+    output_sqnr_db: float = math.inf   # what this Q/DQ alone leaves at its consumer's output (worst consumer)
     hist: list = field(default_factory=list, repr=False)  # |x| counts of the reference tensor, 2048 bins over [0, max]
     bin_width: float = 0.0
 
@@ -190,7 +195,7 @@ class _LayerAcc:
         counts, width = self.stats.histogram()
         return LayerReport(s.tensor, s.consumers, s.position, s.amax, s.scale, self.acc.sqnr_db, self.local.sqnr_db,
                            self.clipped / max(self.count, 1), float(self.levels.mean()),
-                           [round(c) for c in counts], width)
+                           hist=[round(c) for c in counts], bin_width=width)
 
 
 def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwise: bool = False,
@@ -270,7 +275,44 @@ def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwis
         result.budget["both"] = {o: out_acc[o].sqnr_db for o in f_out}
     if layerwise:
         reports = sorted((la.report() for la in layers.values()), key=lambda r: r.position)
+        at_output = _output_referred(fmodel, qmodel, sites, dataset)
+        for r in reports:
+            r.output_sqnr_db = at_output.get(r.tensor, math.inf)
         result.layers = reports
         result.first_below = next((r.tensor for r in reports if r.accumulated_sqnr_db < threshold_db), None)
-        result.ranked = [r.tensor for r in sorted(reports, key=lambda r: r.local_sqnr_db)]
+        result.ranked = [r.tensor for r in sorted(reports, key=lambda r: (r.output_sqnr_db, r.local_sqnr_db))]
     return result
+
+
+def _output_referred(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto, sites: list, dataset, samples: int = 8) -> dict:
+    """tensor -> SQNR that its Q/DQ alone leaves at its consumer's output (worst consumer), from
+    :mod:`qdq.analysis` on the float model with the file's own Q/DQ sites and scales.  Consumers are
+    found by name: the float model as qdq prepared it shares the file's node names."""
+    from .analysis import analyze
+    from .data import first_feeds
+    from .placement import Placement
+    from .ranges import Range
+
+    fm = _as_quantized(fmodel, qmodel)
+    idx = GraphIndex.build(fm)
+    by_name = {n.name: i for i, n in enumerate(idx.nodes) if n.name}
+    qidx = GraphIndex.build(qmodel, infer_shapes=False)
+    plan, ranges = Placement(), {}
+    for s in sites:
+        for dq, _ in qidx.consumer_nodes(qidx.nodes[s.position].output[0]):
+            for c, i in qidx.consumer_nodes(dq.output[0]):
+                pos = by_name.get(c.name)
+                if pos is None or i >= len(idx.nodes[pos].input) or idx.nodes[pos].input[i] != s.tensor:
+                    continue
+                plan.add(s.tensor, pos, i, "file")
+                if idx.nodes[pos].op_type in WEIGHTED and pos not in plan.quantized_layers:
+                    plan.quantized_layers.append(pos)
+        if s.tensor in plan.activations:
+            ranges[s.tensor] = Range(s.amax, "file", None)
+    if not plan.activations:
+        return {}
+    a = analyze(fm, idx, plan, ranges, first_feeds(dataset, samples))
+    out = {}
+    for site in a.sites:
+        out[site.tensor] = min(out.get(site.tensor, math.inf), site.sqnr_db)
+    return out

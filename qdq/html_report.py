@@ -117,11 +117,12 @@ def render(result, float_name: str, quant_name: str, worst: int = 6) -> str:
             out.append(f"<div class='hist'><div><b>{_e(t)}</b></div><div class='note'>local {_db(r.local_sqnr_db)} dB, "
                        f"clipped {r.clipped:.3%}, levels used {r.levels_used:.0%}</div>{_histogram(r)}</div>")
         out.append("</div><h2>All Q/DQ tensors</h2><table><tr><th>tensor</th><th>amax</th><th>scale</th>"
-                   "<th>accumulated dB</th><th>local dB</th><th>clipped</th><th>levels used</th></tr>")
+                   "<th>at consumer dB</th><th>accumulated dB</th><th>local dB</th><th>clipped</th><th>levels used</th></tr>")
         for r in result.layers:
             cls = " class='bad'" if r.accumulated_sqnr_db < result.threshold_db else ""
             out.append(f"<tr{cls}><td>{_e(r.tensor)}</td><td>{r.amax:.4g}</td><td>{r.amax / QMAX:.4g}</td>"
-                       f"<td>{_db(r.accumulated_sqnr_db)}</td><td>{_db(r.local_sqnr_db)}</td><td>{r.clipped:.3%}</td>"
+                       f"<td>{_db(r.output_sqnr_db)}</td><td>{_db(r.accumulated_sqnr_db)}</td>"
+                       f"<td>{_db(r.local_sqnr_db)}</td><td>{r.clipped:.3%}</td>"
                        f"<td>{r.levels_used:.0%}</td></tr>")
         out.append("</table>")
     out.append("</body></html>")

@@ -97,13 +97,13 @@ def print_compare(result, top: int = 15, file=None) -> None:
         con.print(b)
     if result.layers:
         by_name = {r.tensor: r for r in result.layers}
-        w = Table(title=f"Q/DQ tensors, most SQNR removed by their own range first (top {top})", title_justify="left")
-        for col in ("tensor", "local dB", "accumulated dB", "amax", "clipped", "levels used"):
+        w = Table(title=f"Q/DQ tensors, most noise at their consumer's output first (top {top})", title_justify="left")
+        for col in ("tensor", "at consumer dB", "local dB", "accumulated dB", "amax", "clipped", "levels used"):
             w.add_column(col, justify="left" if col == "tensor" else "right")
         for name in result.ranked[:top]:
             r = by_name[name]
-            w.add_row(name, _db(r.local_sqnr_db), _db(r.accumulated_sqnr_db), f"{r.amax:.4g}", f"{r.clipped:.3%}",
-                      f"{r.levels_used:.0%}")
+            w.add_row(name, _db(r.output_sqnr_db), _db(r.local_sqnr_db), _db(r.accumulated_sqnr_db), f"{r.amax:.4g}",
+                      f"{r.clipped:.3%}", f"{r.levels_used:.0%}")
         con.print(w)
         if result.first_below:
             con.print(f"first tensor below {result.threshold_db:g} dB (accumulated): [bold]{result.first_below}[/bold]")

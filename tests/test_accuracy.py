@@ -81,6 +81,10 @@ def test_spread_depthwise_input_is_ranked_first_and_kept_float(tmp_path):
     dw_input = next(s for s in a.sites if s.kind == "activation" and idx.labels[s.consumer] == "dw")
     assert dw_input.sqnr_db < 20 and all(s.sqnr_db > dw_input.sqnr_db + 10 for s in a.sites
                                          if s.kind == "activation" and s is not dw_input)
+    # compare --layerwise ranks by the consumer's output: the tensor itself looks fine
+    lw = compare(m, plain.model, data, layerwise=True, budget=False, quiet=True)
+    first = next(r for r in lw.layers if r.tensor == lw.ranked[0])
+    assert lw.ranked[0] == "ar" and first.output_sqnr_db < 20 < first.local_sqnr_db
     mixed = quantize(m, data, quiet=True)
     floats = [f["node"] for f in mixed.summary.float_layers]
     assert floats and floats[0] == "dw"
