@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trt10: opset 17, FP32 scales; trt8: opset 13–17 for TensorRT 8.5/8.6 (Jetson); "
                          "trt11: strongly typed, FP16 remainder, opset 19")
     pl.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
-                    help="keep these in float: op types, node names or regexes over node names")
+                    help="keep these in float: op types, node names, regexes over node names, or \"depthwise\"")
     out = q.add_argument_group("reporting")
     out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
@@ -170,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="will TensorRT accept this file? parse + build ahead of time, no GPU needed")
     ck.add_argument("model", type=Path)
     ck.add_argument("--target", choices=tuple(TARGETS), help="also lint opset and scale dtype for this TensorRT")
-    ck.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DIMS", help="e.g. x:1x3x640x640 for dynamic inputs")
+    ck.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DIMS",
+                    help="e.g. x:1x3x640x640 for dynamic inputs (default: batch 1, other dynamic dims 640)")
+    ck.add_argument("--layers", action="store_true",
+                    help="what TensorRT built: each weighted layer's engine layer and precision, reformats, and "
+                         "Q/DQ that did not fuse")
     ck.add_argument("--json", action="store_true")
 
     trt = sub.add_parser("trt", help="build and compare FP16 and INT8 TensorRT engines")
@@ -420,18 +424,34 @@ def cmd_check(args) -> int:
 
     model = load_model(args.model)
     lint = inspect_model(model, args.target)
-    res = check_model(model, _shapes(args.shapes))
+    res = check_model(model, _shapes(args.shapes), verbose=args.layers)
+    view = None
+    if args.layers and res.ok:
+        from .engine_layers import engine_view, parse_log
+
+        view = engine_view(model, parse_log(res.log), len(res.engine))
     doc = {"model": str(args.model), "backend": f"{res.backend} {res.version}", "parsed": res.parsed,
-           "built": res.built, "errors": res.errors, "lint": lint.to_dict()["findings"]}
+           "built": res.built, "shapes": {k: list(v) for k, v in res.shapes.items()}, "errors": res.errors,
+           "lint": lint.to_dict()["findings"]}
+    if view is not None:
+        doc.update(view.to_dict())
     if args.json:
         print(json.dumps(doc, indent=1))
     else:
+        shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in res.shapes.items())
         print(f"{args.model}: {res.backend} {res.version}: parse {'ok' if res.parsed else 'FAILED'}, "
-              f"build {'ok' if res.built else 'FAILED' if res.parsed else 'not reached'}")
+              f"build {'ok' if res.built else 'FAILED' if res.parsed else 'not reached'}"
+              + (f" (input shapes {shapes})" if shapes else ""))
         for e in res.errors:
             print(f"  {e}")
+        print(f"lint{' for ' + args.target if args.target else ''}: "
+              + (f"{len(lint.findings)} findings, {lint.errors} errors" if lint.findings else "no findings"))
         for f in lint.findings:
-            print(f"  lint {f.rule} ({f.level}) {f.node}: {f.message}")
+            print(f"  {f.rule} ({f.level}) {f.node}: {f.message}")
+        if view is not None:
+            from .report import print_engine_view
+
+            print_engine_view(view)
     return 0 if res.ok and not lint.errors else 1
 
 

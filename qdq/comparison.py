@@ -18,13 +18,11 @@ Tensors are matched by name: the quantized model must come from the float model 
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .calibrate import run_session, session_for
 from .data import Dataset, Preprocess, batches, model_inputs
@@ -101,26 +99,23 @@ def _finite(x):
     return x
 
 
-def _bypass(model: onnx.ModelProto, replace) -> onnx.ModelProto:
-    """Copy of ``model`` where each DequantizeLinear output named in ``replace`` is read from
-    ``replace[name]`` instead (a tensor name), then the dead Q/DQ nodes dropped."""
-    m = copy.deepcopy(model)
-    for n in m.graph.node:
-        for i, t in enumerate(n.input):
-            if t in replace:
-                n.input[i] = replace[t]
-    for o in m.graph.output:
-        if o.name in replace:
-            raise QdqError(f"graph output {o.name!r} is a DequantizeLinear output; cannot bypass it")
-    live = {o.name for o in m.graph.output}
-    keep = []
-    for n in reversed(list(m.graph.node)):
-        if any(o in live for o in n.output) or n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            keep.append(n)
-            live.update(n.input)
-    del m.graph.node[:]
-    m.graph.node.extend(reversed(keep))
-    return m
+def _bypass(model: onnx.ModelProto, replace: dict) -> onnx.ModelProto:
+    """Copy of ``model`` where each DequantizeLinear whose output is named in ``replace`` becomes an
+    Identity of ``replace[name]`` (a tensor name, or an array for a constant); the Q/DQ left without
+    readers are dropped.  An evaluation model: built through onnx-graphsurgeon, not written."""
+    from .surgery import export_graph, gs, import_graph
+
+    g = gs()
+    graph = import_graph(model)
+    tensors = graph.tensors()
+    for node in graph.nodes:
+        if node.op == "DequantizeLinear" and node.outputs[0].name in replace:
+            src = replace[node.outputs[0].name]
+            src = tensors[src] if isinstance(src, str) else g.Constant(f"{node.outputs[0].name}_float", np.asarray(src))
+            node.op, node.attrs = "Identity", {}
+            node.inputs.clear()
+            node.inputs.append(src)
+    return export_graph(graph, model, "Q/DQ bypass", check=False)
 
 
 def weights_only(qmodel: onnx.ModelProto) -> onnx.ModelProto:
@@ -140,7 +135,7 @@ def activations_only(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto) -> onnx.M
     qidx = GraphIndex.build(qmodel, infer_shapes=False)
     fnodes = {n.name: n for n in fmodel.graph.node}
     fidx = GraphIndex.build(fmodel, infer_shapes=False)
-    m_inits, replace = [], {}
+    replace = {}
     for n in qmodel.graph.node:
         if n.op_type != "DequantizeLinear" or qidx.constant(n.input[0]) is None:
             continue
@@ -149,14 +144,9 @@ def activations_only(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto) -> onnx.M
             if original is None or k >= len(original.input):
                 continue
             w = fidx.constant(original.input[k])
-            if w is None:
-                continue
-            name = f"{original.input[k]}_float"
-            m_inits.append(numpy_helper.from_array(np.asarray(w), name))
-            replace[n.output[0]] = name
-    m = _bypass(qmodel, replace)
-    m.graph.initializer.extend(m_inits)
-    return m
+            if w is not None:
+                replace[n.output[0]] = w
+    return _bypass(qmodel, replace)
 
 
 def _as_quantized(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto) -> onnx.ModelProto:

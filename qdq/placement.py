@@ -80,7 +80,8 @@ class Placement:
 
 
 class Excluder:
-    """``--exclude`` patterns: an op type (e.g. ``MatMul``), an exact node name, or a regex."""
+    """``--exclude`` patterns: an op type (e.g. ``MatMul``), an exact node name, a regex over node
+    names, or ``depthwise`` (every Conv with one input channel per group)."""
 
     def __init__(self, patterns):
         self.patterns = list(patterns or [])
@@ -91,9 +92,11 @@ class Excluder:
             except re.error:
                 self._regex.append(None)
 
-    def match(self, node) -> bool:
+    def match(self, node, idx: "GraphIndex | None" = None) -> bool:
         for p, rx in zip(self.patterns, self._regex):
             if node.op_type == p or node.name == p or (rx is not None and rx.fullmatch(node.name)):
+                return True
+            if p == "depthwise" and idx is not None and _depthwise(idx, node):
                 return True
         return False
 
@@ -111,6 +114,11 @@ def _weight_axis(node, w: np.ndarray) -> int:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
     return w.ndim - 1  # MatMul: (..., K, N), output channels along N
+
+
+def _depthwise(idx: GraphIndex, node) -> bool:
+    w = idx.constant(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    return w is not None and w.ndim >= 3 and w.shape[1] == 1 and _attr(node, "group", 1) == w.shape[0] > 1
 
 
 def _attr(node, name, default):
@@ -168,7 +176,7 @@ def place(idx: GraphIndex, exclude=None, keep_float: dict | None = None) -> Plac
     for pos, node in enumerate(nodes):
         if node.op_type not in WEIGHTED or node.domain not in ("", "ai.onnx"):
             continue
-        if ex.match(node):
+        if ex.match(node, idx):
             plan.skipped.append((pos, "excluded by --exclude"))
             continue
         if pos in keep_float:

@@ -164,3 +164,36 @@ def print_sensitivity(result, top: int = 20, file=None) -> None:
     con.print(t)
     con.print("input/weight/layer dB: SQNR at the layer's own output with its INT8 input, weight, both; "
               "at output: estimated SQNR at the model's output from its input alone")
+
+
+def print_engine_view(view, file=None) -> None:
+    """``qdq check --layers``: the weighted layers as built, layer counts, reformats, findings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(file=file or sys.stdout)
+    n = len(view.weighted)
+    con.print(f"engine: {len(view.layers)} layers, {view.engine_bytes / 1e6:.1f} MB; weighted layers in INT8: "
+              f"{view.int8_layers}/{n} ({view.int8_mac_share:.1%} of their multiply-accumulates); "
+              f"{view.reformats} reformat layers")
+    t = Table(title="weighted ONNX nodes as built", title_justify="left")
+    for col in ("node", "op", "file", "engine", "engine layer"):
+        t.add_column(col)
+    for w in view.weighted:
+        t.add_row(w["node"], w["op"], "int8" if w["file_int8"] else "float", w["precision"], w["engine_layer"] or "–")
+    con.print(t)
+    counts = Table(title="engine layers by type and precision", title_justify="left")
+    precisions = sorted({p for by in view.counts.values() for p in by})
+    counts.add_column("type")
+    for p in precisions:
+        counts.add_column(p, justify="right")
+    for kind, by in sorted(view.counts.items()):
+        counts.add_row(kind, *(str(by.get(p, "")) for p in precisions))
+    con.print(counts)
+    sizes = view.constant_bytes()
+    con.print("engine constants: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(sizes["by_datatype"].items(),
+                                                                                       key=lambda kv: -kv[1])))
+    for f in view.findings:
+        con.print(f"[yellow]{f['kind']}:[/yellow] {f['node']}: {f['message']}")
+    if not view.findings:
+        con.print("every weighted layer runs in the precision the file asks for; every Q/DQ is fused")

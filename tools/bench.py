@@ -40,11 +40,13 @@ def _child(tool: str, method: str, model: str, n: int, out: str) -> None:
     ds = prepared(model)
     fm = onnx.load(str(ds.model))
     t = time.perf_counter()
-    if tool == "qdq":
+    if tool in ("qdq", "qdq-int8"):   # qdq-int8: every layer INT8, no bias correction (the default before 0.2)
         from qdq.modelio import save_model
         from qdq.pipeline import quantize
 
-        r = quantize(ds.model, ds.calib, method=method, preprocess=ds.preprocess, limit=n, quiet=True)
+        plain = tool == "qdq-int8"
+        r = quantize(ds.model, ds.calib, method=method, preprocess=ds.preprocess, limit=n, quiet=True,
+                     mixed_precision=not plain, bias_correction=not plain)
         save_model(r.model, out, overwrite=True)
     elif tool == "onnxruntime":
         from tools.compare_ort import ort_quantize
@@ -92,20 +94,23 @@ def run_isolated(tool: str, method: str, model: str, n: int, out: str) -> dict:
     return {"seconds": round(doc["seconds"], 2), "peak_rss_mb": round(doc["peak_rss_mb"], 1)}
 
 
-def quality(model: str, path: str) -> dict:
+def quality(model: str, path: str, budget: bool = False) -> dict:
     import onnx
 
+    from qdq.inspection import inspect_model
     from qdq.tensorrt_backend import check_model
     from tools.compare_ort import evaluate
     from tools.datasets import prepared
 
     ds = prepared(model)
     q = onnx.load(path)
-    out = evaluate(onnx.load(str(ds.model)), q, ds.val, ds.preprocess)
+    out = evaluate(onnx.load(str(ds.model)), q, ds.val, ds.preprocess, budget)
+    out["int8_mac_share"] = round(inspect_model(q).coverage["share"], 4)
     out.pop("samples", None)
     if model != "effnet":
         out.pop("top1_agreement", None)  # only the classifier has class scores
-    shapes = {"x": (1, 3, 640, 640), "input_ids": (1, 32), "attention_mask": (1, 32)}
+    shapes = {"x": (1, 3, 48, 320) if model == "ppocr_rec" else (1, 3, 640, 640), "input_ids": (1, 32),
+              "attention_mask": (1, 32)}
     try:
         r = check_model(q, shapes)
         out["tensorrt_rtx"] = "ok" if r.ok else f"failed: {(r.errors or ['?'])[0][:80]}"
@@ -123,6 +128,48 @@ def _modelopt_available() -> str | None:
     return None
 
 
+def accuracy(models, n: int, work: Path) -> list:
+    """Issue 'accuracy by default': the previous default (every layer INT8, no bias correction), the
+    default now, and ONNX Runtime's MinMax and Percentile, each in its own process; quality on the
+    held-out set with the weights-only figure of the same file."""
+    rows = []
+    for model in models:
+        for tool, method in (("qdq-int8", "mse"), ("qdq", "mse"), ("onnxruntime", "MinMax"), ("onnxruntime", "Percentile")):
+            out = str(work / f"acc-{model}-{tool}-{method}.onnx")
+            row = {"model": model, "tool": tool, "method": method, "n": n, **run_isolated(tool, method, model, n, out)}
+            if "error" not in row:
+                try:
+                    row.update(quality(model, out, budget=True))
+                except QdqError as e:
+                    row["error"] = f"output unusable: {str(e)[:160]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def sensitivity_speed(model: str = "effnet", samples: int = 16) -> dict:
+    """Seconds for the per-layer sensitivity of ``model`` on ``samples`` held-out images: the
+    output-referred analysis (one pass) vs measuring every layer end to end (two runs per layer)."""
+    from qdq.data import Dataset, first_feeds, model_inputs
+    from qdq.pipeline import quantize
+    from qdq.sensitivity import end_to_end, sensitivity
+    from tools.datasets import prepared
+
+    ds = prepared(model)
+    r = quantize(ds.model, ds.calib, preprocess=ds.preprocess, quiet=True, mixed_precision=False)
+    t = time.perf_counter()
+    sensitivity(r, ds.val, preprocess=ds.preprocess, limit=samples, quiet=True)
+    fast = time.perf_counter() - t
+    feeds = first_feeds(Dataset(ds.val, model_inputs(r.float_model), ds.preprocess), samples)
+    t = time.perf_counter()
+    end_to_end(r, list(r.placement.quantized_layers), feeds, only=True, quiet=True)
+    slow = time.perf_counter() - t
+    row = {"model": model, "layers": len(r.placement.quantized_layers), "samples": samples,
+           "output_referred_s": round(fast, 1), "end_to_end_s": round(slow, 1), "speedup": round(slow / fast, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["effnet", "ppocr_det", "ddddocr_det", "minilm"])
@@ -131,6 +178,8 @@ def main(argv=None):
                     help="sample counts for the time/memory scaling table (effnet and ppocr_det frames)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of an earlier --json run")
+    ap.add_argument("--accuracy", action="store_true",
+                    help="the accuracy-by-default table (before/after, ONNX Runtime) and the sensitivity speed-up")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.markdown:
@@ -138,6 +187,12 @@ def main(argv=None):
     if args.child:
         tool, method, model, n, out = args.child
         return _child(tool, method, model, int(n), out)
+    if args.accuracy:
+        work = Path(tempfile.mkdtemp(prefix="qdq-bench-"))
+        doc = {"accuracy": accuracy(args.models, args.n, work), "sensitivity": sensitivity_speed()}
+        if args.json:
+            args.json.write_text(json.dumps(doc, indent=1))
+        return doc
 
     skip_mo = _modelopt_available()
     rows, work = [], Path(tempfile.mkdtemp(prefix="qdq-bench-"))
@@ -171,7 +226,23 @@ def main(argv=None):
 
 
 def markdown(doc: dict) -> str:
-    """The quality and scaling tables of a --json run, as Markdown."""
+    """The tables of a --json run, as Markdown."""
+    if "accuracy" in doc:
+        out = ["| model | file | time (s) | SQNR (dB) | weights only (dB) | gap (dB) | INT8 MACs | TensorRT-RTX |",
+               "|---|---|---|---|---|---|---|---|"]
+        label = {"qdq-int8": "qdq, all INT8 (before)", "qdq": "qdq default (after)"}
+        for r in doc["accuracy"]:
+            name = label.get(r["tool"], f"{r['tool']} {r['method']}")
+            if "error" in r:
+                out.append(f"| {r['model']} | {name} | {r.get('seconds', '–')} | – | – | – | – | {r['error'][:60]} |")
+                continue
+            gap = round(r["weights_only_db"] - r["sqnr_db"], 2)
+            out.append(f"| {r['model']} | {name} | {r['seconds']} | {r['sqnr_db']} | {r['weights_only_db']} | {gap} | "
+                       f"{r['int8_mac_share']:.1%} | {r.get('tensorrt_rtx', '')[:60]} |")
+        s = doc["sensitivity"]
+        out += ["", f"Sensitivity of {s['model']} ({s['layers']} layers, {s['samples']} images): output-referred "
+                f"{s['output_referred_s']} s, every layer end to end {s['end_to_end_s']} s (×{s['speedup']})."]
+        return "\n".join(out)
     out = ["| model | tool | method | time (s) | peak RSS (MB) | SQNR (dB) | cosine | top-1 | TensorRT-RTX |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["quality"]:

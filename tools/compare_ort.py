@@ -25,11 +25,14 @@ from qdq.pipeline import quantize  # noqa: E402
 from tools.datasets import prepared  # noqa: E402
 
 
-def evaluate(float_model, qmodel, val, preprocess) -> dict:
-    """First output of ``qmodel`` vs ``float_model`` on ``val``, measured by ``qdq.compare``."""
-    res = compare(float_model, qmodel, val, preprocess=preprocess, budget=False, quiet=True)
+def evaluate(float_model, qmodel, val, preprocess, budget: bool = False) -> dict:
+    """First output of ``qmodel`` vs ``float_model`` on ``val``, measured by ``qdq.compare`` (with
+    ``budget``: also its weights-only figure)."""
+    res = compare(float_model, qmodel, val, preprocess=preprocess, budget=budget, quiet=True)
     first = res.outputs[0]
     out = {"sqnr_db": round(first.metrics["sqnr_db"], 2), "cosine": round(first.metrics["cosine"], 5)}
+    if budget:
+        out["weights_only_db"] = round(res.budget["weights_only"][first.name], 2)
     if first.top1 is not None:
         out["top1_agreement"] = round(first.top1, 4)
         out["samples"] = res.samples
