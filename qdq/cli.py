@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     out = q.add_argument_group("reporting")
     out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
+    out.add_argument("--no-engine-check", action="store_true",
+                     help="skip the TensorRT build that reports what the engine runs in INT8 (done when TensorRT-RTX "
+                          "or TensorRT is installed)")
     _add_preprocess(q)
 
     c = sub.add_parser("compare", help="measure the quantized model against the float or FP16 model, layer by layer")
@@ -116,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--fail-below-db", type=float, help="exit code 1 when an output's SQNR is below this")
     rep = c.add_argument_group("reporting")
     rep.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write the result as JSON (stdout if no path)")
-    rep.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+    rep.add_argument("--report", type=Path, help="write a self-contained HTML report here (with the precision each "
+                     "layer gets in TensorRT when TensorRT-RTX is installed)")
+    rep.add_argument("--no-engine-check", action="store_true", help="leave the TensorRT build out of the report")
     rep.add_argument("-q", "--quiet", action="store_true")
     _add_preprocess(c)
 
@@ -221,6 +226,14 @@ def cmd_quantize(args) -> int:
                       smoothquant=args.smoothquant, equalize=args.equalize)
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
+    if not args.no_engine_check:
+        from .engine_layers import built_view
+
+        view = built_view(result.model)
+        if view is not None:
+            result.summary.engine = {"int8_layers": view.int8_layers, "weighted_layers": len(view.weighted),
+                                     "int8_mac_share": view.int8_mac_share, "findings": view.findings,
+                                     "size": view.size_note()}
     if args.ranges_out:
         write_ranges(result.summary, args.ranges_out)
     if args.json:
@@ -246,9 +259,16 @@ def cmd_compare(args) -> int:
     elif args.json:
         atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1))
     if args.report:
+        from .engine_layers import built_view
         from .html_report import render
+        from .modelio import load_model
 
-        atomic_write_text(args.report, render(result, args.float_model.name, args.quant_model.name))
+        qmodel = load_model(args.quant_model)
+        engine = None if args.no_engine_check else built_view(qmodel)
+        meta = {p.key: p.value for p in qmodel.metadata_props}
+        kept = [n.strip() for n in meta.get("qdq_float_layers", "").split(",") if n.strip()]
+        atomic_write_text(args.report, render(result, args.float_model.name, args.quant_model.name, engine=engine,
+                                              float_layers=kept))
     if args.json != "-" and not args.quiet:
         print_compare(result)
     if args.fail_below_db is not None:
@@ -474,7 +494,11 @@ def cmd_trt(args) -> int:
         text = json.dumps(doc, indent=1, default=str)
         print(text) if args.json == "-" else atomic_write_text(args.json, text)
     if not quiet:
-        print(f"engines ({engines.backend} {engines.version}): {engines.fp16}, {engines.int8}")
+        print(f"engines ({engines.backend} {engines.version}): {engines.fp16} ({engines.fp16_bytes / 1e6:.1f} MB), "
+              f"{engines.int8} ({engines.int8_bytes / 1e6:.1f} MB)")
+        if engines.int8_layers:
+            v = engines.int8_layers
+            print(f"  INT8 engine: {v['int8_layers']}/{len(v['weighted'])} weighted layers in INT8; {v['size']}")
         if "comparison" in doc:
             c = doc["comparison"]
             for o, m in c["outputs"].items():

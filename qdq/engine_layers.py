@@ -153,11 +153,12 @@ class EngineView:
     """What the engine runs, against what the ONNX file asks for (``qdq inspect``)."""
 
     layers: list = field(default_factory=list)        # EngineLayer
-    weighted: list = field(default_factory=list)      # {"node", "op", "precision", "engine_layer", "file_int8", "macs"}
+    weighted: list = field(default_factory=list)      # {"node", "op", "precision", "engine_layer", "file", "file_int8", "macs"}
     counts: dict = field(default_factory=dict)        # layer type -> {precision: count}
     reformats: int = 0
     findings: list = field(default_factory=list)      # {"kind", "node", "message"}
     engine_bytes: int = 0
+    depthwise_int8: int = 0                           # depthwise convs built in INT8
 
     @property
     def int8_layers(self) -> int:
@@ -177,8 +178,23 @@ class EngineView:
                 by_type[layer.type] = by_type.get(layer.type, 0) + c.bytes
         return {"by_datatype": by_dtype, "by_layer_type": by_type}
 
+    def size_note(self) -> str:
+        """Where the engine's bytes are: weights of the compute layers, and Int8 constants elsewhere,
+        which TensorRT-RTX adds to run each INT8 depthwise conv as a 4-channels-per-group conv (a zero
+        block of C×3×H×W bytes per layer)."""
+        weights = sum(c.bytes for x in self.layers if x.type in COMPUTE for c in x.constants)
+        padding = sum(c.bytes for x in self.layers if x.type not in COMPUTE for c in x.constants if c.dtype == "Int8")
+        other = sum(x.constant_bytes for x in self.layers) - weights - padding
+        note = (f"{self.engine_bytes / 1e6:.1f} MB engine: {weights / 1e6:.1f} MB layer weights, "
+                f"{other / 1e6:.1f} MB other constants")
+        if padding:
+            note += (f", {padding / 1e6:.1f} MB Int8 constants outside conv/GEMM layers (the zero padding TensorRT-RTX "
+                     f"adds to run the {self.depthwise_int8} INT8 depthwise convs; --exclude depthwise keeps them FP16)")
+        return note
+
     def to_dict(self) -> dict:
-        return {"layers": [{"name": x.name, "type": x.type, "precision": x.precision, "onnx_nodes": x.onnx_nodes,
+        return {"size": self.size_note(), "depthwise_int8": self.depthwise_int8,
+                "layers": [{"name": x.name, "type": x.type, "precision": x.precision, "onnx_nodes": x.onnx_nodes,
                             "constant_bytes": x.constant_bytes} for x in self.layers],
                 "weighted": self.weighted, "counts": self.counts, "reformats": self.reformats,
                 "findings": self.findings, "int8_layers": self.int8_layers, "int8_mac_share": self.int8_mac_share,
@@ -208,6 +224,9 @@ def engine_view(model, layers: list, engine_bytes: int = 0) -> EngineView:
         layer = next((x for x in hits if x.type in COMPUTE), hits[0] if hits else None)
         precision = layer.precision if layer is not None else "not in the engine"
         file_int8 = node.name not in file_float
+        w = _weight(idx, node) if node.op_type == "Conv" else None
+        if w is not None and w.ndim >= 3 and w.shape[1] == 1 and w.shape[0] > 1 and precision == "int8":
+            view.depthwise_int8 += 1
         view.weighted.append({"node": node.name, "op": node.op_type, "precision": precision,
                               "engine_layer": layer.name if layer else None, "file_int8": file_int8,
                               "macs": layer_macs(sidx, sidx.nodes[pos])})
@@ -218,12 +237,49 @@ def engine_view(model, layers: list, engine_bytes: int = 0) -> EngineView:
         elif not file_int8 and precision == "int8":
             view.findings.append({"kind": "views disagree", "node": node.name,
                                   "message": "qdq inspect counts it as float, the engine runs it in INT8"})
+    by_name = {n.name: i for i, n in enumerate(idx.nodes)}
+    meta = {p.key: p.value for p in model.metadata_props}
+    kept = {n.strip() for n in meta.get("qdq_float_layers", "").split(",") if n.strip()}
+    for w in view.weighted:
+        w["file"] = "int8" if w["file_int8"] else ("float (mixed precision)" if w["node"] in kept else "float")
     for layer in layers:
         if layer.onnx_nodes and all(n in qdq_names for n in layer.onnx_nodes):
-            view.findings.append({"kind": "Q/DQ not fused", "node": layer.onnx_nodes[0],
-                                  "message": f"{', '.join(layer.onnx_nodes[:3])} run as a layer of their own "
-                                             f"({layer.name}, {layer.type}, {layer.precision})"})
+            after = _float_producer(idx, by_name.get(layer.onnx_nodes[0]), file_float)
+            if after is not None:
+                view.findings.append({"kind": "float layer boundary", "node": layer.onnx_nodes[0],
+                                      "message": f"the Q/DQ after {after!r}, which the file keeps in float, runs as a "
+                                                 "kernel of its own (the cost of that layer's float precision)"})
+            else:
+                view.findings.append({"kind": "Q/DQ not fused", "node": layer.onnx_nodes[0],
+                                      "message": f"{', '.join(layer.onnx_nodes[:3])} run as a layer of their own "
+                                                 f"({layer.name}, {layer.type}, {layer.precision})"})
     return view
+
+
+def _weight(idx, node):
+    """The weight array of a layer, read through its DequantizeLinear in a Q/DQ file."""
+    w = idx.constant(node.input[1])
+    p = idx.producer_node(node.input[1]) if w is None else None
+    return idx.constant(p.input[0]) if p is not None and p.op_type == "DequantizeLinear" else w
+
+
+def _float_producer(idx, pos, file_float: set):
+    """Name of the weighted layer kept in float whose output (through pointwise ops) a Q node reads."""
+    from .analysis import BINARY, POINTWISE
+
+    node = idx.nodes[pos] if pos is not None else None
+    for _ in range(10):
+        if node is None:
+            return None
+        src = idx.producer_node(node.input[0])
+        if src is None:
+            return None
+        if src.name in file_float:
+            return src.name
+        if src.op_type not in POINTWISE | BINARY:
+            return None
+        node = src
+    return None
 
 
 def _cause(idx, pos: int, alone: set) -> str:
@@ -247,3 +303,18 @@ def _cause(idx, pos: int, alone: set) -> str:
             if p is not None and p.op_type != "DequantizeLinear" and p.op_type not in ("Conv", "ConvTranspose"):
                 return f"the residual Add {c.name!r} after it has no Q/DQ on its other input"
     return "its Q/DQ did not fuse with it (look for ops between the DequantizeLinear and the layer)"
+
+
+def built_view(model, shapes: dict | None = None):
+    """Build ``model`` ahead of time with TensorRT-RTX (or the TensorRT found) and read its layers;
+    None when no TensorRT is installed or the build fails."""
+    from .tensorrt_backend import check_model, load_backend
+
+    try:
+        backend = load_backend()
+    except QdqError:
+        return None
+    res = check_model(model, shapes, backend=backend, verbose=True)
+    if not res.ok:
+        return None
+    return engine_view(model, parse_log(res.log), len(res.engine))

@@ -81,8 +81,34 @@ def _histogram(r, width=340, height=140) -> str:
     return "".join(parts)
 
 
-def render(result, float_name: str, quant_name: str, worst: int = 6) -> str:
-    """The report of :class:`qdq.comparison.CompareResult` as one HTML document."""
+_COLOURS = {"int8": "#4caf50", "fp16": "#42a5f5", "fp32": "#ff9800"}
+
+
+def _precision_strip(engine, float_layers: set) -> str:
+    """One cell per weighted layer in graph order, coloured by the precision TensorRT runs it in;
+    layers mixed precision kept in float are outlined."""
+    w, h = 1100, 46
+    n = max(len(engine.weighted), 1)
+    step = w / n
+    cells = []
+    for i, layer in enumerate(engine.weighted):
+        colour = _COLOURS.get(layer["precision"], "#9e9e9e")
+        kept = layer["node"] in float_layers
+        stroke = ' stroke="#000" stroke-width="2"' if kept else ""
+        cells.append(f'<rect class="engine-layer {_e(layer["precision"])}" x="{i * step:.1f}" y="2" '
+                     f'width="{max(step - 1, 1):.1f}" height="28" fill="{colour}"{stroke}><title>{_e(layer["node"])}: '
+                     f'{_e(layer["precision"])} in the engine{" (kept in float by mixed precision)" if kept else ""}'
+                     f'</title></rect>')
+    legend = " ".join(f'<span style="color:{c}">■</span> {p}' for p, c in _COLOURS.items())
+    return (f'<svg id="precision-strip" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">{"".join(cells)}'
+            f'</svg><p class="note">{legend}; outlined: kept in float by mixed precision. '
+            f'{engine.int8_layers}/{len(engine.weighted)} weighted layers in INT8, {engine.int8_mac_share:.1%} of their '
+            f'MACs; {_e(engine.size_note())}.</p>')
+
+
+def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None, float_layers=()) -> str:
+    """The report of :class:`qdq.comparison.CompareResult` as one HTML document; ``engine``, a
+    :class:`qdq.engine_layers.EngineView` of the quantized file, adds the precision strip."""
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>qdq compare</title><style>{_CSS}</style></head><body>",
            f"<h1>{_e(quant_name)} vs {_e(float_name)}</h1>",
            f"<p class='note'>reference: {result.reference.upper()}, {result.samples} samples. SQNR = 10·log10(Σ‖ref‖²/Σ‖q−ref‖²); "
@@ -104,6 +130,9 @@ def render(result, float_name: str, quant_name: str, worst: int = 6) -> str:
             out.append(f"<tr><td>{_e(o.name)}</td><td>{_db(b['weights_only'][o.name])}</td>"
                        f"<td>{_db(b['activations_only'][o.name])}</td><td>{_db(b['both'][o.name])}</td></tr>")
         out.append("</table>")
+    if engine is not None:
+        out.append("<h2>What TensorRT runs, layer by layer (graph order)</h2>")
+        out.append(_precision_strip(engine, set(float_layers)))
     if result.layers:
         out.append("<h2>Layer by layer</h2>")
         if result.first_below:

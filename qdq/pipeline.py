@@ -62,6 +62,7 @@ class Summary:
     bias_correction: str = "off"                    # full | weights | off, as measured best on held-back data
     float_layers: list = field(default_factory=list)  # mixed precision: [{"node", "op", "mac_share", "cost_db"}]
     accuracy: dict | None = None                    # held-back SQNR: INT8, weights only, the file written
+    engine: dict | None = None                      # what TensorRT built (CLI, when TensorRT-RTX is installed)
 
     def to_dict(self) -> dict:
         return asdict(self)

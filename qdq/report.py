@@ -58,6 +58,10 @@ def print_summary(summary, top: int = 12, file=None) -> None:
         for label, key in (("unused", "unused"), ("not in the model", "not_in_model"), ("zero", "zero")):
             if imp[key]:
                 con.print(f"  {label}: {', '.join(imp[key][:8])}" + (" …" if len(imp[key]) > 8 else ""))
+    if summary.engine:
+        e = summary.engine
+        con.print(f"as TensorRT builds it: {e['int8_layers']}/{e['weighted_layers']} weighted layers in INT8 "
+                  f"({e['int8_mac_share']:.1%} of their MACs); {len(e['findings'])} findings (qdq check --layers)")
     for w in summary.warnings:
         con.print(f"[yellow]warning:[/yellow] {w}")
     if summary.output:
@@ -180,7 +184,7 @@ def print_engine_view(view, file=None) -> None:
     for col in ("node", "op", "file", "engine", "engine layer"):
         t.add_column(col)
     for w in view.weighted:
-        t.add_row(w["node"], w["op"], "int8" if w["file_int8"] else "float", w["precision"], w["engine_layer"] or "–")
+        t.add_row(w["node"], w["op"], w["file"], w["precision"], w["engine_layer"] or "–")
     con.print(t)
     counts = Table(title="engine layers by type and precision", title_justify="left")
     precisions = sorted({p for by in view.counts.values() for p in by})

@@ -441,6 +441,9 @@ class Engines:
     version: str
     shapes: dict
     trtexec: list
+    fp16_bytes: int = 0
+    int8_bytes: int = 0
+    int8_layers: dict | None = None   # the INT8 engine's layer view (qdq.engine_layers), when readable
 
 
 def _data_shapes(dataset) -> dict:
@@ -473,8 +476,9 @@ def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict
 
             written[label] = str(save_model(m, workdir / label, overwrite=True))
     out = {}
+    view = None
     for label, model, precision in (("fp16", fp16_src, "fp16"), ("int8", q_src, "int8")):
-        res = build(model, precision, shapes, b, cache)
+        res = build(model, precision, shapes, b, cache, verbose=label == "int8")
         if not res.ok:
             raise QdqError(f"TensorRT could not build the {label} engine: {'; '.join(res.errors[:3])}")
         path = workdir / f"{label}.engine"
@@ -482,10 +486,18 @@ def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict
         tmp.write_bytes(res.engine)
         tmp.replace(path)
         out[label] = path
+        if label == "int8":
+            from .engine_layers import EngineLogError, engine_view, parse_log
+
+            try:
+                view = engine_view(model, parse_log(res.log), len(res.engine)).to_dict()
+            except EngineLogError:   # the sizes stand without the breakdown
+                view = None
     lines = trtexec_lines(str(float_model) if not isinstance(float_model, onnx.ModelProto) else "float.onnx",
                           str(quant_model) if not isinstance(quant_model, onnx.ModelProto) else "int8.onnx",
                           shapes, written.get("fp16.onnx"), written.get("int8_fp16.onnx"))
-    return Engines(out["fp16"], out["int8"], b.name, b.version, shapes, lines)
+    return Engines(out["fp16"], out["int8"], b.name, b.version, shapes, lines,
+                   out["fp16"].stat().st_size, out["int8"].stat().st_size, view)
 
 
 def compare_engines(engines: Engines, dataset, runs: int = 50, quiet: bool = False) -> dict:
