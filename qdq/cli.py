@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import QdqError
+from .modelio import check_output
 
 
 def _floats(text: str) -> tuple:
@@ -32,11 +33,12 @@ def _add_preprocess(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image preprocessing (when DATA is a folder of images)",
                              "x = (pixel·scale − mean) / std per channel; defaults from the model's input shape")
     g.add_argument("--size", type=_size, help="HxW to resize to (default: the model's input dims; 640 if dynamic)")
-    g.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
+    g.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch",
+                   help="stretch to the size, or keep the aspect ratio and pad (letterbox)")
     g.add_argument("--mean", type=_floats, default=(0.0, 0.0, 0.0), help="per-channel mean, after scaling (default 0)")
     g.add_argument("--std", type=_floats, default=(1.0, 1.0, 1.0), help="per-channel std, after scaling (default 1)")
     g.add_argument("--scale", type=float, default=1 / 255, help="pixel multiplier applied first (default 1/255)")
-    g.add_argument("--color", choices=("RGB", "BGR"), default="RGB")
+    g.add_argument("--color", choices=("RGB", "BGR"), default="RGB", help="channel order the model expects")
     g.add_argument("--layout", choices=("NCHW", "NHWC"), help="default: read from the model's input shape")
 
 
@@ -47,15 +49,31 @@ def _preprocess(args):
                       color=args.color, layout=args.layout)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless it has none or says it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import TARGETS
     from .ranges import DEFAULT_METHOD, METHODS
     from .trt_cache import ALGORITHMS
 
-    ap = argparse.ArgumentParser(prog="qdq", description="Float ONNX → TensorRT-ready INT8 Q/DQ ONNX.")
+    ap = argparse.ArgumentParser(prog="qdq", description="Float ONNX → TensorRT-ready INT8 Q/DQ ONNX.", formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"qdq {__version__}")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
+    add = sub.add_parser
+
+    def parser(name, **kw):
+        return add(name, formatter_class=_Help, **kw)
+
+    sub.add_parser = parser
 
     q = sub.add_parser("quantize", help="calibrate with ONNX Runtime and write a Q/DQ ONNX")
     io = q.add_argument_group("input and output")
@@ -71,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "they win over calibration, which covers the rest")
     cal.add_argument("--force-ranges", action="store_true",
                      help="apply --ranges also to tensors the placement rules would leave in float")
-    cal.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
+    cal.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                     help="range method: mse (least squared error), percentile, entropy (TensorRT's KL), max")
     cal.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     cal.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (ranges do not depend on it)")
     cal.add_argument("--limit", type=int, help="use at most this many samples")
@@ -109,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("quant_model", type=Path, help="its Q/DQ version")
     io.add_argument("--data", type=Path, required=True, help="inputs, as for quantize --calib")
     io.add_argument("--limit", type=int, help="use at most this many samples")
-    io.add_argument("--batch-size", type=int, default=1)
+    io.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run")
     an = c.add_argument_group("analysis")
     an.add_argument("--reference", choices=("fp32", "fp16"), default="fp32",
                     help="fp16: the FP16 cast of the float model (what a TensorRT FP16 engine computes)")
@@ -122,13 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--report", type=Path, help="write a self-contained HTML report here (with the precision each "
                      "layer gets in TensorRT when TensorRT-RTX is installed)")
     rep.add_argument("--no-engine-check", action="store_true", help="leave the TensorRT build out of the report")
-    rep.add_argument("-q", "--quiet", action="store_true")
+    rep.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no tables")
     _add_preprocess(c)
 
     r = sub.add_parser("ranges", help="export a model's ranges (TensorRT cache or JSON), or diff two")
     r.add_argument("sources", type=Path, nargs="+", metavar="FILE",
                    help="one model to export (Q/DQ or float), or two (Q/DQ models or ranges files) to diff")
-    r.add_argument("--to", choices=("trt-cache", "json"), help="export format")
+    r.add_argument("--to", choices=("trt-cache", "json"), help="export format: a TensorRT calibration cache or qdq's JSON")
     r.add_argument("-o", "--output", type=Path, help="file to write (stdout if omitted)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ex = r.add_argument_group("TensorRT cache (implicit INT8 on TensorRT 8.x/10.x)",
@@ -149,61 +168,63 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess(r)
 
     i = sub.add_parser("inspect", help="list a Q/DQ model's pairs, its INT8 coverage and TensorRT lint")
-    i.add_argument("model", type=Path)
+    i.add_argument("model", type=Path, help="a Q/DQ ONNX model")
     i.add_argument("--target", choices=tuple(TARGETS), help="also check opset and scale dtype for this TensorRT")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print as JSON")
     i.add_argument("--netron", action="store_true", help="serve the file in Netron on localhost (pip install netron)")
     i.add_argument("--port", type=int, default=8080, help="Netron's port")
 
     se = sub.add_parser("sensitivity", help="per-layer sensitivity: the SQNR each layer's INT8 leaves at its output "
                                               "and at the model's, from one pass")
-    se.add_argument("model", type=Path)
-    se.add_argument("--calib", type=Path, required=True)
+    se.add_argument("model", type=Path, help="float ONNX model")
+    se.add_argument("--calib", type=Path, required=True, help="calibration data (as quantize --calib)")
     se.add_argument("--data", type=Path, required=True, help="validation data")
     se.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help=f"range method (default {DEFAULT_METHOD})")
     se.add_argument("--target", choices=tuple(TARGETS), default="trt10", help="as for quantize (default trt10)")
-    se.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN")
+    se.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="as for quantize")
     se.add_argument("--limit", type=int, help="calibration samples")
     se.add_argument("--val-limit", type=int, help="validation samples (at most 16 are used)")
     se.add_argument("--verify", type=int, default=0, metavar="N",
                     help="measure the N most harmful layers end to end (all INT8 but that one; default 0)")
-    se.add_argument("--json", nargs="?", const="-", metavar="PATH")
+    se.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write JSON (stdout if no path)")
     se.add_argument("--report", type=Path, help="self-contained HTML report")
-    se.add_argument("-q", "--quiet", action="store_true")
+    se.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
     _add_preprocess(se)
 
     ck = sub.add_parser("check", help="will TensorRT accept this file? parse + build ahead of time, no GPU needed")
-    ck.add_argument("model", type=Path)
+    ck.add_argument("model", type=Path, help="the ONNX file to build")
     ck.add_argument("--target", choices=tuple(TARGETS), help="also lint opset and scale dtype for this TensorRT")
     ck.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DIMS",
                     help="e.g. x:1x3x640x640 for dynamic inputs (default: batch 1, other dynamic dims 640)")
     ck.add_argument("--layers", action="store_true",
                     help="what TensorRT built: each weighted layer's engine layer and precision, reformats, and "
                          "Q/DQ that did not fuse")
-    ck.add_argument("--json", action="store_true")
+    ck.add_argument("--json", action="store_true", help="print as JSON")
 
     trt = sub.add_parser("trt", help="build and compare FP16 and INT8 TensorRT engines")
     trt_sub = trt.add_subparsers(dest="trt_command", required=True)
+    trt_add = trt_sub.add_parser
+    trt_sub.add_parser = lambda name, **kw: trt_add(name, formatter_class=_Help, **kw)
     for name, help_text in (("build", "build the FP16 and INT8 engines and print trtexec lines"),
                             ("compare", "run both engines (GPU) and compare INT8 with FP16")):
         t = trt_sub.add_parser(name, help=help_text)
-        t.add_argument("float_model", type=Path)
-        t.add_argument("quant_model", type=Path)
-        t.add_argument("--data", type=Path, required=True)
+        t.add_argument("float_model", type=Path, help="the float ONNX model")
+        t.add_argument("quant_model", type=Path, help="its Q/DQ version")
+        t.add_argument("--data", type=Path, required=True, help="inputs (as quantize --calib); the first fixes the shapes")
         t.add_argument("--workdir", type=Path, default=Path("qdq-engines"), help="engines and timing cache go here")
-        t.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DIMS")
-        t.add_argument("--limit", type=int)
-        t.add_argument("--json", nargs="?", const="-", metavar="PATH")
-        t.add_argument("-q", "--quiet", action="store_true")
+        t.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DIMS", help="e.g. x:1x3x640x640 for dynamic inputs")
+        t.add_argument("--limit", type=int, help="use at most this many samples")
+        t.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write JSON (stdout if no path)")
+        t.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no lines")
         if name == "compare":
             t.add_argument("--runs", type=int, default=50, help="timed runs per engine")
         _add_preprocess(t)
 
     d = sub.add_parser("demo", help="quantize PP-OCRv4's text detector on real text images (no arguments needed)")
     d.add_argument("--out-dir", type=Path, help="where to write (default: the qdq cache folder)")
-    d.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
-    d.add_argument("--json", action="store_true")
-    d.add_argument("-q", "--quiet", action="store_true")
+    d.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="range method")
+    d.add_argument("--json", action="store_true", help="print the summary and the check as JSON")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
     return ap
 
 
@@ -213,10 +234,9 @@ def cmd_quantize(args) -> int:
     from .report import print_summary, summary_json
 
     # refuse before a long calibration, not after it (save_model checks again when writing)
-    if args.output.exists() and not args.overwrite:
-        raise QdqError(f"{args.output}: already exists; pass --overwrite or choose another output path")
-    if args.model.exists() and args.output.exists() and args.model.resolve() == args.output.resolve():
-        raise QdqError(f"{args.output}: is the input model; choose another output path")
+    check_output(args.output, args.overwrite, protect=[args.model])
+    if args.ranges_out:
+        check_output(args.ranges_out, overwrite=True)
     result = quantize(args.model, args.calib, method=args.method, percentile=args.percentile,
                       batch_size=args.batch_size, target=args.target, preprocess=_preprocess(args), limit=args.limit,
                       ranges=args.ranges, force_ranges=args.force_ranges, exclude=args.exclude,
@@ -249,6 +269,10 @@ def cmd_compare(args) -> int:
     from .comparison import compare
     from .modelio import atomic_write_text
     from .report import print_compare
+
+    for out in (args.json if args.json not in (None, "-") else None, args.report):
+        if out:
+            check_output(out, overwrite=True)
 
     result = compare(args.float_model, args.quant_model, args.data, reference=args.reference,
                      layerwise=args.layerwise, threshold_db=args.threshold_db, budget=not args.no_budget,
@@ -300,6 +324,8 @@ def cmd_ranges(args) -> int:
         if not args.to:
             raise QdqError("pass --to trt-cache or --to json to export, or two files to diff")
         src = args.sources[0]
+        if args.output:
+            check_output(args.output, args.overwrite)
         if args.to == "trt-cache" and src.suffix == ".onnx":
             text, note = _complete_cache(args)
         else:
@@ -330,17 +356,14 @@ def cmd_ranges(args) -> int:
         print(json.dumps({"a": str(args.sources[0]), "b": str(args.sources[1]), "ratio": args.ratio, "differ": rows},
                          indent=1, default=str))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from .report import console, table
 
-    t = Table(title=f"amax differing by more than ×{args.ratio:g} ({len(rows)} of {len(set(a) | set(b))})",
-              title_justify="left")
-    for col in ("tensor", "A", "B", "ratio"):
-        t.add_column(col, justify="left" if col == "tensor" else "right")
+    t = table(f"amax differing by more than ×{args.ratio:g} ({len(rows)} of {len(set(a) | set(b))})",
+              ("tensor", "A", "B", "ratio"))
     for r in sorted(rows, key=lambda r: -(r["ratio"] or float("inf"))):
         t.add_row(r["tensor"], "–" if r["a"] is None else f"{r['a']:.5g}", "–" if r["b"] is None else f"{r['b']:.5g}",
                   "only in one" if r["ratio"] is None else f"{r['ratio']:.3g}")
-    Console().print(t)
+    console().print(t)
     return 0
 
 
@@ -352,8 +375,6 @@ def _complete_cache(args) -> tuple[str, str]:
     from .ranges import METHODS, QMAX
     from .trt_cache import algorithm_for, network_ranges
 
-    if args.output and args.output.exists() and not args.overwrite:
-        raise QdqError(f"{args.output}: already exists; pass --overwrite or choose another output path")
     model = load_model(args.sources[0])
     meta = {p.key: p.value for p in model.metadata_props}
     method = args.method or (meta.get("qdq_method") if meta.get("qdq_method") in METHODS else "entropy")
@@ -406,6 +427,9 @@ def cmd_sensitivity(args) -> int:
     from .sensitivity import sensitivity
 
     quiet = args.quiet or args.json == "-"
+    for out in (args.json if args.json not in (None, "-") else None, args.report):
+        if out:
+            check_output(out, overwrite=True)
     pre = _preprocess(args)
     first = quantize(args.model, args.calib, method=args.method, target=args.target, exclude=args.exclude,
                      preprocess=pre, limit=args.limit, quiet=quiet, mixed_precision=False)
@@ -483,6 +507,8 @@ def cmd_trt(args) -> int:
     from .modelio import atomic_write_text, load_model
     from .tensorrt_backend import build_engines, compare_engines
 
+    if args.json not in (None, "-"):
+        check_output(args.json, overwrite=True)
     dataset = Dataset(args.data, model_inputs(load_model(args.float_model)), _preprocess(args), limit=args.limit)
     quiet = args.quiet or args.json == "-"
     engines = build_engines(args.float_model, args.quant_model, dataset, args.workdir, _shapes(args.shapes) or None,

@@ -252,7 +252,7 @@ class HoldOut:
     ``cap`` of them: ``held``) and copying the first ``keep`` samples it yields (``kept``, for the
     analysis pass).  The split depends only on sample order, not on batch size."""
 
-    def __init__(self, dataset, every: int = 5, cap: int = 16, keep: int = 8):
+    def __init__(self, dataset, every: int = 5, cap: int = 16, keep: int = 6):
         self.dataset, self.every, self.cap, self.keep = dataset, every, cap, keep
         self.inputs, self.path = dataset.inputs, dataset.path
         self.held, self.kept = [], []

@@ -85,6 +85,12 @@ def convert_opset(model: onnx.ModelProto, target: int, source: str = "model") ->
     return converted
 
 
+def check_output(path, overwrite: bool = False, protect=()) -> Path:
+    """Raise the one-line error writing ``path`` would meet (missing or read-only folder, an existing
+    file without ``overwrite``, an input in ``protect``): called before any long work.  Returns the folder."""
+    return _check_target(Path(path), overwrite, protect)
+
+
 def _check_target(path: Path, overwrite: bool, protect=()) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

@@ -214,7 +214,7 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
                 extra = calibrate(float_model, Feeds(inputs, split.held), calibration_tensors(idx, plan), range_only,
                                   1, providers, True)
                 cal.merge(extra)
-            split.kept, split.held = (split.kept + split.held)[:8], split.kept + split.held
+            split.kept, split.held = (split.kept + split.held)[:6], split.kept + split.held
             if mixed_precision:
                 warnings.append(f"only {len(split.held)} samples: none held back, mixed precision was measured on "
                                 "calibration samples")

@@ -1,8 +1,38 @@
-"""Human-readable and machine-readable views of a quantization summary."""
+"""Human-readable and machine-readable views of a quantization summary.
+
+Names and paths are what users copy, so they are never cut: name columns fold instead of ending in
+"…", and when stdout is not a terminal (a pipe, a log) lines are as wide as they need to be.
+"""
 from __future__ import annotations
 
 import json
 import sys
+
+
+def console(file=None):
+    """A rich Console on ``file`` (stdout): the terminal's width, or unlimited lines for pipes and logs."""
+    from rich.console import Console
+
+    file = file or sys.stdout
+    probe = Console(file=file)
+    return probe if probe.is_terminal else Console(file=file, width=100_000, soft_wrap=True)
+
+
+# columns holding names, paths and sentences: they fold, never end in "…"
+NAME_COLUMNS = ("node", "tensor", "layer", "output", "consumers", "engine layer", "reason", "message", "file",
+                "why quantized", "type")
+_TEXT_COLUMNS = NAME_COLUMNS + ("op", "kind", "method", "engine", "rule", "level", "dtype")
+
+
+def table(title: str, columns, names=NAME_COLUMNS):
+    """A rich Table with numbers right-aligned; the columns in ``names`` fold instead of truncating."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, justify="left" if col in _TEXT_COLUMNS else "right",
+                     overflow="fold" if col in names else "ellipsis", no_wrap=col not in names)
+    return t
 
 
 def summary_json(summary) -> str:
@@ -11,10 +41,7 @@ def summary_json(summary) -> str:
 
 def print_summary(summary, top: int = 12, file=None) -> None:
     """A rich table on ``file`` (stdout): coverage, skipped layers, the widest-clipping tensors."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(file=file or sys.stdout)
+    con = console(file)
     n_q, n_all = len(summary.quantized_layers), summary.weighted_layers
     con.print(f"[bold]{summary.model}[/bold] → target {summary.target}, opset {summary.opset}, "
               f"method {summary.method}, {summary.samples} calibration samples")
@@ -27,24 +54,18 @@ def print_summary(summary, top: int = 12, file=None) -> None:
                   f"this file {_db(acc['final_db'])} dB; its weights alone {_db(acc['final_weights_only_db'])} dB "
                   f"({'within' if acc['reached'] else 'not within'} {acc['max_loss_db']:g} dB)")
     if summary.float_layers:
-        t = Table(title="kept in float by mixed precision (costliest INT8 per MAC first)", title_justify="left")
-        for col in ("node", "op", "MACs", "its INT8 would cost dB"):
-            t.add_column(col, justify="left" if col in ("node", "op") else "right")
+        t = table("kept in float by mixed precision (costliest INT8 per MAC first)", ("node", "op", "MACs", "its INT8 would cost dB"))
         for f in sorted(summary.float_layers, key=lambda f: -f["cost_db"]):
             t.add_row(f["node"], f["op"], f"{f['mac_share']:.1%}", f"{f['cost_db']:.2f}")
         con.print(t)
     rules = [s for s in summary.skipped if not s["reason"].startswith("kept in float:")]
     if rules:
-        t = Table(title="weighted layers left in float by the placement rules", title_justify="left")
-        for col in ("node", "op", "reason"):
-            t.add_column(col)
+        t = table("weighted layers left in float by the placement rules", ("node", "op", "reason"))
         for s in rules:
             t.add_row(s["node"], s["op"], s["reason"])
         con.print(t)
-    t = Table(title=f"activation ranges (most clipped first, top {top})", title_justify="left")
-    for col, just in (("tensor", "left"), ("amax", "right"), ("scale", "right"), ("clipped", "right"),
-                      ("method", "left"), ("why quantized", "left")):
-        t.add_column(col, justify=just)
+    t = table(f"activation ranges (most clipped first, top {top})",
+              ("tensor", "amax", "scale", "clipped", "method", "why quantized"))
     rows = sorted(summary.activations.items(), key=lambda kv: -(kv[1]["clipped"] or 0.0))[:top]
     for name, a in rows:
         clipped = "–" if a["clipped"] is None else f"{a['clipped']:.3%}"
@@ -74,15 +95,10 @@ def _db(v: float) -> str:
 
 def print_compare(result, top: int = 15, file=None) -> None:
     """Output metrics, the loss budget and the worst Q/DQ tensors (most SQNR removed first)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(file=file or sys.stdout)
-    t = Table(title=f"outputs vs {result.reference.upper()} ({result.samples} samples)", title_justify="left")
-    for col in ("output", "SQNR dB", "cosine", "max|err|", "mean|err|", "bias", "gain", "top-1", "top-5"):
-        t.add_column(col, justify="left" if col == "output" else "right")
+    con = console(file)
+    t = table(f"outputs vs {result.reference.upper()} ({result.samples} samples)", ("output", "SQNR dB", "cosine", "max|err|", "mean|err|", "bias", "gain", "top-1", "top-5"))
     if result.reference == "fp16":
-        t.add_column("FP16 vs FP32 dB", justify="right")
+        t.add_column("FP16 vs FP32 dB", justify="right", no_wrap=True)
     for o in result.outputs:
         m = o.metrics
         row = [o.name, _db(m["sqnr_db"]), f"{m['cosine']:.5f}", f"{m['max_abs']:.4g}", f"{m['mean_abs']:.4g}",
@@ -93,17 +109,13 @@ def print_compare(result, top: int = 15, file=None) -> None:
         t.add_row(*row)
     con.print(t)
     if result.budget:
-        b = Table(title="where the loss lives (output SQNR dB)", title_justify="left")
-        for col in ("output", "weights only", "activations only", "both"):
-            b.add_column(col, justify="left" if col == "output" else "right")
+        b = table("where the loss lives (output SQNR dB)", ("output", "weights only", "activations only", "both"))
         for o in result.outputs:
             b.add_row(o.name, *(_db(result.budget[k][o.name]) for k in ("weights_only", "activations_only", "both")))
         con.print(b)
     if result.layers:
         by_name = {r.tensor: r for r in result.layers}
-        w = Table(title=f"Q/DQ tensors, most noise at their consumer's output first (top {top})", title_justify="left")
-        for col in ("tensor", "at consumer dB", "local dB", "accumulated dB", "amax", "clipped", "levels used"):
-            w.add_column(col, justify="left" if col == "tensor" else "right")
+        w = table(f"Q/DQ tensors, most noise at their consumer's output first (top {top})", ("tensor", "at consumer dB", "local dB", "accumulated dB", "amax", "clipped", "levels used"))
         for name in result.ranked[:top]:
             r = by_name[name]
             w.add_row(name, _db(r.output_sqnr_db), _db(r.local_sqnr_db), _db(r.accumulated_sqnr_db), f"{r.amax:.4g}",
@@ -115,13 +127,8 @@ def print_compare(result, top: int = 15, file=None) -> None:
 
 def print_inspection(ins, rules, file=None) -> None:
     """Q/DQ pairs, INT8 coverage with the float layers, and lint findings."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(file=file or sys.stdout)
-    t = Table(title="Q/DQ pairs", title_justify="left")
-    for col in ("tensor", "kind", "consumers", "amax", "scale min/median/max", "axis", "dtype"):
-        t.add_column(col, justify="right" if col in ("amax", "axis") else "left")
+    con = console(file)
+    t = table("Q/DQ pairs", ("tensor", "kind", "consumers", "amax", "scale min/median/max", "axis", "dtype"))
     for p in ins.pairs:
         scales = (f"{p['scale_min']:.4g}" if p["channels"] == 1 else
                   f"{p['scale_min']:.3g}/{p['scale_median']:.3g}/{p['scale_max']:.3g}")
@@ -132,16 +139,12 @@ def print_inspection(ins, rules, file=None) -> None:
     con.print(f"INT8 coverage: {c['share']:.1%} of {c['total_macs'] / 1e6:.1f} M multiply-accumulates; "
               f"{c['layers'] - c['float_layers']}/{c['layers']} weighted layers in INT8")
     if ins.float_layers:
-        f = Table(title="weighted layers in float", title_justify="left")
-        for col in ("node", "op", "MACs", "reason"):
-            f.add_column(col)
+        f = table("weighted layers in float", ("node", "op", "MACs", "reason"))
         for r in ins.float_layers:
             f.add_row(r["node"], r["op"], "?" if r["macs"] is None else f"{r['macs']:,}", r["reason"])
         con.print(f)
     if ins.findings:
-        lint = Table(title="TensorRT lint", title_justify="left")
-        for col in ("rule", "level", "node", "message"):
-            lint.add_column(col)
+        lint = table("TensorRT lint", ("rule", "level", "node", "message"))
         for fnd in ins.findings:
             lint.add_row(fnd.rule, fnd.level, fnd.node, f"{rules[fnd.rule][1]}: {fnd.message}")
         con.print(lint)
@@ -150,16 +153,11 @@ def print_inspection(ins, rules, file=None) -> None:
 
 
 def print_sensitivity(result, top: int = 20, file=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(file=file or sys.stdout)
+    con = console(file)
     full = f"; every layer INT8: {_db(result.full_db)} dB" if result.full_db is not None else ""
-    t = Table(title=f"layers, most output noise per MAC first ({result.samples} samples{full})", title_justify="left")
-    cols = ("layer", "op", "MACs", "input dB", "weight dB", "layer dB", "at output dB") + (
-        ("all but this dB",) if result.full_db is not None else ())
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    t = table(f"layers, most output noise per MAC first ({result.samples} samples{full})",
+              ("layer", "op", "MACs", "input dB", "weight dB", "layer dB", "at output dB")
+              + (("all but this dB",) if result.full_db is not None else ()))
     for r in result.layers[:top]:
         row = [r.node, r.op, f"{r.mac_share:.1%}", _db(r.input_db), _db(r.weight_db), _db(r.layer_db), _db(r.contribution_db)]
         if result.full_db is not None:
@@ -172,25 +170,17 @@ def print_sensitivity(result, top: int = 20, file=None) -> None:
 
 def print_engine_view(view, file=None) -> None:
     """``qdq check --layers``: the weighted layers as built, layer counts, reformats, findings."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(file=file or sys.stdout)
+    con = console(file)
     n = len(view.weighted)
     con.print(f"engine: {len(view.layers)} layers, {view.engine_bytes / 1e6:.1f} MB; weighted layers in INT8: "
               f"{view.int8_layers}/{n} ({view.int8_mac_share:.1%} of their multiply-accumulates); "
               f"{view.reformats} reformat layers")
-    t = Table(title="weighted ONNX nodes as built", title_justify="left")
-    for col in ("node", "op", "file", "engine", "engine layer"):
-        t.add_column(col)
+    t = table("weighted ONNX nodes as built", ("node", "op", "file", "engine", "engine layer"))
     for w in view.weighted:
         t.add_row(w["node"], w["op"], w["file"], w["precision"], w["engine_layer"] or "–")
     con.print(t)
-    counts = Table(title="engine layers by type and precision", title_justify="left")
     precisions = sorted({p for by in view.counts.values() for p in by})
-    counts.add_column("type")
-    for p in precisions:
-        counts.add_column(p, justify="right")
+    counts = table("engine layers by type and precision", ["type"] + precisions)
     for kind, by in sorted(view.counts.items()):
         counts.add_row(kind, *(str(by.get(p, "")) for p in precisions))
     con.print(counts)

@@ -148,6 +148,11 @@ def test_huge_ranges_file_is_refused(effnet, tmp_path):
 def test_output_folder_problems(ppocr_det, tmp_path):
     one_line_error(run_qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", tmp_path / "missing" / "o.onnx", *DET),
              "does not exist")
+    # every output is checked before any work: the data is never read (its path does not even exist)
+    one_line_error(run_qdq("quantize", ppocr_det.model, "--calib", tmp_path / "no-data", "-o", tmp_path / "o.onnx",
+                           "--ranges-out", tmp_path / "missing" / "r.json"), "missing", "does not exist")
+    one_line_error(run_qdq("compare", ppocr_det.model, ppocr_det.model, "--data", tmp_path / "no-data",
+                           "--report", tmp_path / "missing" / "r.html"), "missing", "does not exist")
     one_line_error(run_qdq("quantize", ppocr_det.model, "--calib", ppocr_det.calib, "-o", "/proc/qdq-test.onnx", "--limit", "2",
                  *DET), "/proc/qdq-test.onnx")
 
@@ -172,7 +177,9 @@ def test_ctrl_c_mid_calibration(prepared, tmp_path):
     out = tmp_path / "o.onnx"
     proc = subprocess.Popen([sys.executable, "-m", "qdq.cli", "quantize", str(ds.model), "--calib", str(ds.calib),
                              "-o", str(out), "--scale", "1", "--mean", "127,127,127", "--std", "128,128,128", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a parent that ignores SIGINT (a backgrounded shell) passes that on: restore it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(6)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
