@@ -104,5 +104,10 @@ def test_demo_runs_without_arguments(tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert (tmp_path / "ch_PP-OCRv4_det.int8.onnx").exists()
-    assert doc["check"]["output_sqnr_db"] > 8 and doc["check"]["cosine"] > 0.9
+    c = doc["check"]
+    assert c["samples"] == 16 and doc["summary"]["samples"] + doc["summary"]["accuracy"]["held_back_samples"] == 76
+    assert c["output_sqnr_db"] > 15 and c["output_sqnr_db"] >= c["weights_only_db"] - 2 and c["fp16_db"] > 35
     assert len(doc["summary"]["quantized_layers"]) >= 20 and doc["summary"]["int8_mac_share"] >= 0.85
+    r = subprocess.run([sys.executable, "-m", "qdq.cli", "demo", "--out-dir", str(tmp_path)], capture_output=True,
+                       text=True, env=env, timeout=900)
+    assert "meaning:" in r.stdout and "qdq compare" in r.stdout and "qdq check" in r.stdout

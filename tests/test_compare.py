@@ -28,8 +28,8 @@ def det_q(ppocr_det):
                     quiet=True).model
 
 
-def _plant(model, ratio=5.0):
-    """Hand-set range: the tensor with the largest amax gets amax/ratio (like ±10 on values reaching 50)."""
+def _plant(model, ratio=20.0):
+    """Hand-set range: the tensor with the largest amax gets amax/ratio (like ±5 on values reaching 100)."""
     from qdq.inspection import qdq_sites
 
     site = max(qdq_sites(model), key=lambda s: s.amax)

