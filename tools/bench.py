@@ -87,6 +87,8 @@ def run_isolated(tool: str, method: str, model: str, n: int, out: str) -> dict:
     """One quantization in a child process: wall time and peak RSS (MB), both measured in the child."""
     proc = subprocess.run([sys.executable, __file__, "--child", tool, method, model, str(n), out],
                           capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode < 0:   # killed: on a 24 GB machine that is the kernel's out-of-memory killer
+        return {"error": f"killed by signal {-proc.returncode} (out of memory?)"}
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
         return {"error": last[:200]}
