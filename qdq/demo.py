@@ -4,10 +4,9 @@ brings (scikit-image's photos with rendered text, its text and page images), che
 and FP16 on images made from other photos, and explained."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from .data import Dataset, Preprocess, model_inputs
+from .data import Preprocess
 from .errors import QdqError
 from .ranges import DEFAULT_METHOD
 

@@ -254,8 +254,8 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
             ranges = _ranges(plan, cal, imported, method, percentile)
         if not choice.reached:
             warnings.append(f"mixed precision: {choice.final_db:.2f} dB on held-back samples, more than {max_loss_db:g} dB "
-                            f"below the weights-only {choice.final_weights_only_db:.2f} dB with the INT8 share of MACs at "
-                            f"the {min_int8_share:.0%} floor")
+                            f"below the weights-only {choice.final_weights_only_db:.2f} dB, with {choice.int8_mac_share:.1%} "
+                            f"of the MACs in INT8 (floor {min_int8_share:.0%})")
     for t, r in ranges.items():
         st = cal.stats.get(t)
         if r.amax == 0.0:
