@@ -177,15 +177,13 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
             if n:
                 warnings.append(f"SmoothQuant moved the channel ranges of {n} activations into the next layers' weights")
     idx = GraphIndex.build(float_model)
-    plan = place(idx, exclude)
-    if not plan.activations:
-        raise QdqError(f"{source}: no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul with float inputs"
-                       f"{' left after --exclude' if exclude else ''})")
     imported = None
     if ranges is not None:
         imported = ranges if isinstance(ranges, RangeFile) else read_ranges(ranges)
-        if force_ranges:
-            _force(idx, plan, imported)
+    plan = place(idx, exclude, force=tuple(imported.amax) if imported is not None and force_ranges else ())
+    if not plan.quantized_layers:
+        raise QdqError(f"{source}: no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul with float inputs"
+                       f"{' left after --exclude' if exclude else ''})")
     missing = [t for t in plan.activations if imported is None or t not in imported.amax]
     if calibration is not None:
         lacking = [t for t in missing if t not in calibration.stats]
@@ -250,7 +248,7 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
                                   ev, max_loss_db, min_int8_share, bias_mode == "full", macs, int8_db)
         if choice.float_layers:
             plan = place(idx, exclude, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
-                                        for p, db in choice.float_layers.items()})
+                                        for p, db in choice.float_layers.items()}, plan.force)
             ranges = _ranges(plan, cal, imported, method, percentile)
         if not choice.reached:
             warnings.append(f"mixed precision: {choice.final_db:.2f} dB on held-back samples, more than {max_loss_db:g} dB "
@@ -350,7 +348,7 @@ def _mixed_precision(float_model, idx, plan, cal, imported, method, percentile, 
     from .mixed_precision import choose, propagation_gains
 
     def build(float_layers):
-        p = place(idx, exclude, {q: "float" for q in float_layers}) if float_layers else plan
+        p = place(idx, exclude, {q: "float" for q in float_layers}, plan.force) if float_layers else plan
         r = _ranges(p, cal, imported, method, percentile)
         model, _ = build_model(float_model, idx, p, r, "trt10", bias={q: b for q, b in bias.items() if q in p.quantized_layers},
                                check=False)
@@ -373,7 +371,7 @@ def variant(result: QuantizeResult, keep_float: set, check: bool = False) -> onn
     idx, plan = result.index, result.placement
     keep = dict(plan.skipped)
     keep.update({q: "float (variant)" for q in keep_float})
-    p = place(idx, (), keep) if keep_float else plan
+    p = place(idx, (), keep, plan.force) if keep_float else plan
     ranges = {t: result.ranges[t] if t in result.ranges else compute_range(result.calibration.stats[t], result.summary.method)
               for t in p.activations}
     model, _ = build_model(result.float_model, idx, p, share_ranges(p, ranges, result.calibration), "trt10",
@@ -429,15 +427,6 @@ def fp16_model(model, dataset, quiet: bool = False) -> onnx.ModelProto:
     cal = calibrate(m, dataset, [], floats, quiet=quiet)
     plan = fp16_plan(m, cal.extrema, first_feeds(dataset, FP16_SAMPLES), idx=idx)
     return cast_float(m, np.float16, set(plan.keep))
-
-
-def _force(idx: GraphIndex, plan: Placement, imported: RangeFile) -> None:
-    """``--force-ranges``: Q/DQ on every float consumer of each imported tensor placement skipped."""
-    for t in imported.amax:
-        if t in plan.activations or t in idx.constants or not idx.is_float(t):
-            continue
-        for node, i in idx.consumers.get(t, []):
-            plan.add(t, node, i, "range forced by --force-ranges")
 
 
 def _import_report(imported: RangeFile | None, plan: Placement, idx: GraphIndex) -> dict | None:

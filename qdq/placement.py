@@ -14,6 +14,8 @@ Rules (TensorRT "Working with Quantized Types" and NVIDIA's QAT tooling):
 4. Skipped (stay float, listed with the reason): layers matched by ``exclude``; Conv with fewer
    than 16 input or output channels unless both are multiples of 8; Gemm/MatMul that are GEMV
    shaped (M or N = 1) or have K or N < 16; weights that are not constants.
+5. ``--force-ranges`` (``force``): Q/DQ on every float consumer of the tensors named, on top of the
+   rules; kept when mixed precision re-places the layers.
 Graph outputs are never quantized: Q/DQ feed only the consumers that need them.
 
 Nodes are referred to by id (position in the graph, see :class:`qdq.graph.GraphIndex`).  A weight
@@ -57,6 +59,7 @@ class Placement:
     quantized_layers: list = field(default_factory=list)   # node ids of weighted ops in INT8
     skipped: list = field(default_factory=list)            # (node id, reason)
     reasons: dict = field(default_factory=dict)            # activation tensor -> why it is quantized
+    force: tuple = ()                                      # tensors --force-ranges asks Q/DQ on
 
     def add(self, tensor: str, node: int, index: int, reason: str) -> None:
         users = self.activations.setdefault(tensor, [])
@@ -160,9 +163,11 @@ def _skip_reason(idx: GraphIndex, node, weight: np.ndarray | None) -> str | None
     return None
 
 
-def place(idx: GraphIndex, exclude=None, keep_float: dict | None = None) -> Placement:
+def place(idx: GraphIndex, exclude=None, keep_float: dict | None = None, force=()) -> Placement:
     """Decide the Q/DQ placement for the main graph of ``idx.model`` (see module doc).
-    ``keep_float`` maps node ids of weighted layers to keep in float to the reason (mixed precision)."""
+    ``keep_float`` maps node ids of weighted layers to keep in float to the reason (mixed precision);
+    ``force`` names tensors that get Q/DQ on every float consumer whatever the rules say
+    (``--force-ranges``), on top of the rules."""
     ex = Excluder(exclude)
     keep_float = keep_float or {}
     plan = Placement()
@@ -240,6 +245,12 @@ def place(idx: GraphIndex, exclude=None, keep_float: dict | None = None) -> Plac
             if node.op_type in SAME_SCALE_OPS:
                 groups.union(out, t)
     plan.groups = [g for g in groups.groups() if len(g) > 1]
+
+    # 4. --force-ranges: tensors the rules left in float
+    plan.force = tuple(force)
+    for t in [t for t in plan.force if t not in plan.activations and t not in idx.constants and idx.is_float(t)]:
+        for node, i in idx.consumers.get(t, []):
+            plan.add(t, node, i, "range forced by --force-ranges")
     return plan
 
 

@@ -341,3 +341,18 @@ def test_ranges_diff_names_the_tensors_that_moved(effnet, eff_direct, tmp_path):
     doc = json.loads(r.stdout)
     assert sorted(d["tensor"] for d in doc["differ"]) == moved
     assert all(d["ratio"] == pytest.approx(2.0) for d in doc["differ"])
+
+
+def test_forced_ranges_survive_mixed_precision(ppocr_det, det_direct, tmp_path):
+    # a Conv output: the placement rules leave it float, --force-ranges puts Q/DQ on it; the layers
+    # mixed precision then keeps in float must not take the forced Q/DQ away
+    conv_out = next(n.output[0] for n in det_direct.float_model.graph.node if n.op_type == "Conv"
+                    and n.output[0] not in det_direct.placement.activations)
+    f = tmp_path / "forced.json"
+    f.write_text(json.dumps({conv_out: 3.0}))
+    r = quantize(ppocr_det.model, ppocr_det.calib, ranges=f, force_ranges=True, preprocess=ppocr_det.preprocess,
+                 limit=16, quiet=True)
+    assert r.summary.float_layers, "mixed precision kept no layer in float: the test needs one"
+    assert conv_out in r.placement.activations
+    assert r.summary.activations[conv_out]["amax"] == 3.0
+    assert float(_scales(r.model)[f"{conv_out}_scale"]) == pytest.approx(3.0 / 127, rel=1e-7)
