@@ -25,13 +25,13 @@ per-channel sums), so each sample returns a few numbers per site.  Per site:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from .graph import GraphIndex
+from .metrics import power_db
 from .placement import Placement
 from .progress import progress
 
@@ -87,17 +87,11 @@ class SiteError:
 
     @property
     def sqnr_db(self) -> float:
-        return _db(self.signal, self.noise)
+        return power_db(self.signal, self.noise)
 
     @property
     def centred_db(self) -> float:
-        return _db(self.signal, self.centred)
-
-
-def _db(signal: float, noise: float) -> float:
-    if noise <= 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+        return power_db(self.signal, self.centred)
 
 
 @dataclass

@@ -6,6 +6,13 @@ import math
 import numpy as np
 
 
+def power_db(signal: float, noise: float) -> float:
+    """10·log10(signal / noise) for sums of squares: +inf without noise, −inf without signal."""
+    if noise <= 0:
+        return math.inf
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
 class ErrorAccumulator:
     """Pools sums over samples; every metric is over all values of all samples seen.
 
@@ -44,13 +51,7 @@ class ErrorAccumulator:
 
     @property
     def sqnr_db(self) -> float:
-        if not self.finite:
-            return -math.inf
-        if self.noise == 0.0:
-            return math.inf
-        if self.s_rr == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.s_rr / self.noise)
+        return power_db(self.s_rr, self.noise) if self.finite else -math.inf
 
     @property
     def cosine(self) -> float:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .metrics import ErrorAccumulator
+from .metrics import ErrorAccumulator, power_db
 
 MAX_ROUNDS = 5
 GROUPS = 4
@@ -72,10 +72,6 @@ class Choice:
 
 def _noise(db: float) -> float:
     return 10 ** (-db / 10) if math.isfinite(db) else 0.0
-
-
-def _db(noise: float) -> float:
-    return -10 * math.log10(noise) if noise > 0 else math.inf
 
 
 def propagation_gains(analysis, centred: bool = True) -> dict:
@@ -145,5 +141,5 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
     out.reached = measured >= w_db - max_loss_db
     out.int8_mac_share = (int8 - sum(macs[q] for q in chosen)) / total
     for p in chosen:   # what this layer's INT8 input would add back to the final file's noise
-        out.float_layers[p] = _db(_noise(measured)) - _db(_noise(measured) + alpha * candidates[p])
+        out.float_layers[p] = power_db(1.0, _noise(measured)) - power_db(1.0, _noise(measured) + alpha * candidates[p])
     return out

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from .data import Dataset, Preprocess, first_feeds, model_inputs
 from .errors import QdqError
+from .metrics import power_db
 from .pipeline import QuantizeResult, _layer_macs, variant
 from .progress import progress
 
@@ -51,12 +52,6 @@ class SensitivityResult:
         return _finite(asdict(self))
 
 
-def _db(noise: float, signal: float) -> float:
-    if noise <= 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
-
-
 def sensitivity(result: QuantizeResult, data, *, preprocess: Preprocess | None = None, limit: int | None = None,
                 verify: int = 0, quiet: bool = False) -> SensitivityResult:
     """Output-referred sensitivity of ``result`` (a :func:`qdq.quantize` result) on ``data``."""
@@ -82,8 +77,8 @@ def sensitivity(result: QuantizeResult, data, *, preprocess: Preprocess | None =
         contribution = sum(gains.get(s.tensor, 1.0) * s.noise / s.signal for s in inputs if s.signal > 0)
         both = a.layers.get(layer)
         rows.append(LayerSensitivity(idx.labels[layer], layer, idx.nodes[layer].op_type, macs.get(layer, 0) / total,
-                                     _db(noise_in, signal), _db(weight.noise, weight.signal) if weight else math.inf,
-                                     _db(both.noise, both.signal) if both else math.inf, _db(contribution, 1.0)))
+                                     power_db(signal, noise_in), weight.sqnr_db if weight else math.inf,
+                                     both.sqnr_db if both else math.inf, power_db(1.0, contribution)))
     rows.sort(key=lambda r: -(10 ** (-r.contribution_db / 10)) / max(r.mac_share, 1e-12))
     out = SensitivityResult(rows, a.samples)
     if verify:
