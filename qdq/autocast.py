@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .graph import GraphIndex
-from .metrics import ErrorAccumulator
+from .metrics import ErrorAccumulator, Evaluator
 from .precision import _BOUND_OPS, _NO_BOUND, FP16_MAX, FP16_OUTPUT_MIN_DB, FP16_SAFE_MAX, NODE_FP16_MIN_DB, cast_float
 
 _SKIP = ("QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Size", "Identity")
@@ -123,8 +123,6 @@ def fp16_plan(model: onnx.ModelProto, extrema: dict, feeds: list, floor_db: floa
               idx: GraphIndex | None = None, rounds: int = 4) -> Fp16Plan:
     """The FP32 set for ``model`` (a float model) from ``extrema`` (tensor -> (min, max)) and a few
     ``feeds`` (see module doc)."""
-    from .calibrate import run_session, session_for
-
     idx = idx or GraphIndex.build(model)
     plan = Fp16Plan(keep=range_rules(idx, extrema))
     if not feeds:
@@ -136,19 +134,11 @@ def fp16_plan(model: onnx.ModelProto, extrema: dict, feeds: list, floor_db: floa
             for t in idx.nodes[pos].input:
                 if t in idx.producer and idx.is_float(t):
                     plan.keep.setdefault(idx.producer[t], f"feeds {idx.labels[pos]}, which needs FP32 inputs")
-    ref_sess = session_for(model)
-    refs = [run_session(ref_sess, f, f"sample {k}") for k, f in enumerate(feeds)]
+    ev = Evaluator(model, feeds)
     ranked = [pos for pos, db in sorted(plan.node_db.items(), key=lambda kv: kv[1]) if pos not in plan.keep]
     batch = 4
     for _ in range(rounds + 1):
-        half = cast_float(model, np.float16, set(plan.keep), "FP16 cast")
-        sess = session_for(half)
-        acc = ErrorAccumulator()
-        for k, (feed, ref) in enumerate(zip(feeds, refs)):
-            outs = run_session(sess, feed, f"sample {k}")
-            for name, value in ref.items():
-                acc.add(value, outs[name])
-        plan.output_db = acc.sqnr_db
+        plan.output_db = ev.sqnr(cast_float(model, np.float16, set(plan.keep), "FP16 cast"))
         if plan.output_db >= floor_db or not ranked:
             break
         for pos in ranked[:batch]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 
 
 def power_db(signal: float, noise: float) -> float:
@@ -92,3 +93,28 @@ def sqnr_db(ref: np.ndarray, q: np.ndarray) -> float:
     acc = ErrorAccumulator()
     acc.add(ref, q)
     return acc.sqnr_db
+
+
+class Evaluator:
+    """Pooled output SQNR (all outputs, all samples) of candidate models against the float model,
+    on fixed samples (a list of feeds; ``label`` names them in errors)."""
+
+    def __init__(self, float_model: onnx.ModelProto, feeds: list, label: str = "sample"):
+        from .calibrate import run_session, session_for
+
+        self.feeds, self.label = feeds, label
+        sess = session_for(float_model)
+        self.refs = [run_session(sess, f, f"{label} {k}") for k, f in enumerate(feeds)]
+        self.runs = 0
+
+    def sqnr(self, model: onnx.ModelProto) -> float:
+        from .calibrate import run_session, session_for
+
+        sess = session_for(model)
+        acc = ErrorAccumulator()
+        for k, (feed, ref) in enumerate(zip(self.feeds, self.refs)):
+            out = run_session(sess, feed, f"{self.label} {k}")
+            for name, value in ref.items():
+                acc.add(value, out[name])
+        self.runs += 1
+        return acc.sqnr_db

@@ -2,7 +2,7 @@
 multiply-accumulate saved, until the model is within ``max_loss_db`` of what its INT8 weights alone
 cost, never letting the INT8 share of MACs fall below ``min_int8_share``.
 
-Measured on calibration samples held back from range fitting (:class:`Evaluator`): the output SQNR
+Measured on calibration samples held back from range fitting (:class:`qdq.metrics.Evaluator`): the output SQNR
 of the candidate file and of its weights-only version (activation Q/DQ bypassed: ``qdq compare``'s
 "weights only" figure).
 
@@ -21,39 +21,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import onnx
 
-from .metrics import ErrorAccumulator, power_db
+from .metrics import Evaluator, power_db
 
 MAX_ROUNDS = 5
 GROUPS = 4
 # aim a little inside the target: the held-back samples are few
 MARGIN_DB = 0.25
-
-
-class Evaluator:
-    """Pooled output SQNR (all outputs, all samples) of candidate models against the float model,
-    on fixed samples (a list of feeds)."""
-
-    def __init__(self, float_model: onnx.ModelProto, feeds: list):
-        from .calibrate import run_session, session_for
-
-        self.feeds = feeds
-        sess = session_for(float_model)
-        self.refs = [run_session(sess, f, f"held-back sample {k}") for k, f in enumerate(feeds)]
-        self.runs = 0
-
-    def sqnr(self, model: onnx.ModelProto) -> float:
-        from .calibrate import run_session, session_for
-
-        sess = session_for(model)
-        acc = ErrorAccumulator()
-        for k, (feed, ref) in enumerate(zip(self.feeds, self.refs)):
-            out = run_session(sess, feed, f"held-back sample {k}")
-            for name, value in ref.items():
-                acc.add(value, out[name])
-        self.runs += 1
-        return acc.sqnr_db
 
 
 @dataclass

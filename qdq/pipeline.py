@@ -225,9 +225,9 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
         analysis = analyze(float_model, idx, plan, ranges, split.kept, quiet, groups=GROUPS if mixed_precision else 0)
     bias, bias_mode, ev, int8_db = {}, "off", None, None
     if analysis is not None and split.held:
-        from .mixed_precision import Evaluator
+        from .metrics import Evaluator
 
-        ev = Evaluator(float_model, split.held)
+        ev = Evaluator(float_model, split.held, "held-back sample")
     if analysis is not None and bias_correction:
         options = {"full": analysis.bias, "weights": analysis.weight_bias, "off": {}}
         if ev is None:

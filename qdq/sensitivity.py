@@ -93,7 +93,7 @@ def end_to_end(result: QuantizeResult, layers: list, feeds: list, only: bool = T
     """Measured output SQNR, per layer id in ``layers``: with every quantized layer INT8 but that one
     (``all_but``) and, with ``only``, with only that one INT8 (``only``); key None: all INT8.
     Two model builds and ONNX Runtime runs per layer."""
-    from .mixed_precision import Evaluator
+    from .metrics import Evaluator
 
     plan = result.placement
     ev = Evaluator(result.float_model, feeds)
