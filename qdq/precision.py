@@ -35,7 +35,8 @@ import onnx
 from onnx import TensorProto
 
 from .errors import QdqError
-from .surgery import FP16_MIN_SCALE, default_domain, export_graph, fresh_name, gs, import_graph, taken_names
+from .surgery import (FP16_MIN_SCALE, batchnorm_affine, default_domain, export_graph, fresh_name, gs, import_graph,
+                      taken_names)
 
 FP16_MAX = 65504.0
 # keep a 2× margin below FP16's maximum for values unseen during calibration
@@ -357,10 +358,10 @@ def _fp16_weight(dq, scale_const) -> np.ndarray:
 
 
 def _batchnorm_to_scale_shift(graph) -> list:
-    """BatchNormalization with constant statistics → ``x·a + b`` (Mul, Add) with a = γ/√(var+ε) and
-    b = β − mean·a in float64, shaped for x's rank.  Running variances can exceed FP16 (PP-OCRv4 det:
-    9.8e7), and ONNX Runtime's FP16 BatchNormalization gave −27 dB even in range.  A BatchNorm whose
-    input rank is unknown is left alone.  Returns ``[(BatchNorm node, [Mul, Add])]``."""
+    """BatchNormalization with constant statistics → ``x·a + b`` (Mul, Add), a and b from
+    :func:`qdq.surgery.batchnorm_affine`, shaped for x's rank.  Running variances can exceed FP16
+    (PP-OCRv4 det: 9.8e7), and ONNX Runtime's FP16 BatchNormalization gave −27 dB even in range.  A
+    BatchNorm whose input rank is unknown is left alone.  Returns ``[(BatchNorm node, [Mul, Add])]``."""
     g = gs()
     taken = taken_names(graph)
     done = []
@@ -370,9 +371,7 @@ def _batchnorm_to_scale_shift(graph) -> list:
         x = bn.inputs[0]
         if x.shape is None:
             continue
-        gamma, beta, mean, var = (np.asarray(t.values, np.float64) for t in bn.inputs[1:5])
-        a = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
-        b = beta - mean * a
+        a, b = batchnorm_affine(bn)
         shape = (-1,) + (1,) * (len(x.shape) - 2)
         a_c = g.Constant(fresh_name(f"{bn.name}_scale_folded", taken), a.reshape(shape).astype(np.float32))
         b_c = g.Constant(fresh_name(f"{bn.name}_shift_folded", taken), b.reshape(shape).astype(np.float32))

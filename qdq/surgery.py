@@ -174,7 +174,7 @@ def name_nodes(graph) -> int:
 
 def fold_batchnorm(graph, fp16_scales: bool = False) -> int:
     """Fold inference BatchNormalization into the Conv / ConvTranspose that feeds it alone:
-    with a = γ/√(var+ε) and b = β − mean·a (float64), W'[o] = W[o]·a[o] and bias' = bias·a + b.
+    with a, b from :func:`batchnorm_affine`, W'[o] = W[o]·a[o] and bias' = bias·a + b.
     Per-output-channel INT8 weights are invariant to this per-channel scaling, so the INT8 numerics
     are unchanged and TensorRT (which folds BN itself) runs the same layer.  With ``fp16_scales`` a BN
     is left in place when folding would push a channel's weight scale (amax/127) below FP16's smallest
@@ -193,9 +193,7 @@ def fold_batchnorm(graph, fp16_scales: bool = False) -> int:
         bias = conv.inputs[2] if len(conv.inputs) > 2 and not conv.inputs[2].is_empty() else None
         if bias is not None and not isinstance(bias, g.Constant):
             continue
-        gamma, beta, mean, var = (np.asarray(t.values, np.float64) for t in bn.inputs[1:5])
-        a = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
-        b = beta - mean * a
+        a, b = batchnorm_affine(bn)
         w = np.asarray(conv.inputs[1].values, np.float64)
         scale = _out_channel_multiplier(conv, w.shape, a)
         if scale is None:
@@ -219,6 +217,14 @@ def fold_batchnorm(graph, fp16_scales: bool = False) -> int:
         conv.outputs[0] = out
         folded += 1
     return folded
+
+
+def batchnorm_affine(bn) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BatchNormalization (constant γ, β, mean, var) as y = a·x + b per channel:
+    a = γ/√(var+ε), b = β − mean·a, in float64."""
+    gamma, beta, mean, var = (np.asarray(t.values, np.float64) for t in bn.inputs[1:5])
+    a = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+    return a, beta - mean * a
 
 
 def _out_axis(conv) -> int:
