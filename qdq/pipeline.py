@@ -288,7 +288,7 @@ def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: flo
             warnings.append(f"{len(names)} nodes stay FP32 (range or measured FP16 error): {', '.join(names[:5])}"
                             + (" …" if len(names) > 5 else ""))
     used_bias = {p: b for p, b in bias.items() if p in plan.quantized_layers}
-    qmodel, notes = build_model(float_model, idx, plan, ranges, target, fp16, warnings, used_bias)
+    qmodel, notes = build_model(float_model, idx, plan, ranges, target, fp16, warnings, bias)
     total = sum(macs.values()) or 1
     int8_share = sum(macs.get(p, 0) for p in plan.quantized_layers) / total
     meta = {"qdq_version": __version__, "qdq_method": method if (calib is not None or calibration is not None) else "imported",
@@ -350,8 +350,7 @@ def _mixed_precision(float_model, idx, plan, cal, imported, method, percentile, 
     def build(float_layers):
         p = place(idx, exclude, {q: "float" for q in float_layers}, plan.force) if float_layers else plan
         r = _ranges(p, cal, imported, method, percentile)
-        model, _ = build_model(float_model, idx, p, r, "trt10", bias={q: b for q, b in bias.items() if q in p.quantized_layers},
-                               check=False)
+        model, _ = build_model(float_model, idx, p, r, "trt10", bias=bias, check=False)
         return model
 
     gains = propagation_gains(analysis, centred)
@@ -375,7 +374,7 @@ def variant(result: QuantizeResult, keep_float: set, check: bool = False) -> onn
     ranges = {t: result.ranges[t] if t in result.ranges else compute_range(result.calibration.stats[t], result.summary.method)
               for t in p.activations}
     model, _ = build_model(result.float_model, idx, p, share_ranges(p, ranges, result.calibration), "trt10",
-                           bias={q: b for q, b in result.bias.items() if q in p.quantized_layers}, check=check)
+                           bias=result.bias, check=check)
     return model
 
 

@@ -78,10 +78,11 @@ def quantize_weight(w: np.ndarray, axis: int, scale_dtype) -> tuple[np.ndarray, 
 
 
 def insert_qdq(model: onnx.ModelProto, plan: Placement, amax: dict, method: dict,
-               scale_dtype=np.float32, bias: dict | None = None, check: bool = True) -> tuple[onnx.ModelProto, list[QdqNote]]:
-    """The Q/DQ version of ``model`` (left unchanged).  ``amax[t]`` per activation tensor;
-    ``method[t]`` its label; ``bias[node id]`` a per-channel mean error to fold into that layer's
-    bias (:mod:`qdq.bias_correction`).  Node ids in ``plan`` refer to ``model.graph.node``.
+               bias: dict | None = None, check: bool = True) -> tuple[onnx.ModelProto, list[QdqNote]]:
+    """The Q/DQ version of ``model`` (left unchanged), FP32 scales (an FP16 target casts them later,
+    :mod:`qdq.precision`).  ``amax[t]`` per activation tensor; ``method[t]`` its label;
+    ``bias[node id]`` a per-channel mean error to fold into that layer's bias when ``plan`` quantizes
+    it (:mod:`qdq.bias_correction`).  Node ids in ``plan`` refer to ``model.graph.node``.
     Returns the verified model (``check=False``: unverified, for evaluation only) and one note per
     Q/DQ pair written."""
     from . import bias_correction
@@ -92,8 +93,9 @@ def insert_qdq(model: onnx.ModelProto, plan: Placement, amax: dict, method: dict
     tensors = graph.tensors()
     taken = taken_names(graph)
     docs, notes = {}, []
-    if bias:
-        bias_correction.apply(graph, nodes, bias, taken)
+    int8 = set(plan.quantized_layers)
+    if bias:   # a layer kept in float has no INT8 error to take out
+        bias_correction.apply(graph, nodes, {p: b for p, b in bias.items() if p in int8}, taken)
 
     def scalar(name, value):
         return g.Constant(fresh_name(name, taken), np.asarray(value))
@@ -101,7 +103,7 @@ def insert_qdq(model: onnx.ModelProto, plan: Placement, amax: dict, method: dict
     for t, users in plan.activations.items():
         a = float(amax[t])
         src = tensors[t]
-        scale, floored = safe_scale(a, scale_dtype)
+        scale, floored = safe_scale(a, np.float32)
         s_c = scalar(f"{t}_scale", scale.reshape(()))
         z_c = scalar(f"{t}_zero_point", np.zeros((), np.int8))
         q_out = g.Variable(fresh_name(f"{t}_quantized", taken), dtype=np.int8, shape=src.shape)
@@ -117,7 +119,7 @@ def insert_qdq(model: onnx.ModelProto, plan: Placement, amax: dict, method: dict
 
     for key, spec in plan.weights.items():
         src = tensors[spec.tensor]
-        qw, scale, floored = quantize_weight(np.asarray(src.values), spec.axis, scale_dtype)
+        qw, scale, floored = quantize_weight(np.asarray(src.values), spec.axis, np.float32)
         q_c = g.Constant(fresh_name(f"{key}_quantized", taken), qw)
         s_c = g.Constant(fresh_name(f"{key}_scale", taken), scale)
         z_c = g.Constant(fresh_name(f"{key}_zero_point", taken), np.zeros(scale.shape, np.int8))
