@@ -287,12 +287,8 @@ def cmd_compare(args) -> int:
         from .html_report import render
         from .modelio import load_model
 
-        qmodel = load_model(args.quant_model)
-        engine = None if args.no_engine_check else built_view(qmodel)
-        meta = {p.key: p.value for p in qmodel.metadata_props}
-        kept = [n.strip() for n in meta.get("qdq_float_layers", "").split(",") if n.strip()]
-        atomic_write_text(args.report, render(result, args.float_model.name, args.quant_model.name, engine=engine,
-                                              float_layers=kept))
+        engine = None if args.no_engine_check else built_view(load_model(args.quant_model))
+        atomic_write_text(args.report, render(result, args.float_model.name, args.quant_model.name, engine=engine))
     if args.json != "-" and not args.quiet:
         print_compare(result)
     if args.fail_below_db is not None:

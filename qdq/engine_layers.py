@@ -31,6 +31,7 @@ _LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>\w+), Inputs: \[(
                    r"Constants: \[(?P<constants>.*?)\], Outputs: \[(?P<outputs>.*?)\], TacticName: (?P<rest>.*)$")
 _TENSOR = re.compile(r"\{ Name: (?P<name>[^,]*), Dimensions: \[(?P<dims>[^\]]*)\],.*?Datatype: (?P<dtype>\w+)")
 _META = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
+MIXED_FLOAT = "float (mixed precision)"   # a layer's "file" precision when mixed precision kept it float
 _REFORMAT = re.compile(r"Move|Reformat|Copy|Cast|Transpose", re.IGNORECASE)
 
 
@@ -241,7 +242,7 @@ def engine_view(model, layers: list, engine_bytes: int = 0) -> EngineView:
     meta = {p.key: p.value for p in model.metadata_props}
     kept = {n.strip() for n in meta.get("qdq_float_layers", "").split(",") if n.strip()}
     for w in view.weighted:
-        w["file"] = "int8" if w["file_int8"] else ("float (mixed precision)" if w["node"] in kept else "float")
+        w["file"] = "int8" if w["file_int8"] else (MIXED_FLOAT if w["node"] in kept else "float")
     for layer in layers:
         if layer.onnx_nodes and all(n in qdq_names for n in layer.onnx_nodes):
             after = _float_producer(idx, by_name.get(layer.onnx_nodes[0]), file_float)

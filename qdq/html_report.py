@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 import math
 
+from .engine_layers import MIXED_FLOAT
 from .ranges import QMAX
 
 _CSS = """
@@ -84,7 +85,7 @@ def _histogram(r, width=340, height=140) -> str:
 _COLOURS = {"int8": "#4caf50", "fp16": "#42a5f5", "fp32": "#ff9800"}
 
 
-def _precision_strip(engine, float_layers: set) -> str:
+def _precision_strip(engine) -> str:
     """One cell per weighted layer in graph order, coloured by the precision TensorRT runs it in;
     layers mixed precision kept in float are outlined."""
     w, h = 1100, 46
@@ -93,7 +94,7 @@ def _precision_strip(engine, float_layers: set) -> str:
     cells = []
     for i, layer in enumerate(engine.weighted):
         colour = _COLOURS.get(layer["precision"], "#9e9e9e")
-        kept = layer["node"] in float_layers
+        kept = layer["file"] == MIXED_FLOAT
         stroke = ' stroke="#000" stroke-width="2"' if kept else ""
         cells.append(f'<rect class="engine-layer {_e(layer["precision"])}" x="{i * step:.1f}" y="2" '
                      f'width="{max(step - 1, 1):.1f}" height="28" fill="{colour}"{stroke}><title>{_e(layer["node"])}: '
@@ -106,7 +107,7 @@ def _precision_strip(engine, float_layers: set) -> str:
             f'MACs; {_e(engine.size_note())}.</p>')
 
 
-def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None, float_layers=()) -> str:
+def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None) -> str:
     """The report of :class:`qdq.comparison.CompareResult` as one HTML document; ``engine``, a
     :class:`qdq.engine_layers.EngineView` of the quantized file, adds the precision strip."""
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>qdq compare</title><style>{_CSS}</style></head><body>",
@@ -132,7 +133,7 @@ def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None
         out.append("</table>")
     if engine is not None:
         out.append("<h2>What TensorRT runs, layer by layer (graph order)</h2>")
-        out.append(_precision_strip(engine, set(float_layers)))
+        out.append(_precision_strip(engine))
     if result.layers:
         out.append("<h2>Layer by layer</h2>")
         if result.first_below:
