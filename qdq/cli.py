@@ -49,6 +49,14 @@ def _preprocess(args):
                       color=args.color, layout=args.layout)
 
 
+def _check_reports(*paths) -> None:
+    """Before any work: each report path given (None: not asked for, "-": stdout) can be written;
+    reports replace an earlier one of the same name."""
+    for p in paths:
+        if p not in (None, "-"):
+            check_output(p, overwrite=True)
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default, unless it has none or says it already."""
 
@@ -235,8 +243,7 @@ def cmd_quantize(args) -> int:
 
     # refuse before a long calibration, not after it (save_model checks again when writing)
     check_output(args.output, args.overwrite, protect=[args.model])
-    if args.ranges_out:
-        check_output(args.ranges_out, overwrite=True)
+    _check_reports(args.ranges_out)
     result = quantize(args.model, args.calib, method=args.method, percentile=args.percentile,
                       batch_size=args.batch_size, target=args.target, preprocess=_preprocess(args), limit=args.limit,
                       ranges=args.ranges, force_ranges=args.force_ranges, exclude=args.exclude,
@@ -270,9 +277,7 @@ def cmd_compare(args) -> int:
     from .modelio import atomic_write_text
     from .report import print_compare
 
-    for out in (args.json if args.json not in (None, "-") else None, args.report):
-        if out:
-            check_output(out, overwrite=True)
+    _check_reports(args.json, args.report)
 
     result = compare(args.float_model, args.quant_model, args.data, reference=args.reference,
                      layerwise=args.layerwise, threshold_db=args.threshold_db, budget=not args.no_budget,
@@ -423,9 +428,7 @@ def cmd_sensitivity(args) -> int:
     from .sensitivity import sensitivity
 
     quiet = args.quiet or args.json == "-"
-    for out in (args.json if args.json not in (None, "-") else None, args.report):
-        if out:
-            check_output(out, overwrite=True)
+    _check_reports(args.json, args.report)
     pre = _preprocess(args)
     first = quantize(args.model, args.calib, method=args.method, target=args.target, exclude=args.exclude,
                      preprocess=pre, limit=args.limit, quiet=quiet, mixed_precision=False)
@@ -503,8 +506,7 @@ def cmd_trt(args) -> int:
     from .modelio import atomic_write_text, load_model
     from .tensorrt_backend import build_engines, compare_engines
 
-    if args.json not in (None, "-"):
-        check_output(args.json, overwrite=True)
+    _check_reports(args.json)
     dataset = Dataset(args.data, model_inputs(load_model(args.float_model)), _preprocess(args), limit=args.limit)
     quiet = args.quiet or args.json == "-"
     engines = build_engines(args.float_model, args.quant_model, dataset, args.workdir, _shapes(args.shapes) or None,
