@@ -97,15 +97,27 @@ def load_backend(prefer: str | None = None) -> Backend:
 
 def gpu_visible() -> bool:
     """Whether a CUDA GPU is visible (cuda-python's device count; else the NVIDIA device node)."""
+    cudart = _cudart()
     try:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart
         err, count = cudart.cudaGetDeviceCount()
         return int(err) == 0 and count > 0
-    except Exception:  # no cuda-python, or no driver
+    except Exception:  # no cuda-python (None has no such call), or no driver
         return os.path.exists("/dev/nvidia0")
+
+
+def _cudart():
+    """cuda-python's runtime module (``cuda.bindings.runtime`` since 12.6, ``cuda.cudart`` before),
+    or None."""
+    try:
+        from cuda.bindings import runtime
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart
+        return cudart
+    except ImportError:
+        return None
 
 
 def _logger(trt, verbose: bool = False):
@@ -224,13 +236,7 @@ class _Cuda:
     cuda-python call returns its status first; each one is checked."""
 
     def __init__(self):
-        try:
-            try:
-                from cuda.bindings import runtime as cudart
-            except ImportError:
-                from cuda import cudart
-        except ImportError:
-            cudart = None
+        cudart = _cudart()
         if cudart is not None:
             self.kind, self.rt = "cuda-python", cudart
             if self._call("cudaGetDeviceCount") == 0:
