@@ -118,10 +118,11 @@ def smooth_quant(model: onnx.ModelProto, feeds: list, alpha: float = ALPHA) -> t
 def cross_layer_equalization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """``model`` with CLE applied to every eligible Conv pair (see module doc); returns it and the
     number of pairs."""
-    from .surgery import export_graph, gs, import_graph
+    from .surgery import export_graph, fresh_name, gs, import_graph, taken_names
 
     g = gs()
     graph = import_graph(model)
+    taken = taken_names(graph)
     pairs = 0
     for c1 in list(graph.nodes):
         if c1.op != "Conv" or int(c1.attrs.get("group", 1)) != 1 or not isinstance(c1.inputs[1], g.Constant):
@@ -152,14 +153,14 @@ def cross_layer_equalization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
         s = np.ones(cout)
         s[ok] = np.clip(np.sqrt(r1[ok] / r2[ok]), *_S_RANGE)
         shape1 = (-1,) + (1,) * (w1.ndim - 1)
-        c1.inputs[1] = g.Constant(c1.inputs[1].name + "_cle", (w1 / s.reshape(shape1)).astype(np.float32))
+        c1.inputs[1] = g.Constant(fresh_name(c1.inputs[1].name + "_cle", taken), (w1 / s.reshape(shape1)).astype(np.float32))
         if len(c1.inputs) > 2 and isinstance(c1.inputs[2], g.Constant):
-            c1.inputs[2] = g.Constant(c1.inputs[2].name + "_cle", (np.asarray(c1.inputs[2].values, np.float64) / s)
-                                      .astype(np.float32))
+            c1.inputs[2] = g.Constant(fresh_name(c1.inputs[2].name + "_cle", taken),
+                                      (np.asarray(c1.inputs[2].values, np.float64) / s).astype(np.float32))
         if group2 == 1:
             w2 = w2 * s.reshape((1, -1) + (1,) * (w2.ndim - 2))
         else:
             w2 = w2 * s.reshape((-1,) + (1,) * (w2.ndim - 1))
-        nxt.inputs[1] = g.Constant(nxt.inputs[1].name + "_cle", w2.astype(np.float32))
+        nxt.inputs[1] = g.Constant(fresh_name(nxt.inputs[1].name + "_cle", taken), w2.astype(np.float32))
         pairs += 1
     return export_graph(graph, model, "cross-layer equalization"), pairs
