@@ -64,21 +64,20 @@ def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None
     its FP32 output, both from the same FP32 input values, pooled over ``feeds``.  One ONNX Runtime
     session runs the model with an emulated FP16 duplicate of every node that could run in FP16."""
     from .calibrate import run_session, session_for
-    from .precision import _F16, _opsets, _resolve
-    from .surgery import gs, import_graph
+    from .precision import _F16, _opsets, _resolve, fp16_round_trip
+    from .surgery import fresh_name, gs, import_graph, taken_names
 
     idx = idx or GraphIndex.build(model)
     g = gs()
     graph = import_graph(model)
+    taken = taken_names(graph)
     nodes = list(graph.nodes)
     opsets = _opsets(model)
     rounded, pairs = {}, []   # pairs: (node id, FP32 output name, emulated FP16 output name)
 
     def round_trip(t, name):
-        half = g.Variable(f"{name}__h", dtype=np.float16, shape=t.shape)
-        back = g.Variable(f"{name}__h32", dtype=np.float32, shape=t.shape)
-        graph.nodes += [g.Node("Cast", f"{name}__to_h", attrs={"to": onnx.TensorProto.FLOAT16}, inputs=[t], outputs=[half]),
-                        g.Node("Cast", f"{name}__to_f", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[half], outputs=[back])]
+        back = g.Variable(fresh_name(f"{name}__h32", taken), dtype=np.float32, shape=t.shape)
+        graph.nodes.extend(fp16_round_trip(t, back, name, taken))
         return back
 
     def fp16_input(t):

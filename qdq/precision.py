@@ -236,13 +236,20 @@ def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         producer = t.inputs[0]
         raw = g.Variable(fresh_name(f"{t.name}_fp32", taken), dtype=_F32, shape=t.shape)
-        mid = g.Variable(fresh_name(f"{t.name}_as_fp16", taken), dtype=_F16, shape=t.shape)
         producer.outputs[producer.outputs.index(t)] = raw
-        graph.nodes += [g.Node("Cast", fresh_name(f"{t.name}_RoundToFp16", taken), attrs={"to": TensorProto.FLOAT16},
-                               inputs=[raw], outputs=[mid]),
-                        g.Node("Cast", fresh_name(f"{t.name}_BackToFp32", taken), attrs={"to": TensorProto.FLOAT},
-                               inputs=[mid], outputs=[t])]
+        graph.nodes += fp16_round_trip(raw, t, t.name, taken)
     return export_graph(graph, full, "FP16 emulation")
+
+
+def fp16_round_trip(src, dst, stem: str, taken: set) -> list:
+    """Two Casts, FP32 ``src`` → FP16 → FP32 ``dst`` (gs Variables): FP16 storage made explicit in
+    a form ONNX Runtime keeps (it does not fuse a Cast pair away)."""
+    g = gs()
+    mid = g.Variable(fresh_name(f"{stem}_as_fp16", taken), dtype=_F16, shape=src.shape)
+    return [g.Node("Cast", fresh_name(f"{stem}_RoundToFp16", taken), attrs={"to": TensorProto.FLOAT16},
+                   inputs=[src], outputs=[mid]),
+            g.Node("Cast", fresh_name(f"{stem}_BackToFp32", taken), attrs={"to": TensorProto.FLOAT},
+                   inputs=[mid], outputs=[dst])]
 
 
 def _suffix(dtype) -> str:
