@@ -402,18 +402,18 @@ class EngineRunner:
         return statistics.median(times)
 
     def layer_precisions(self) -> dict:
-        """Count of engine layers per precision, from the engine inspector (needs DETAILED profiling)."""
+        """Count of engine layers per precision (as :mod:`qdq.engine_layers` defines a layer's
+        precision), from the engine inspector; empty when it lists names only."""
+        from .engine_layers import EngineLogError, from_inspector
+
         inspector = self.engine.create_engine_inspector()
         info = json.loads(inspector.get_engine_information(self.b.module.LayerInformationFormat.JSON))
         counts = {}
-        for layer in info.get("Layers", []):
-            if isinstance(layer, dict):
-                # TensorRT 10 writes "Format/Datatype": "Row major linear FP32"; 11 splits "Format" and "Datatype"
-                types = {o.get("Datatype") or o.get("Format/Datatype", "") for o in layer.get("Outputs", [])}
-                for kind, names in (("Int8", ("Int8", "INT8")), ("Half", ("Half", "FP16")), ("Float", ("Float", "FP32"))):
-                    if any(n in t for t in types for n in names):
-                        counts[kind] = counts.get(kind, 0) + 1
-                        break
+        try:
+            for layer in from_inspector(info):
+                counts[layer.precision] = counts.get(layer.precision, 0) + 1
+        except EngineLogError:
+            return {}
         return counts
 
     def close(self) -> None:
