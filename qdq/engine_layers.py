@@ -206,7 +206,7 @@ def engine_view(model, layers: list, engine_bytes: int = 0) -> EngineView:
     """Map the weighted ONNX nodes of ``model`` (the file that was built) onto ``layers``."""
     from .graph import GraphIndex
     from .inspection import _static_shapes, inspect_model, layer_macs
-    from .placement import WEIGHTED
+    from .placement import WEIGHTED, is_depthwise
 
     view = EngineView(layers=layers, engine_bytes=engine_bytes)
     for layer in layers:
@@ -225,8 +225,7 @@ def engine_view(model, layers: list, engine_bytes: int = 0) -> EngineView:
         layer = next((x for x in hits if x.type in COMPUTE), hits[0] if hits else None)
         precision = layer.precision if layer is not None else "not in the engine"
         file_int8 = node.name not in file_float
-        w = _weight(idx, node) if node.op_type == "Conv" else None
-        if w is not None and w.ndim >= 3 and w.shape[1] == 1 and w.shape[0] > 1 and precision == "int8":
+        if precision == "int8" and is_depthwise(node, _weight(idx, node)):
             view.depthwise_int8 += 1
         view.weighted.append({"node": node.name, "op": node.op_type, "precision": precision,
                               "engine_layer": layer.name if layer else None, "file_int8": file_int8,

@@ -99,7 +99,7 @@ class Excluder:
         for p, rx in zip(self.patterns, self._regex):
             if node.op_type == p or node.name == p or (rx is not None and rx.fullmatch(node.name)):
                 return True
-            if p == "depthwise" and idx is not None and _depthwise(idx, node):
+            if p == "depthwise" and idx is not None and len(node.input) > 1 and is_depthwise(node, idx.constant(node.input[1])):
                 return True
         return False
 
@@ -119,9 +119,10 @@ def _weight_axis(node, w: np.ndarray) -> int:
     return w.ndim - 1  # MatMul: (..., K, N), output channels along N
 
 
-def _depthwise(idx: GraphIndex, node) -> bool:
-    w = idx.constant(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-    return w is not None and w.ndim >= 3 and w.shape[1] == 1 and _attr(node, "group", 1) == w.shape[0] > 1
+def is_depthwise(node, w: np.ndarray | None) -> bool:
+    """A Conv (NodeProto) with one input channel per group, ``w`` its weight (None: unknown)."""
+    return (node.op_type == "Conv" and w is not None and w.ndim >= 3 and w.shape[1] == 1
+            and _attr(node, "group", 1) == w.shape[0] > 1)
 
 
 def _attr(node, name, default):
