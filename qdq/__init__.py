@@ -3,25 +3,27 @@
 >>> import qdq
 >>> result = qdq.quantize("model.onnx", "calib_images/", method="mse")
 >>> qdq.save_model(result.model, "model.int8.onnx")
+
+The stages are subpackages, data flowing one way: :mod:`qdq.calib` (data → numbers),
+:mod:`qdq.graph` (graph → graph, with :mod:`qdq.targets`), :mod:`qdq.measure` (graphs → figures),
+:mod:`qdq.trt` (graph → engine), :mod:`qdq.report` (figures → people); :mod:`qdq.pipeline` orchestrates,
+:mod:`qdq.cli` and :mod:`qdq.demo` sit on top.
 """
-__version__ = "0.1.0"
+from .version import __version__
+
+_LAZY = {  # name: module; `import qdq` stays cheap, heavy modules load on first use
+    "quantize": "pipeline", "QuantizeResult": "pipeline", "Summary": "pipeline",
+    "compare": "measure.comparison", "CompareResult": "measure.comparison",
+    "sensitivity": "measure.sensitivity", "save_model": "modelio", "load_model": "modelio",
+    "Preprocess": "calib.data", "QdqError": "errors",
+}
+
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name):
-    # lazy: `import qdq` stays cheap, heavy modules load on first use
-    if name in ("quantize", "QuantizeResult", "Summary"):
-        from . import pipeline as _q
-        return getattr(_q, name)
-    if name in ("compare", "CompareResult"):
-        from . import comparison as _c
-        return getattr(_c, name)
-    if name == "save_model":
-        from .modelio import save_model
-        return save_model
-    if name == "Preprocess":
-        from .data import Preprocess
-        return Preprocess
-    if name == "QdqError":
-        from .errors import QdqError
-        return QdqError
-    raise AttributeError(name)
+    if name not in _LAZY:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

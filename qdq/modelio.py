@@ -42,7 +42,7 @@ def load_model(path) -> onnx.ModelProto:
         except Exception as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise QdqError(f"{path}: fails onnx.checker ({first}); fix or re-export the model") from None
-    _name_nodes(model)
+    name_nodes(model)
     return model
 
 
@@ -56,16 +56,38 @@ def _external_tensors(model):
                 yield a.t
 
 
-def _name_nodes(model: onnx.ModelProto) -> None:
-    """Give every unnamed node a unique name (Q/DQ bookkeeping and reports refer to nodes by name)."""
-    taken = {n.name for n in model.graph.node if n.name}
-    for i, n in enumerate(model.graph.node):
-        if not n.name or n.name in ("",):
-            name = f"{n.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            n.name = name
-            taken.add(name)
+def fresh_name(base: str, taken: set) -> str:
+    """``base``, or ``base_1``, ``base_2`` … whichever is not in ``taken`` (then added to it)."""
+    out, k = base, 1
+    while out in taken:
+        out, k = f"{base}_{k}", k + 1
+    taken.add(out)
+    return out
+
+
+def unique_names(nodes) -> list[str]:
+    """One unique, readable name per node, the only naming scheme in qdq: a node keeps its own name
+    when no earlier node has it; an unnamed node is called ``<op>_<position>``, a repeated name
+    becomes ``<name>_1``, ``<name>_2`` … (never a name another node already has).  ``nodes`` are
+    ``(name, op_type)`` pairs in graph order."""
+    taken = {name for name, _ in nodes if name}
+    seen, out = set(), []
+    for pos, (name, op) in enumerate(nodes):
+        new = name if name and name not in seen else fresh_name(name or f"{op}_{pos}", taken)
+        seen.add(new)
+        out.append(new)
+    return out
+
+
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Name every node of ``model`` by :func:`unique_names`, in place; returns how many repeated
+    names were changed (unnamed nodes are not counted)."""
+    nodes = model.graph.node
+    names = unique_names([(n.name, n.op_type) for n in nodes])
+    renamed = sum(1 for n, new in zip(nodes, names) if n.name and n.name != new)
+    for n, new in zip(nodes, names):
+        n.name = new
+    return renamed
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -81,7 +103,7 @@ def convert_opset(model: onnx.ModelProto, target: int, source: str = "model") ->
     except Exception as e:
         raise QdqError(f"{source}: cannot convert from opset {opset_of(model)} to {target} "
                        f"({str(e).splitlines()[0][:200]}); re-export the model at opset {target}") from None
-    _name_nodes(converted)
+    name_nodes(converted)
     return converted
 
 

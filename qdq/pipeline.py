@@ -1,8 +1,15 @@
 """The main job: float ONNX + data → TensorRT-ready Q/DQ ONNX, with a summary.
 
-Data flows one way: data (:mod:`qdq.data`) → statistics (:mod:`qdq.calibrate`, :mod:`qdq.stats`)
-→ ranges (:mod:`qdq.ranges`) → placement (:mod:`qdq.placement`) → rewritten graph
-(:mod:`qdq.rewrite`, :mod:`qdq.precision`).
+``quantize`` is a short orchestration of named passes over one prepared float model (data flows one
+way: :mod:`qdq.calib` → :mod:`qdq.graph` → :mod:`qdq.measure`):
+
+1. *prepare* (:func:`qdq.targets.prepare`), optional equalization, *place* (:mod:`qdq.graph.placement`);
+2. *calibrate* (:mod:`qdq.calib.calibrate`), every 5th sample (up to 16) held back;
+3. *analyse* each site at its consumer's output (:mod:`qdq.measure.analysis`);
+4. *bias correction*, kept where it measurably helps on the held-back samples;
+5. *mixed precision* (:mod:`qdq.measure.mixed_precision`);
+6. *FP16 remainder* for ``trt11`` (:mod:`qdq.measure.autocast`);
+7. *build*: Q/DQ insertion and the FP16 cast on one graph, checked once (:func:`build_model`).
 """
 from __future__ import annotations
 
@@ -12,31 +19,28 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import __version__
-from .calibrate import Calibration, calibrate
-from .data import Dataset, Feeds, HoldOut, Preprocess, first_feeds, model_inputs
+from .calib.calibrate import Calibration, calibrate
+from .calib.data import Dataset, Feeds, HoldOut, Preprocess, first_feeds, model_inputs
+from .calib.range_files import RangeFile, qdq_json_text, read_ranges
+from .calib.ranges import DEFAULT_METHOD, METHODS, Range, clipped_fraction, compute_range
 from .errors import QdqError
-from .graph import GraphIndex
-from .modelio import atomic_write_text, convert_opset, load_model, opset_of
-from .mixed_precision import GROUPS
-from .placement import Placement, calibration_tensors, place
-from .range_files import RangeFile, read_ranges
-from .ranges import DEFAULT_METHOD, METHODS, Range, clipped_fraction, compute_range
-from .rewrite import insert_qdq, set_metadata
+from .graph.equalize import cross_layer_equalization, smooth_quant
+from .graph.index import GraphIndex
+from .graph.placement import Placement, calibration_tensors, place, replace
+from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of
+from .graph.rewrite import insert_qdq, set_docs, set_metadata
+from .graph.shapes import weighted_macs
+from .graph.surgery import export_graph, import_graph
+from .measure.analysis import analyze
+from .measure.autocast import FP16_SAMPLES, fp16_plan
+from .measure.metrics import Evaluator
+from .measure.mixed_precision import GROUPS, candidates, choose
+from .modelio import atomic_write_text, opset_of
+from .targets import TRT85_UNSUPPORTED, check_target, prepare
+from .version import __version__
 
-TARGETS = {
-    # name: (lowest opset, highest opset it is converted down to, scale dtype)
-    "trt10": (17, None, np.float32),
-    "trt8": (13, 17, np.float32),
-    "trt11": (19, None, np.float16),
-}
-# samples on which the FP16 remainder's precision is measured (qdq.autocast)
-FP16_SAMPLES = 4
 # fewer held-back samples than this and mixed precision is measured on calibration samples
 MIN_HELD_BACK = 4
-# Ops TensorRT 8.5's ONNX parser does not know (added in 8.6 or later).
-TRT85_UNSUPPORTED = {"LayerNormalization", "GroupNormalization", "GridSample", "ReverseSequence",
-                     "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Col2Im", "STFT"}
 
 
 @dataclass
@@ -77,305 +81,326 @@ class QuantizeResult:
     calibration: Calibration | None
     float_model: onnx.ModelProto | None = None   # the float model at the target opset
     index: GraphIndex | None = None
-    fp16: object | None = None                   # trt11: the qdq.autocast.Fp16Plan of the remainder
-    analysis: object | None = None               # the qdq.analysis.Analysis of the full placement
+    fp16: object | None = None                   # trt11: the qdq.measure.autocast.Fp16Plan of the remainder
+    analysis: object | None = None               # the qdq.measure.analysis.Analysis of the full placement
     bias: dict = field(default_factory=dict)     # layer id -> bias correction applied
+    macs: dict = field(default_factory=dict)     # layer id -> multiply-accumulates
+
+    def variant(self, keep_float: set, check: bool = False) -> onnx.ModelProto:
+        """This file with the layers ``keep_float`` (node ids) in float too: the placement redone with
+        this one's own skips and user choices, ranges as this one chose them (new tensors from its
+        calibration), its bias corrections on the layers still INT8 (trt10 form)."""
+        keep = dict(self.placement.skipped)
+        keep.update({q: "float (variant)" for q in keep_float})
+        p = replace(self.index, self.placement, keep) if keep_float else self.placement
+        ranges = {t: self.ranges[t] if t in self.ranges else compute_range(self.calibration.stats[t], self.summary.method)
+                  for t in p.activations}
+        model, _ = build_model(self.float_model, self.index, p, share_ranges(p, ranges, self.calibration), "trt10",
+                               bias=self.bias, check=check)
+        return model
 
 
-def target_opset(model: onnx.ModelProto, target: str) -> int:
-    lo, hi, _ = TARGETS[target]
-    v = opset_of(model)
-    if v < lo:
-        return lo
-    if hi is not None and v > hi:
-        return hi
-    return v
+@dataclass
+class Options:
+    """The choices of one ``quantize`` call (see its docstring), validated."""
+
+    method: str = DEFAULT_METHOD
+    percentile: float = 99.99
+    batch_size: int = 1
+    target: str = "trt10"
+    exclude: tuple = ()
+    preprocess: Preprocess | None = None
+    limit: int | None = None
+    providers: list | None = None
+    quiet: bool = False
+    force_ranges: bool = False
+    mixed_precision: bool = True
+    max_loss_db: float = 2.0
+    min_int8_share: float = 0.85
+    bias_correction: bool = True
+    smoothquant: bool = False
+    equalize: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise QdqError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.batch_size < 1:
+            raise QdqError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.min_int8_share <= 1.0:
+            raise QdqError(f"--min-int8-share must be between 0 and 1, got {self.min_int8_share}")
+        check_target(self.target)
+        self.exclude = tuple(self.exclude or ())
 
 
-def prepare(model, target: str = "trt10", source: str = "model", warnings: list | None = None) -> onnx.ModelProto:
-    """Load (if a path) the float model and make it ready to quantize, without changing what it
-    computes: the target's opset; Constant nodes as initializers; every node named uniquely;
-    BatchNormalization folded into the Conv before it (:func:`qdq.surgery.fold_batchnorm`); an FP16
-    model computed in FP32 inside (its inputs and outputs keep their FP16 type), since Q/DQ before
-    opset 19 take FP32 scales and statistics are best gathered in FP32."""
-    from .surgery import constants_to_initializers, export_graph, fold_batchnorm, import_graph, name_nodes
-
-    if target not in TARGETS:
-        raise QdqError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if not isinstance(model, onnx.ModelProto):
-        source = str(model)
-        model = load_model(model)
-    model = convert_opset(model, target_opset(model, target), source)
-    graph = import_graph(model)
-    constants_to_initializers(graph)
-    renamed = name_nodes(graph)
-    fold_batchnorm(graph, fp16_scales=TARGETS[target][2] == np.float16)
-    model = export_graph(graph, model, "preparation")
-    if renamed and warnings is not None:
-        warnings.append(f"{renamed} nodes shared a name with another node and were renamed (name_1, name_2, …)")
-    if any(t == onnx.TensorProto.FLOAT16 for t in GraphIndex.build(model).dtypes.values()):
-        from .precision import cast_float
-
-        declared = {v.name: np.float16 for v in list(model.graph.input) + list(model.graph.output)
-                    if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
-        model = cast_float(model, np.float32, pass_name="FP16 model to FP32", io_types=declared)
-        if warnings is not None:
-            warnings.append("the model is FP16: it is calibrated and quantized in FP32 inside, its inputs and "
-                            "outputs stay FP16")
-    return model
-
-
-def quantize(model, calib=None, *, method: str = DEFAULT_METHOD, percentile: float = 99.99, batch_size: int = 1,
-             target: str = "trt10", exclude=(), preprocess: Preprocess | None = None, limit: int | None = None,
-             providers=None, quiet: bool = False, ranges=None, force_ranges: bool = False,
-             calibration: Calibration | None = None, mixed_precision: bool = True, max_loss_db: float = 2.0,
-             min_int8_share: float = 0.85, bias_correction: bool = True, smoothquant: bool = False,
-             equalize: bool = False) -> QuantizeResult:
-    """Calibrate ``model`` (path or ModelProto) on ``calib`` (path, see :class:`qdq.data.Dataset`)
+def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None = None, **options) -> QuantizeResult:
+    """Calibrate ``model`` (path or ModelProto) on ``calib`` (path, see :class:`qdq.calib.data.Dataset`)
     and return the Q/DQ model with its summary.  Nothing is written to disk.
 
-    ``ranges`` (a path or :class:`qdq.range_files.RangeFile`) supplies amax values that win over
+    ``ranges`` (a path or :class:`qdq.calib.range_files.RangeFile`) supplies amax values that win over
     calibration; tensors it does not cover are calibrated on ``calib``.  With ``force_ranges`` its
     tensors get Q/DQ even where the placement rules would not put one.  ``calibration`` reuses the
     statistics of an earlier pass (e.g. ``result.calibration``) instead of running a new one.
 
-    Accuracy by default, with calibration data: every 5th sample (up to 16) is held back from range
-    fitting; :mod:`qdq.analysis` measures each site at its consumer's output on 8 of the others;
-    ``bias_correction`` folds each layer's mean INT8 error into its bias (:mod:`qdq.bias_correction`);
-    ``mixed_precision`` keeps the layers whose INT8 costs most per MAC in float until the held-back
-    output SQNR is within ``max_loss_db`` of the weights-only figure, the INT8 share of MACs never
-    below ``min_int8_share`` (:mod:`qdq.mixed_precision`).  ``smoothquant`` and ``equalize``
-    (cross-layer equalization) rescale the float model first (:mod:`qdq.equalize`)."""
-    if method not in METHODS:
-        raise QdqError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if batch_size < 1:
-        raise QdqError(f"--batch-size must be >= 1, got {batch_size}")
-    if not 0.0 <= min_int8_share <= 1.0:
-        raise QdqError(f"--min-int8-share must be between 0 and 1, got {min_int8_share}")
-    source = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
-    warnings = []
-    float_model = prepare(model, target, source, warnings)
-    if target == "trt8":
-        bad = sorted({n.op_type for n in float_model.graph.node} & TRT85_UNSUPPORTED)
-        if bad:
-            warnings.append(f"ops {bad} are not parsed by TensorRT 8.5; use --target trt10 or replace them")
-    subgraphs = [n.name for n in float_model.graph.node
-                 if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
-    if subgraphs:
-        warnings.append(f"{len(subgraphs)} nodes with subgraphs (If/Loop/Scan: {', '.join(subgraphs[:3])}) are left "
-                        "in float; only the main graph is quantized")
-    if equalize or smoothquant:
-        from .equalize import cross_layer_equalization, smooth_quant
+    ``options`` (:class:`Options`): ``method`` (mse, percentile, entropy, max), ``percentile``,
+    ``batch_size``, ``target`` (trt10, trt8, trt11), ``exclude`` patterns, ``preprocess``, ``limit``,
+    ``providers``, ``quiet``, ``force_ranges``, and the accuracy passes: with calibration data every
+    5th sample (up to 16) is held back from range fitting; :mod:`qdq.measure.analysis` measures each
+    site at its consumer's output on 6 of the others; ``bias_correction`` folds each layer's mean INT8
+    error into its bias; ``mixed_precision`` keeps the layers whose INT8 costs most per MAC in float
+    until the held-back output SQNR is within ``max_loss_db`` of the weights-only figure, the INT8 share
+    of MACs never below ``min_int8_share``.  ``smoothquant`` and ``equalize`` (cross-layer
+    equalization) rescale the float model first (:mod:`qdq.graph.equalize`)."""
+    run = _Run(model, Options(**options), calib, ranges, calibration)
+    run.prepare()
+    run.calibrate()
+    run.analyse()
+    run.correct_bias()
+    run.mixed_precision()
+    run.check_ranges()
+    run.fp16_remainder()
+    return run.finish()
 
-        if equalize:
-            float_model, n = cross_layer_equalization(float_model)
+
+class _Run:
+    """The state one ``quantize`` call builds up, pass by pass."""
+
+    def __init__(self, model, opts: Options, calib, ranges, calibration: Calibration | None):
+        self.opts, self.calib_path, self.model_arg = opts, calib, model
+        self.source = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
+        self.imported = ranges if ranges is None or isinstance(ranges, RangeFile) else read_ranges(ranges)
+        self.given_calibration = calibration
+        self.cal, self.split, self.analysis, self.ev, self.choice, self.fp16 = calibration or Calibration(), None, None, None, None, None
+        self.bias, self.bias_mode, self.int8_db, self.warnings = {}, "off", None, []
+
+    def prepare(self) -> None:
+        """The target's float model, equalized if asked, indexed and placed."""
+        o, w = self.opts, self.warnings
+        fm = prepare(self.model_arg, o.target, self.source, w)
+        if o.target == "trt8" and sorted({n.op_type for n in fm.graph.node} & TRT85_UNSUPPORTED):
+            w.append(f"ops {sorted({n.op_type for n in fm.graph.node} & TRT85_UNSUPPORTED)} are not parsed by "
+                     "TensorRT 8.5; use --target trt10 or replace them")
+        subgraphs = [n.name for n in fm.graph.node
+                     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
+        if subgraphs:
+            w.append(f"{len(subgraphs)} nodes with subgraphs (If/Loop/Scan: {', '.join(subgraphs[:3])}) are left "
+                     "in float; only the main graph is quantized")
+        self.float_model = self._equalized(fm)
+        self.idx = GraphIndex.build(self.float_model)
+        force = tuple(self.imported.amax) if self.imported is not None and o.force_ranges else ()
+        self.plan = place(self.idx, o.exclude, force=force)
+        if not self.plan.quantized_layers:
+            raise QdqError(f"{self.source}: no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul with float inputs"
+                           f"{' left after --exclude' if o.exclude else ''})")
+        self._check_range_sources()
+
+    def _equalized(self, fm: onnx.ModelProto) -> onnx.ModelProto:
+        o = self.opts
+        if o.equalize:
+            fm, n = cross_layer_equalization(fm)
             if n:
-                warnings.append(f"cross-layer equalization rescaled {n} Conv pairs")
-        if smoothquant and calib is not None:
-            feeds = first_feeds(Dataset(calib, model_inputs(float_model), preprocess or Preprocess(), limit=limit), 16)
-            float_model, n = smooth_quant(float_model, feeds)
+                self.warnings.append(f"cross-layer equalization rescaled {n} Conv pairs")
+        if o.smoothquant and self.calib_path is not None:
+            feeds = first_feeds(Dataset(self.calib_path, model_inputs(fm), o.preprocess or Preprocess(), limit=o.limit), 16)
+            fm, n = smooth_quant(fm, feeds)
             if n:
-                warnings.append(f"SmoothQuant moved the channel ranges of {n} activations into the next layers' weights")
-    idx = GraphIndex.build(float_model)
-    imported = None
-    if ranges is not None:
-        imported = ranges if isinstance(ranges, RangeFile) else read_ranges(ranges)
-    plan = place(idx, exclude, force=tuple(imported.amax) if imported is not None and force_ranges else ())
-    if not plan.quantized_layers:
-        raise QdqError(f"{source}: no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul with float inputs"
-                       f"{' left after --exclude' if exclude else ''})")
-    missing = [t for t in plan.activations if imported is None or t not in imported.amax]
-    if calibration is not None:
-        lacking = [t for t in missing if t not in calibration.stats]
-        if lacking:
-            raise QdqError(f"the given calibration has no statistics for {lacking[0]!r}; calibrate again")
-    elif missing and calib is None:
-        raise QdqError(f"no range for {len(missing)} tensors (e.g. {missing[0]!r})"
-                       + (f" in {imported.path}" if imported else "") + ": pass --calib DATA to calibrate them")
+                self.warnings.append(f"SmoothQuant moved the channel ranges of {n} activations into the next layers' weights")
+        return fm
 
-    cal, split = calibration or Calibration(), None
-    if calib is not None:
-        inputs = model_inputs(float_model)
-        dataset = Dataset(calib, inputs, preprocess or Preprocess(), limit=limit)
-        if any(s.shape and s.shape[0] is not None and s.shape[0] < batch_size for s in inputs):
-            batch_size = 1  # a fixed batch dim: run one sample at a time
-        split = HoldOut(dataset)
-        if calibration is None:
-            range_only = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants] if target == "trt11" else ()
-            cal = calibrate(float_model, split, calibration_tensors(idx, plan), range_only, batch_size, providers, quiet)
-        else:
-            for _ in split:   # the samples are needed, not their statistics
-                pass
-        if len(split.held) < MIN_HELD_BACK:
-            # too few samples to set some aside: calibrate on them too, and measure on calibration samples
-            if calibration is None and split.held:
-                extra = calibrate(float_model, Feeds(inputs, split.held), calibration_tensors(idx, plan), range_only,
-                                  1, providers, True)
-                cal.merge(extra)
-            split.kept, split.held = (split.kept + split.held)[:6], split.kept + split.held
-            if mixed_precision:
-                warnings.append(f"only {len(split.held)} samples: none held back, mixed precision was measured on "
-                                "calibration samples")
+    def _check_range_sources(self) -> None:
+        """Every placed tensor needs a range: imported, from the given calibration, or calibrated."""
+        imp, cal = self.imported, self.given_calibration
+        missing = [t for t in self.plan.activations if imp is None or t not in imp.amax]
+        if cal is not None:
+            lacking = [t for t in missing if t not in cal.stats]
+            if lacking:
+                raise QdqError(f"the given calibration has no statistics for {lacking[0]!r}; calibrate again")
+        elif missing and self.calib_path is None:
+            raise QdqError(f"no range for {len(missing)} tensors (e.g. {missing[0]!r})"
+                           + (f" in {imp.path}" if imp else "") + ": pass --calib DATA to calibrate them")
 
-    ranges = _ranges(plan, cal, imported, method, percentile)
-    analysis = choice = None
-    if split is not None and split.kept and (bias_correction or mixed_precision):
-        from .analysis import analyze
+    def calibrate(self) -> None:
+        """One streaming pass; every 5th sample held back (all samples used when too few)."""
+        o = self.opts
+        if self.calib_path is not None:
+            inputs = model_inputs(self.float_model)
+            dataset = Dataset(self.calib_path, inputs, o.preprocess or Preprocess(), limit=o.limit)
+            batch = 1 if any(s.shape and s.shape[0] is not None and s.shape[0] < o.batch_size for s in inputs) \
+                else o.batch_size   # a fixed batch dim: run one sample at a time
+            self.split = HoldOut(dataset)
+            tensors = calibration_tensors(self.idx, self.plan)
+            range_only = [t for t in self.idx.dtypes if self.idx.is_float(t) and t not in self.idx.constants] \
+                if o.target == "trt11" else ()
+            if self.given_calibration is None:
+                self.cal = calibrate(self.float_model, self.split, tensors, range_only, batch, o.providers, o.quiet)
+            else:
+                for _ in self.split:   # the samples are needed, not their statistics
+                    pass
+            if len(self.split.held) < MIN_HELD_BACK:
+                self._use_all_samples(inputs, tensors, range_only)
+        self.macs = weighted_macs(self.float_model)
+        self.ranges = self._ranges(self.plan)
 
-        analysis = analyze(float_model, idx, plan, ranges, split.kept, quiet, groups=GROUPS if mixed_precision else 0)
-    bias, bias_mode, ev, int8_db = {}, "off", None, None
-    if analysis is not None and split.held:
-        from .metrics import Evaluator
+    def _use_all_samples(self, inputs, tensors, range_only) -> None:
+        """Too few samples to set some aside: calibrate on them too, and measure on calibration samples."""
+        split = self.split
+        if self.given_calibration is None and split.held:
+            self.cal.merge(calibrate(self.float_model, Feeds(inputs, split.held), tensors, range_only, 1,
+                                     self.opts.providers, True))
+        split.kept, split.held = (split.kept + split.held)[:6], split.kept + split.held
+        if self.opts.mixed_precision:
+            self.warnings.append(f"only {len(split.held)} samples: none held back, mixed precision was measured on "
+                                 "calibration samples")
 
-        ev = Evaluator(float_model, split.held, "held-back sample")
-    if analysis is not None and bias_correction:
-        options = {"full": analysis.bias, "weights": analysis.weight_bias, "off": {}}
-        if ev is None:
-            bias_mode = "full"
+    def _ranges(self, plan: Placement) -> dict:
+        """tensor -> Range for every activation of ``plan``: imported where given, else calibrated;
+        then one amax per scale group."""
+        imp, out = self.imported, {}
+        for t in plan.activations:
+            if imp is not None and t in imp.amax:
+                a = imp.amax[t]
+                out[t] = Range(a, f"imported ({imp.kind})", clipped_fraction(self.cal.stats[t], a) if t in self.cal.stats else None)
+            else:
+                out[t] = compute_range(self.cal.stats[t], self.opts.method, self.opts.percentile)
+        return share_ranges(plan, out, self.cal)
+
+    def analyse(self) -> None:
+        """The output-referred analysis on kept samples, and the held-back evaluator."""
+        o, split = self.opts, self.split
+        if split is not None and split.kept and (o.bias_correction or o.mixed_precision):
+            self.analysis = analyze(self.float_model, self.idx, self.plan, self.ranges, split.kept, o.quiet,
+                                    groups=GROUPS if o.mixed_precision else 0)
+        if self.analysis is not None and split.held:
+            self.ev = Evaluator(self.float_model, split.held, "held-back sample")
+
+    def build(self, plan: Placement, ranges: dict, bias: dict, check: bool = False) -> onnx.ModelProto:
+        """A trt10 candidate for evaluation (not written)."""
+        return build_model(self.float_model, self.idx, plan, ranges, "trt10", bias=bias, check=check)[0]
+
+    def correct_bias(self) -> None:
+        """Full, weight-only or no bias correction: whichever measures best on the held-back samples."""
+        a = self.analysis
+        if a is None or not self.opts.bias_correction:
+            return
+        options = {"full": a.bias, "weights": a.weight_bias, "off": {}}
+        if self.ev is None:
+            self.bias_mode = "full"
         else:   # kept only where it measurably helps on the held-back samples
-            def score(mode):
-                return ev.sqnr(build_model(float_model, idx, plan, ranges, "trt10", bias=options[mode], check=False)[0])
-
-            scores = {mode: score(mode) for mode in ("full", "off")}
+            scores = {mode: self.ev.sqnr(self.build(self.plan, self.ranges, options[mode])) for mode in ("full", "off")}
             if scores["full"] < scores["off"] + 1.0:   # not a clear win: the weight-only correction may be
-                scores["weights"] = score("weights")
-            bias_mode = max(scores, key=scores.get)
-            int8_db = scores[bias_mode]
-        bias = options[bias_mode]
-    macs = _layer_macs(float_model)
-    if mixed_precision and ev is not None:
-        choice = _mixed_precision(float_model, idx, plan, cal, imported, method, percentile, exclude, analysis, bias,
-                                  ev, max_loss_db, min_int8_share, bias_mode == "full", macs, int8_db)
-        if choice.float_layers:
-            plan = place(idx, exclude, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
-                                        for p, db in choice.float_layers.items()}, plan.force)
-            ranges = _ranges(plan, cal, imported, method, percentile)
-        if not choice.reached:
-            warnings.append(f"mixed precision: {choice.final_db:.2f} dB on held-back samples, more than {max_loss_db:g} dB "
-                            f"below the weights-only {choice.final_weights_only_db:.2f} dB, with {choice.int8_mac_share:.1%} "
-                            f"of the MACs in INT8 (floor {min_int8_share:.0%})")
-    for t, r in ranges.items():
-        st = cal.stats.get(t)
-        if r.amax == 0.0:
-            warnings.append(f"tensor {t!r} has a zero range; given scale 1")
-        elif st is not None and st.min == st.max:
-            warnings.append(f"tensor {t!r} is constant ({st.min:g}) on the calibration data")
-    if imported is not None and imported.note:
-        warnings.append(imported.note)
-    if imported is not None and imported.kind == "ort-cache":
-        lost = [t for t in plan.activations if t in imported.amax and t in cal.stats
-                and -cal.stats[t].min > imported.amax[t] * 1.001]
-        if lost:
-            warnings.append(f"{len(lost)} imported ranges are smaller than the negative values the calibration data "
-                            f"reaches (lost in ONNX Runtime's .cache): {', '.join(lost[:5])}" + (" …" if len(lost) > 5 else ""))
-    if imported is not None and imported.asymmetric:
-        warnings.append(f"{len(imported.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
-                        + ", ".join(imported.asymmetric[:5]) + (" …" if len(imported.asymmetric) > 5 else ""))
+                scores["weights"] = self.ev.sqnr(self.build(self.plan, self.ranges, options["weights"]))
+            self.bias_mode = max(scores, key=scores.get)
+            self.int8_db = scores[self.bias_mode]
+        self.bias = options[self.bias_mode]
 
-    fp16 = None
-    if target == "trt11":
-        from .autocast import fp16_plan
-        from .precision import FP16_OUTPUT_MIN_DB
+    def mixed_precision(self) -> None:
+        """Keep the costliest layers in float until within ``max_loss_db`` of the weights-only figure."""
+        o = self.opts
+        if not o.mixed_precision or self.ev is None:
+            return
+        centred = self.bias_mode == "full"
 
+        def build(float_layers):
+            p = replace(self.idx, self.plan, {q: "float" for q in float_layers})
+            return self.build(p, self._ranges(p), self.bias)
+
+        cands = candidates(self.analysis, self.plan.quantized_layers, centred)
+        self.choice = c = choose(cands, {p: self.macs.get(p, 0) for p in self.plan.quantized_layers}, build, self.ev,
+                                 o.max_loss_db, o.min_int8_share, total_macs=sum(self.macs.values()), int8_db=self.int8_db)
+        if c.float_layers:
+            self.plan = replace(self.idx, self.plan, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
+                                                      for p, db in c.float_layers.items()})
+            self.ranges = self._ranges(self.plan)
+        if not c.reached:
+            self.warnings.append(f"mixed precision: {c.final_db:.2f} dB on held-back samples, more than {o.max_loss_db:g} dB "
+                                 f"below the weights-only {c.final_weights_only_db:.2f} dB, with {c.int8_mac_share:.1%} "
+                                 f"of the MACs in INT8 (floor {o.min_int8_share:.0%})")
+
+    def check_ranges(self) -> None:
+        """Warnings on the ranges: zero or constant tensors, and what an imported file lost."""
+        w, imp = self.warnings, self.imported
+        for t, r in self.ranges.items():
+            st = self.cal.stats.get(t)
+            if r.amax == 0.0:
+                w.append(f"tensor {t!r} has a zero range; given scale 1")
+            elif st is not None and st.min == st.max:
+                w.append(f"tensor {t!r} is constant ({st.min:g}) on the calibration data")
+        if imp is None:
+            return
+        if imp.note:
+            w.append(imp.note)
+        if imp.kind == "ort-cache":
+            lost = [t for t in self.plan.activations if t in imp.amax and t in self.cal.stats
+                    and -self.cal.stats[t].min > imp.amax[t] * 1.001]
+            if lost:
+                w.append(f"{len(lost)} imported ranges are smaller than the negative values the calibration data "
+                         f"reaches (lost in ONNX Runtime's .cache): {', '.join(lost[:5])}" + (" …" if len(lost) > 5 else ""))
+        if imp.asymmetric:
+            w.append(f"{len(imp.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
+                     + ", ".join(imp.asymmetric[:5]) + (" …" if len(imp.asymmetric) > 5 else ""))
+
+    def fp16_remainder(self) -> None:
+        """trt11: which nodes of the FP16 remainder stay FP32 (range, measured error, output floor)."""
+        if self.opts.target != "trt11":
+            return
+        cal, choice = self.cal, self.choice
         if not cal.samples:
-            warnings.append("no calibration data: FP16 overflow and precision of the remainder were not checked")
+            self.warnings.append("no calibration data: FP16 overflow and precision of the remainder were not checked")
         extrema = cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()}
         # FP16 noise 10 dB under the INT8 noise adds at most 0.4 dB
         floor = FP16_OUTPUT_MIN_DB if choice is None else min(max(choice.final_db + 10, FP16_OUTPUT_MIN_DB), 50.0)
-        fp16 = fp16_plan(float_model, extrema, (split.kept[:FP16_SAMPLES] if split else []), floor_db=floor, idx=idx)
-        if fp16.keep:
-            names = list(fp16.names(idx))
-            warnings.append(f"{len(names)} nodes stay FP32 (range or measured FP16 error): {', '.join(names[:5])}"
-                            + (" …" if len(names) > 5 else ""))
-    used_bias = {p: b for p, b in bias.items() if p in plan.quantized_layers}
-    qmodel, notes = build_model(float_model, idx, plan, ranges, target, fp16, warnings, bias)
-    total = sum(macs.values()) or 1
-    int8_share = sum(macs.get(p, 0) for p in plan.quantized_layers) / total
-    meta = {"qdq_version": __version__, "qdq_method": method if (calib is not None or calibration is not None) else "imported",
-            "qdq_samples": cal.samples, "qdq_target": target, "qdq_percentile": percentile if method == "percentile" else "",
-            "qdq_int8_mac_share": f"{int8_share:.4f}", "qdq_bias_correction": f"{bias_mode} ({len(used_bias)} layers)"}
-    if choice is not None:
-        meta.update(qdq_float_layers=", ".join(idx.labels[p] for p in choice.float_layers),
-                    qdq_heldout_sqnr_db=f"{choice.final_db:.2f}", qdq_heldout_weights_only_db=f"{choice.final_weights_only_db:.2f}")
-    set_metadata(qmodel, meta)
-    summary = Summary(
-        ranges_import=_import_report(imported, plan, idx),
-        model=source, target=target, method=method, opset=opset_of(qmodel), samples=cal.samples,
-        quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
-        weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
-        skipped=[{"node": idx.labels[i], "op": idx.nodes[i].op_type, "reason": why} for i, why in plan.skipped],
-        activations={t: {"amax": r.amax, "scale": r.scale, "method": r.method, "clipped": r.clipped,
-                         "reason": plan.reasons.get(t, "")} for t, r in ranges.items()},
-        weights={w: {"axis": s.axis, "amax_max": next(n.amax for n in notes if n.tensor == w)}
-                 for w, s in plan.weights.items()},
-        fp32_nodes=fp16.names(idx) if fp16 is not None else {},
-        int8_mac_share=int8_share, bias_corrected=len(used_bias), bias_correction=bias_mode,
-        float_layers=[{"node": idx.labels[p], "op": idx.nodes[p].op_type, "mac_share": macs.get(p, 0) / total,
-                       "cost_db": db} for p, db in (choice.float_layers.items() if choice else [])],
-        accuracy=None if choice is None else {
-            "held_back_samples": len(split.held), "int8_db": choice.int8_db, "weights_only_db": choice.weights_only_db,
-            "final_db": choice.final_db, "final_weights_only_db": choice.final_weights_only_db,
-            "max_loss_db": max_loss_db, "reached": choice.reached, "evaluations": len(choice.steps)},
-        warnings=warnings)
-    return QuantizeResult(qmodel, summary, ranges, plan, cal, float_model, idx, fp16, analysis, used_bias)
+        feeds = self.split.kept[:FP16_SAMPLES] if self.split else []
+        self.fp16 = fp16_plan(self.float_model, extrema, feeds, floor_db=floor, idx=self.idx)
+        if self.fp16.keep:
+            names = list(self.fp16.names(self.idx))
+            self.warnings.append(f"{len(names)} nodes stay FP32 (range or measured FP16 error): {', '.join(names[:5])}"
+                                 + (" …" if len(names) > 5 else ""))
 
+    def finish(self) -> QuantizeResult:
+        """The file (Q/DQ, FP16 remainder, metadata) and its summary."""
+        o, plan, idx = self.opts, self.plan, self.idx
+        used_bias = {p: b for p, b in self.bias.items() if p in plan.quantized_layers}
+        qmodel, notes = build_model(self.float_model, idx, plan, self.ranges, o.target, self.fp16, self.warnings,
+                                    self.bias)
+        total = sum(self.macs.values()) or 1
+        int8_share = sum(self.macs.get(p, 0) for p in plan.quantized_layers) / total
+        set_metadata(qmodel, self._metadata(int8_share, len(used_bias)))
+        summary = self._summary(qmodel, notes, int8_share, len(used_bias), total)
+        return QuantizeResult(qmodel, summary, self.ranges, plan, self.cal, self.float_model, idx, self.fp16,
+                              self.analysis, used_bias, self.macs)
 
-def _ranges(plan: Placement, cal: Calibration, imported: RangeFile | None, method: str, percentile: float) -> dict:
-    """tensor -> Range for every activation of ``plan``: imported where given, else calibrated; then
-    one amax per scale group."""
-    ranges = {}
-    for t in plan.activations:
-        if imported is not None and t in imported.amax:
-            a = imported.amax[t]
-            ranges[t] = Range(a, f"imported ({imported.kind})", clipped_fraction(cal.stats[t], a) if t in cal.stats else None)
-        else:
-            ranges[t] = compute_range(cal.stats[t], method, percentile)
-    return share_ranges(plan, ranges, cal)
+    def _metadata(self, int8_share: float, corrected: int) -> dict:
+        o, c = self.opts, self.choice
+        calibrated = self.calib_path is not None or self.given_calibration is not None
+        meta = {"qdq_version": __version__, "qdq_method": o.method if calibrated else "imported",
+                "qdq_samples": self.cal.samples, "qdq_target": o.target,
+                "qdq_percentile": o.percentile if o.method == "percentile" else "",
+                "qdq_int8_mac_share": f"{int8_share:.4f}", "qdq_bias_correction": f"{self.bias_mode} ({corrected} layers)"}
+        if c is not None:
+            meta.update(qdq_float_layers=", ".join(self.idx.labels[p] for p in c.float_layers),
+                        qdq_heldout_sqnr_db=f"{c.final_db:.2f}", qdq_heldout_weights_only_db=f"{c.final_weights_only_db:.2f}")
+        return meta
 
-
-def _layer_macs(float_model: onnx.ModelProto) -> dict:
-    """node id -> multiply-accumulates of each weighted layer (dynamic dims at batch 1 and 640)."""
-    from .inspection import _static_shapes, layer_macs
-    from .placement import WEIGHTED
-
-    sidx = _static_shapes(float_model, None)
-    return {i: layer_macs(sidx, n) or 0 for i, n in enumerate(sidx.nodes) if n.op_type in WEIGHTED}
-
-
-def _mixed_precision(float_model, idx, plan, cal, imported, method, percentile, exclude, analysis, bias, ev,
-                     max_loss_db, min_int8_share, centred, macs, int8_db=None):
-    """The layers to keep in float (see :mod:`qdq.mixed_precision`)."""
-    from .mixed_precision import choose, propagation_gains
-
-    def build(float_layers):
-        p = place(idx, exclude, {q: "float" for q in float_layers}, plan.force) if float_layers else plan
-        r = _ranges(p, cal, imported, method, percentile)
-        model, _ = build_model(float_model, idx, p, r, "trt10", bias=bias, check=False)
-        return model
-
-    gains = propagation_gains(analysis, centred)
-    candidates = {}
-    for layer in plan.quantized_layers:
-        sites = [s for s in analysis.layer_sites(layer) if s.kind == "activation" and s.signal > 0]
-        if sites:
-            candidates[layer] = sum(gains.get(s.tensor, 1.0) * (s.centred if centred else s.noise) / s.signal for s in sites)
-    return choose(candidates, {p: macs.get(p, 0) for p in plan.quantized_layers}, build, ev,
-                  max_loss_db, min_int8_share, total_macs=sum(macs.values()), int8_db=int8_db)
-
-
-def variant(result: QuantizeResult, keep_float: set, check: bool = False) -> onnx.ModelProto:
-    """``result``'s file with the layers ``keep_float`` (node ids) in float too: the placement redone
-    with ``result``'s own skips, ranges as ``result`` chose them (new tensors from its calibration),
-    its bias corrections on the layers still INT8."""
-    idx, plan = result.index, result.placement
-    keep = dict(plan.skipped)
-    keep.update({q: "float (variant)" for q in keep_float})
-    p = place(idx, (), keep, plan.force) if keep_float else plan
-    ranges = {t: result.ranges[t] if t in result.ranges else compute_range(result.calibration.stats[t], result.summary.method)
-              for t in p.activations}
-    model, _ = build_model(result.float_model, idx, p, share_ranges(p, ranges, result.calibration), "trt10",
-                           bias=result.bias, check=check)
-    return model
+    def _summary(self, qmodel, notes, int8_share: float, corrected: int, total: int) -> Summary:
+        o, plan, idx, c = self.opts, self.plan, self.idx, self.choice
+        return Summary(
+            ranges_import=_import_report(self.imported, plan, idx),
+            model=self.source, target=o.target, method=o.method, opset=opset_of(qmodel), samples=self.cal.samples,
+            quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
+            weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
+            skipped=[{"node": idx.labels[i], "op": idx.nodes[i].op_type, "reason": why} for i, why in plan.skipped],
+            activations={t: {"amax": r.amax, "scale": r.scale, "method": r.method, "clipped": r.clipped,
+                             "reason": plan.reasons.get(t, "")} for t, r in self.ranges.items()},
+            weights={w: {"axis": s.axis, "amax_max": next(n.amax for n in notes if n.tensor == w)}
+                     for w, s in plan.weights.items()},
+            fp32_nodes=self.fp16.names(idx) if self.fp16 is not None else {},
+            int8_mac_share=int8_share, bias_corrected=corrected, bias_correction=self.bias_mode,
+            float_layers=[{"node": idx.labels[p], "op": idx.nodes[p].op_type, "mac_share": self.macs.get(p, 0) / total,
+                           "cost_db": db} for p, db in (c.float_layers.items() if c else [])],
+            accuracy=None if c is None else {
+                "held_back_samples": len(self.split.held), "int8_db": c.int8_db, "weights_only_db": c.weights_only_db,
+                "final_db": c.final_db, "final_weights_only_db": c.final_weights_only_db,
+                "max_loss_db": o.max_loss_db, "reached": c.reached, "evaluations": len(c.steps)},
+            warnings=self.warnings)
 
 
 def share_ranges(plan: Placement, ranges: dict, cal: Calibration) -> dict:
@@ -393,39 +418,24 @@ def share_ranges(plan: Placement, ranges: dict, cal: Calibration) -> dict:
 
 def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, target: str,
                 fp16=None, warnings: list | None = None, bias: dict | None = None, check: bool = True):
-    """The Q/DQ model for ``plan`` with ``ranges`` (tensor → Range): Q/DQ insertion with the bias
-    corrections ``bias`` (layer id → mean error per channel) and, for trt11, the FP16 remainder with
-    the nodes of ``fp16`` (a :class:`qdq.autocast.Fp16Plan`) kept FP32.
-    Returns (model, notes); appends what the user should know to ``warnings``.  ``check=False`` skips
-    the final full check, for candidates that are only evaluated."""
-    warnings = [] if warnings is None else warnings
-    qmodel, notes = insert_qdq(float_model, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
-                               {t: r.method for t, r in ranges.items()}, bias=bias, check=check)
+    """The Q/DQ model for ``plan`` with ``ranges`` (tensor → Range), in one graph-surgeon pass: Q/DQ
+    insertion with the bias corrections ``bias`` (layer id → mean error per channel) and, for trt11,
+    the FP16 remainder with the nodes of ``fp16`` (a :class:`qdq.measure.autocast.Fp16Plan`) kept
+    FP32; ``idx`` indexes ``float_model``.  Returns (model, notes); appends what the user should know
+    to ``warnings``.  ``check=False`` skips the final full check, for candidates only evaluated."""
+    graph = import_graph(idx)
+    nodes = list(graph.nodes)
+    notes, docs = insert_qdq(graph, nodes, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
+                             {t: r.method for t, r in ranges.items()}, bias=bias)
+    if target == "trt11":
+        cast_graph(graph, opsets_of(float_model), np.float16, [nodes[i] for i in (fp16.keep if fp16 is not None else {})])
+    qmodel = export_graph(graph, float_model, "Q/DQ insertion" + (" and FP16 cast" if target == "trt11" else ""), check)
+    set_docs(qmodel, docs)
     for n in notes:
-        if n.floored and n.tensor in plan.weights:
+        if n.floored and n.tensor in plan.weights and warnings is not None:
             warnings.append(f"weight {n.tensor!r} has all-zero (dead) channels or scales below the float32 range; "
                             "those channels got a positive placeholder scale")
-    if target == "trt11":
-        from .precision import cast_float
-
-        # names are unique after prepare(), and Q/DQ insertion keeps them: they carry the node ids over
-        kept = {idx.nodes[i].name for i in (fp16.keep if fp16 is not None else {})}
-        qmodel = cast_float(qmodel, np.float16, {i for i, n in enumerate(qmodel.graph.node) if n.name in kept})
     return qmodel, notes
-
-
-def fp16_model(model, dataset, quiet: bool = False) -> onnx.ModelProto:
-    """The FP16 model TensorRT runs for ``model``: the cast ``--target trt11`` applies (FP32 I/O;
-    nodes kept FP32 where ``dataset`` shows FP16 would overflow or cost precision), at opset 19."""
-    from .autocast import fp16_plan
-    from .precision import cast_float
-
-    m = prepare(model, "trt11")
-    idx = GraphIndex.build(m)
-    floats = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants]
-    cal = calibrate(m, dataset, [], floats, quiet=quiet)
-    plan = fp16_plan(m, cal.extrema, first_feeds(dataset, FP16_SAMPLES), idx=idx)
-    return cast_float(m, np.float16, set(plan.keep))
 
 
 def _import_report(imported: RangeFile | None, plan: Placement, idx: GraphIndex) -> dict | None:
@@ -441,8 +451,6 @@ def _import_report(imported: RangeFile | None, plan: Placement, idx: GraphIndex)
 
 def write_ranges(summary: Summary, path) -> None:
     """``--ranges-out``: tensor → amax, method, fraction of calibration values clipped (JSON)."""
-    from .range_files import qdq_json_text
-
     entries = {t: {"amax": a["amax"], "method": a["method"], "clipped": a["clipped"]}
                for t, a in summary.activations.items()}
     atomic_write_text(Path(path), qdq_json_text(entries, summary.method, samples=summary.samples))

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from .calib.calibrate import calibrate
+from .calib.ranges import compute_range
 from .errors import QdqError
+from .graph.bypass import weights_only
+from .graph.index import GraphIndex
+from .graph.precision import runnable
+from .graph.qdq_file import model_ranges
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 _BY_METHOD = {"entropy": "EntropyCalibration2", "max": "MinMaxCalibration"}
@@ -42,8 +48,6 @@ class NetworkRanges:
 def network_tensors(model: onnx.ModelProto) -> list[str]:
     """Float activation tensors of ``model``'s network: graph inputs and node outputs, without
     constants, Q/DQ internals and values computed from constants only (dequantized weights)."""
-    from .graph import GraphIndex
-
     idx = GraphIndex.build(model)
     const_like = set(idx.constants)
     out = [t for t in idx.inputs if idx.is_float(t)]
@@ -62,11 +66,6 @@ def network_ranges(model: onnx.ModelProto, dataset=None, method: str = "entropy"
                    quiet: bool = False) -> NetworkRanges:
     """Ranges for every float activation tensor of ``model`` (a float or a Q/DQ model); those of
     its own Q/DQ pairs first, the rest calibrated on ``dataset`` (if given)."""
-    from .calibrate import calibrate
-    from .comparison import weights_only
-    from .inspection import model_ranges
-    from .ranges import compute_range
-
     own = model_ranges(model)
     net = weights_only(model) if own else model   # activation Q/DQ bypassed: the network TensorRT sees
     tensors = network_tensors(net)
@@ -75,7 +74,7 @@ def network_ranges(model: onnx.ModelProto, dataset=None, method: str = "entropy"
     res.from_model = list(res.amax)
     rest = [t for t in tensors if t not in res.amax]
     if rest and dataset is not None:
-        cal = calibrate(net, dataset, rest, quiet=quiet)
+        cal = calibrate(runnable(net), dataset, rest, quiet=quiet)
         for t in rest:
             if cal.stats[t].count:
                 res.amax[t] = compute_range(cal.stats[t], method, percentile).amax

@@ -9,10 +9,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from clitools import run_qdq
-from qdq.calibrate import run_session, session_for
-from qdq.comparison import compare
-from qdq.metrics import ErrorAccumulator
-from qdq.pipeline import prepare, quantize
+from qdq.calib.session import run_session, session_for
+from qdq.graph.precision import runnable
+from qdq.measure.comparison import compare
+from qdq.measure.metrics import ErrorAccumulator
+from qdq.pipeline import quantize
+from qdq.targets import prepare
 
 RNG = np.random.default_rng(7)
 
@@ -36,7 +38,7 @@ def _data(tmp_path, name, shape, n=30):
 
 
 def _sqnr(ref_model, model, folder):
-    a, b = session_for(ref_model), session_for(model)
+    a, b = session_for(runnable(ref_model)), session_for(runnable(model))
     acc = ErrorAccumulator()
     for f in sorted(folder.iterdir()):
         feed = {"x": np.load(f)["x"]}
@@ -69,8 +71,8 @@ def _depthwise_net(spread=1000.0):
 def test_spread_depthwise_input_is_ranked_first_and_kept_float(tmp_path):
     m = _depthwise_net()
     data = _data(tmp_path, "d", (16, 24, 24))
-    from qdq.analysis import analyze
-    from qdq.data import Dataset, first_feeds, model_inputs
+    from qdq.measure.analysis import analyze
+    from qdq.calib.data import Dataset, first_feeds, model_inputs
 
     plain = quantize(m, data, mixed_precision=False, bias_correction=False, quiet=True)
     idx = plain.index
@@ -110,7 +112,7 @@ def test_mac_floor_is_honoured(tmp_path):
 
 
 def test_cross_layer_equalization_keeps_the_function_and_narrows_ranges():
-    from qdq.equalize import cross_layer_equalization
+    from qdq.graph.equalize import cross_layer_equalization
 
     c = 32
     gain = np.geomspace(0.01, 10, c)
@@ -123,16 +125,16 @@ def test_cross_layer_equalization_keeps_the_function_and_narrows_ranges():
     eq, pairs = cross_layer_equalization(prepare(m))
     assert pairs == 1
     feed = {"x": RNG.standard_normal((1, 8, 16, 16)).astype(np.float32)}
-    ref, out = run_session(session_for(m), feed, "x")["y"], run_session(session_for(eq), feed, "x")["y"]
+    ref, out = run_session(session_for(runnable(m)), feed, "x")["y"], run_session(session_for(runnable(eq)), feed, "x")["y"]
     assert np.max(np.abs(out - ref)) <= 1e-5 * np.max(np.abs(ref))
-    inter = run_session(session_for(eq, extra_outputs=["ar"]), feed, "x")["ar"]
-    before = run_session(session_for(m, extra_outputs=["ar"]), feed, "x")["ar"]
+    inter = run_session(session_for(runnable(eq), extra_outputs=["ar"]), feed, "x")["ar"]
+    before = run_session(session_for(runnable(m), extra_outputs=["ar"]), feed, "x")["ar"]
     spread = (lambda t: np.percentile(t.max(axis=(0, 2, 3)), 95) / max(np.percentile(t.max(axis=(0, 2, 3)), 5), 1e-9))
     assert spread(inter) < spread(before) / 10
 
 
 def test_smoothquant_keeps_the_function_and_narrows_channel_spread():
-    from qdq.equalize import channel_absmax, smooth_quant
+    from qdq.graph.equalize import channel_absmax, smooth_quant
 
     h, n = 64, 48
     outlier = np.ones(h)
@@ -149,7 +151,7 @@ def test_smoothquant_keeps_the_function_and_narrows_channel_spread():
     sm, done = smooth_quant(prepare(m), feeds)
     assert done == 1
     for feed in feeds:
-        ref, out = run_session(session_for(m), feed, "x")["y"], run_session(session_for(sm), feed, "x")["y"]
+        ref, out = run_session(session_for(runnable(m)), feed, "x")["y"], run_session(session_for(runnable(sm)), feed, "x")["y"]
         assert np.max(np.abs(out - ref)) <= 1e-5 * np.max(np.abs(ref))
     fc = next(node for node in sm.graph.node if node.name == "fc")
     a_before = channel_absmax(m, ["ln"], feeds)["ln"]
@@ -187,7 +189,7 @@ def eff_default(effnet):
 def test_default_file_on_a_real_model(effnet, eff_default):
     """EfficientNet-Lite0 as `qdq quantize` writes it by default: far closer to FP32 than the all-INT8
     file of the same calibration, most MACs INT8, TensorRT-RTX builds it, and the summary says why."""
-    from qdq.tensorrt_backend import check_model
+    from qdq.trt.backend import check_model
 
     r = eff_default
     plain = quantize(effnet.model, effnet.calib, preprocess=effnet.preprocess, quiet=True, mixed_precision=False,
@@ -207,7 +209,7 @@ def test_default_file_on_a_real_model(effnet, eff_default):
 def test_sensitivity_ranks_a_planted_layer_first_fast(effnet, eff_default, tmp_path):
     """A real depthwise layer's input range widened 50× (a careless hand-set range) comes out first,
     and measured end to end, keeping it in float recovers the most."""
-    from qdq.sensitivity import sensitivity
+    from qdq.measure.sensitivity import sensitivity
 
     planted = "/blocks/blocks.4/layers/layers.1/conv/Conv"
     r = eff_default

@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
-from qdq.calibrate import calibrate
-from qdq.data import Dataset, Preprocess, model_inputs
-from qdq.graph import GraphIndex
-from qdq.pipeline import prepare
-from qdq.placement import place
-from qdq.ranges import METHODS, compute_range
+from qdq.calib.calibrate import calibrate
+from qdq.calib.data import Dataset, Preprocess, model_inputs
+from qdq.graph.index import GraphIndex
+from qdq.targets import prepare
+from qdq.graph.placement import place
+from qdq.calib.ranges import METHODS, compute_range
 
 from clitools import one_line_error, run_qdq
 

@@ -10,10 +10,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from qdq.calibrate import run_session, session_for
-from qdq.comparison import activations_only, compare, weights_only
-from qdq.data import Dataset, model_inputs
-from qdq.html_report import render
+from qdq.calib.session import run_session, session_for
+from qdq.graph.precision import runnable
+from qdq.graph.bypass import activations_only, weights_only
+from qdq.measure.comparison import compare
+from qdq.calib.data import Dataset, model_inputs
+from qdq.report.html import render
 from qdq.pipeline import quantize
 
 
@@ -30,7 +32,7 @@ def det_q(ppocr_det):
 
 def _plant(model, ratio=20.0):
     """Hand-set range: the tensor with the largest amax gets amax/ratio (like ±5 on values reaching 100)."""
-    from qdq.inspection import qdq_sites
+    from qdq.graph.qdq_file import qdq_sites
 
     site = max(qdq_sites(model), key=lambda s: s.amax)
     m = onnx.ModelProto()
@@ -44,7 +46,7 @@ def _plant(model, ratio=20.0):
 def test_output_metrics_match_numpy(effnet, eff_q):
     res = compare(effnet.model, eff_q, effnet.val, preprocess=effnet.preprocess, budget=False, quiet=True)
     fm = onnx.load(str(effnet.model))
-    fs, qs = session_for(fm), session_for(eff_q)
+    fs, qs = session_for(runnable(fm)), session_for(runnable(eff_q))
     refs, qs_out = [], []
     for src, feed in Dataset(effnet.val, model_inputs(fm), effnet.preprocess):
         refs.append(run_session(fs, feed, src)["logits"])

@@ -3,15 +3,16 @@ import numpy as np
 import onnx
 import pytest
 
-from qdq.calibrate import run_session, session_for
-from qdq.data import Dataset, model_inputs
-from qdq.metrics import sqnr_db
+from qdq.calib.session import run_session, session_for
+from qdq.graph.precision import runnable
+from qdq.calib.data import Dataset, model_inputs
+from qdq.measure.metrics import sqnr_db
 from qdq.pipeline import quantize
 from tools.compare_ort import ort_quantize
 
 
 def _logits(model, ds):
-    sess = session_for(model)
+    sess = session_for(runnable(model))
     return np.concatenate([run_session(sess, feed, src)["logits"] for src, feed in
                            Dataset(ds.val, model_inputs(model), ds.preprocess)])
 

@@ -8,9 +8,10 @@ import pytest
 from onnx import numpy_helper
 
 from clitools import one_line_error, run_qdq
-from qdq.engine_layers import EngineLogError, built_view, from_inspector, parse_log
+from qdq.trt.backend import built_view
+from qdq.trt.layers import EngineLogError, from_inspector, parse_log
 from qdq.pipeline import quantize
-from qdq.tensorrt_backend import check_model
+from qdq.trt.backend import check_model
 
 PLANTED = "/blocks/blocks.5/layers/layers.2/conv/Conv"
 
@@ -80,9 +81,9 @@ def test_engine_size_is_explained_and_depthwise_padding_can_be_removed(effnet, e
 
 
 def test_trt_build_reports_engine_bytes(prepared, tmp_path):
-    from qdq.data import Dataset, model_inputs
+    from qdq.calib.data import Dataset, model_inputs
     from qdq.modelio import load_model, save_model
-    from qdq.tensorrt_backend import build_engines
+    from qdq.trt.backend import build_engines
 
     ds = prepared("effnet")
     q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=8, quiet=True, mixed_precision=False)

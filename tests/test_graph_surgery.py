@@ -10,14 +10,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from clitools import run_qdq
-from qdq.calibrate import run_session, session_for
-from qdq.comparison import compare
+from qdq.calib.session import run_session, session_for
+from qdq.graph.precision import runnable
+from qdq.measure.comparison import compare
 from qdq.errors import QdqError
-from qdq.inspection import inspect_model
-from qdq.metrics import sqnr_db
+from qdq.report.inspection import inspect_model
+from qdq.measure.metrics import sqnr_db
 from qdq.pipeline import quantize
-from qdq.surgery import verify
-from qdq.tensorrt_backend import check_model
+from qdq.graph.surgery import verify
+from qdq.trt.backend import check_model
 
 RNG = np.random.default_rng(0)
 
@@ -47,7 +48,7 @@ def _data(tmp_path, name, shape, n=8, scale=1.0, dtype=np.float32):
 
 
 def _run(model, feed):
-    sess = session_for(model)
+    sess = session_for(runnable(model))
     return run_session(sess, feed, "test")
 
 
@@ -98,8 +99,8 @@ def test_batchnorm_on_rank2_tensor_keeps_its_shape(tmp_path):
 def test_fp16_source_model_gives_valid_trt10_and_trt8_files(effnet, tmp_path):
     """An FP16 model: Q/DQ before opset 19 take FP32 scales, so it is quantized in FP32 inside and
     keeps its FP16 inputs and outputs (before: FP16 input with an FP32 scale, an invalid file)."""
-    from qdq.pipeline import prepare
-    from qdq.precision import cast_float
+    from qdq.targets import prepare
+    from qdq.graph.precision import cast_float
 
     f32 = prepare(str(effnet.model))
     half = cast_float(f32, np.float16, io_types={"input": np.float16, "logits": np.float16})
@@ -203,7 +204,7 @@ def _fragile():
 
 
 def test_fp16_remainder_keeps_fp32_where_fp16_costs(tmp_path):
-    from qdq.precision import cast_float
+    from qdq.graph.precision import cast_float
 
     m = _fragile()
     data = _data(tmp_path, "d", (16, 16, 16))

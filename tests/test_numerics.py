@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qdq.ranges import _entropy_amax, compute_range, fake_quant
-from qdq.stats import FINE_BINS, TensorStats
+from qdq.calib.ranges import QMAX, _entropy_amax, compute_range, fake_quant
+from qdq.calib.stats import FINE_BINS, TensorStats
 
 
 def _stats(chunks):
@@ -64,7 +64,7 @@ def _pq_amax(x, method, percentile=99.99):
         cdf = np.cumsum(hist / hist.sum())
         return edges[np.searchsorted(cdf, percentile / 100)]
     centres = (edges[1:] + edges[:-1]) / 2
-    mses = [np.mean((fake_quant(centres, centres[i]) - centres) ** 2 * hist) for i in range(128, len(centres))]
+    mses = [np.mean((fake_quant(centres, centres[i] / QMAX) - centres) ** 2 * hist) for i in range(128, len(centres))]
     return centres[128 + int(np.argmin(mses))]
 
 
@@ -165,14 +165,14 @@ def test_percentile_max_and_mse_against_brute_force():
     assert np.mean(np.abs(x) < r.amax) < 0.99
     assert r.clipped == pytest.approx(np.mean(np.abs(x) >= r.amax), abs=2e-4)
     mse = compute_range(s, "mse").amax
-    errs = {c: np.mean((fake_quant(x, c) - x) ** 2) for c in (mse * 0.8, mse, mse * 1.25)}
+    errs = {c: np.mean((fake_quant(x, c / QMAX) - x) ** 2) for c in (mse * 0.8, mse, mse * 1.25)}
     assert errs[mse] <= min(errs.values()) * 1.01
 
 
 def test_fake_quant_rounds_half_to_even_and_saturates():
     amax = 127.0  # scale 1
     x = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 200.0, -200.0])
-    assert fake_quant(x, amax).tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, 127.0, -128.0]
+    assert fake_quant(x, amax / QMAX).tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, 127.0, -128.0]
 
 
 def test_entropy_of_values_far_from_zero_keeps_them():

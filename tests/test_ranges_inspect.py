@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from qdq.errors import QdqError
-from qdq.inspection import inspect_model, model_ranges, qdq_sites
+from qdq.graph.qdq_file import model_ranges, qdq_sites
+from qdq.report.inspection import inspect_model
 from qdq.pipeline import quantize
-from qdq.range_files import read_ranges, trt_cache_text
+from qdq.calib.range_files import read_ranges, trt_cache_text
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +119,8 @@ def test_onnxruntime_calibration_files_as_it_writes_them(tmp_path):
 def test_complete_trt_cache_covers_every_layer_and_round_trips(effnet, eff_direct, tmp_path):
     """Implicit INT8 needs a range for every tensor an INT8 layer reads or writes; the Q/DQ ranges
     survive the round trip bit for bit and the header names the calibrator for the method."""
-    from qdq.graph import GraphIndex
-    from qdq.placement import WEIGHTED
+    from qdq.graph.index import GraphIndex
+    from qdq.graph.placement import WEIGHTED
 
     q = tmp_path / "direct.onnx"
     onnx.save(eff_direct.model, q)

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from qdq.pipeline import quantize
-from qdq.tensorrt_backend import check_model
+from qdq.trt.backend import check_model
 
 CASES = [("effnet", "trt10"), ("effnet", "trt11"), ("ppocr_det", "trt10"), ("ppocr_det", "trt8"),
          ("ppocr_det", "trt11"), ("ppocr_rec", "trt10"), ("ddddocr_det", "trt10"), ("minilm", "trt10")]
@@ -82,7 +82,7 @@ def test_tensorrt_rejects_nonzero_zero_point_and_zero_scale(models):
 # ---- qdq check / qdq trt (issue: TensorRT backend) ----
 
 from clitools import run_qdq  # noqa: E402
-from qdq.tensorrt_backend import build_engines, load_backend  # noqa: E402
+from qdq.trt.backend import build_engines, load_backend  # noqa: E402
 
 
 def _gpu() -> str | None:
@@ -137,7 +137,7 @@ def test_check_passes_real_and_names_node_of_planted_invalid(models, tmp_path):
 
 def _effnet_engines(prepared, tmp_path, samples):
     """EfficientNet-Lite0 quantized on 16 images, its engines built for ``samples`` held-out images."""
-    from qdq.data import Dataset, model_inputs
+    from qdq.calib.data import Dataset, model_inputs
 
     ds = prepared("effnet")
     q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=16, quiet=True)
@@ -159,12 +159,13 @@ def test_trt_build_serializes_both_engines_on_cpu(prepared, tmp_path):
 
 @pytest.mark.skipif(_gpu() is not None, reason=f"engine runs need a GPU: {_gpu()}")
 def test_engines_match_onnxruntime(prepared, tmp_path):  # pragma: no cover - runs only where a GPU exists
-    from qdq.calibrate import run_session, session_for
-    from qdq.metrics import sqnr_db
-    from qdq.tensorrt_backend import EngineRunner
+    from qdq.calib.session import run_session, session_for
+    from qdq.graph.precision import runnable
+    from qdq.measure.metrics import sqnr_db
+    from qdq.trt.runner import EngineRunner
 
     q, data, eng = _effnet_engines(prepared, tmp_path, 4)
-    runner, sess = EngineRunner(eng.int8.read_bytes()), session_for(q.model)
+    runner, sess = EngineRunner(eng.int8.read_bytes()), session_for(runnable(q.model))
     for src, feed in data:
         assert sqnr_db(run_session(sess, feed, src)["logits"], runner(feed)["logits"]) > 20
 

@@ -4,7 +4,7 @@ TensorRT-RTX's real parser and builder."""
 import pytest
 
 from qdq.pipeline import quantize
-from qdq.tensorrt_backend import Backend, build_engines, check_model
+from qdq.trt.backend import Backend, build_engines, check_model
 from trt_standins import make
 
 VERSIONS = [("8.5.2", "trt8"), ("8.6.1", "trt8"), ("10.3.0", "trt10"), ("11.0.0", "trt11")]
@@ -69,7 +69,7 @@ def test_standins_enforce_what_qdq_used_to_get_wrong(det):
 def test_trt_build_per_api(prepared, tmp_path, version):
     """Weakly typed: FP16 engine from the FP32 file with the FP16 flag.  Strongly typed: the FP16
     casts are written next to the engines and built as typed."""
-    from qdq.data import Dataset, model_inputs
+    from qdq.calib.data import Dataset, model_inputs
     from qdq.modelio import load_model, save_model
 
     ds = prepared("effnet")

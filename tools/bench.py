@@ -34,7 +34,7 @@ def _child(tool: str, method: str, model: str, n: int, out: str) -> None:
     """Runs in a fresh process: one quantization (or plain inference), prints its wall time."""
     import onnx
 
-    from qdq.data import Dataset, model_inputs
+    from qdq.calib.data import Dataset, model_inputs
     from tools.datasets import prepared
 
     ds = prepared(model)
@@ -61,7 +61,7 @@ def _child(tool: str, method: str, model: str, n: int, out: str) -> None:
         mo_quantize(str(ds.model), quantize_mode="int8", calibration_data=data, calibration_method=method,
                     output_path=out)
     elif tool == "infer":
-        from qdq.calibrate import run_session, session_for
+        from qdq.calib.session import run_session, session_for
 
         sess = session_for(fm)
         for src, feed in Dataset(ds.calib, model_inputs(fm), ds.preprocess, limit=n):
@@ -99,8 +99,8 @@ def run_isolated(tool: str, method: str, model: str, n: int, out: str) -> dict:
 def quality(model: str, path: str, budget: bool = False) -> dict:
     import onnx
 
-    from qdq.inspection import inspect_model
-    from qdq.tensorrt_backend import check_model
+    from qdq.report.inspection import inspect_model
+    from qdq.trt.backend import check_model
     from tools.compare_ort import evaluate
     from tools.datasets import prepared
 
@@ -152,9 +152,9 @@ def accuracy(models, n: int, work: Path) -> list:
 def sensitivity_speed(model: str = "effnet", samples: int = 16) -> dict:
     """Seconds for the per-layer sensitivity of ``model`` on ``samples`` held-out images: the
     output-referred analysis (one pass) vs measuring every layer end to end (two runs per layer)."""
-    from qdq.data import Dataset, first_feeds, model_inputs
+    from qdq.calib.data import Dataset, first_feeds, model_inputs
     from qdq.pipeline import quantize
-    from qdq.sensitivity import end_to_end, sensitivity
+    from qdq.measure.sensitivity import end_to_end, sensitivity
     from tools.datasets import prepared
 
     ds = prepared(model)

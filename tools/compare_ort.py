@@ -19,8 +19,8 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qdq.comparison import compare  # noqa: E402
-from qdq.data import Dataset, model_inputs  # noqa: E402
+from qdq.measure.comparison import compare  # noqa: E402
+from qdq.calib.data import Dataset, model_inputs  # noqa: E402
 from qdq.pipeline import quantize  # noqa: E402
 from tools.datasets import prepared  # noqa: E402
 

@@ -23,9 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qdq import samples, zoo  # noqa: E402
-from qdq.data import Preprocess  # noqa: E402
-from qdq.demo import DET_PREPROCESS, build_text_sets  # noqa: E402
+from qdq.demo import zoo  # noqa: E402
+from tools import photos as samples  # noqa: E402
+from qdq.calib.data import Preprocess  # noqa: E402
+from qdq.demo.run import DET_PREPROCESS, build_text_sets  # noqa: E402
 
 EFFNET_PRE = Preprocess(size=(224, 224), mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)
 REC_PRE = Preprocess(size=(48, 320), mean=(0.5,) * 3, std=(0.5,) * 3, scale=1 / 255, color="BGR")

@@ -1,0 +1,357 @@
+"""Data loading: calibration/validation samples from .npz/.npy files or image folders.
+
+Every sample is a dict ``input name -> np.ndarray`` with a leading batch axis of size 1, checked
+against the model's inputs (names, rank, static dims, dtype, finiteness) before it is used.
+Files are read lazily, one at a time, so memory does not grow with the number of samples.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from ..errors import QdqError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+DEFAULT_DYNAMIC_SIZE = 640
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A graph input: name, dims (int or None when dynamic), numpy dtype."""
+
+    name: str
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.kind == "f"
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
+        specs.append(InputSpec(i.name, dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    return specs
+
+
+@dataclass
+class Preprocess:
+    """How images become tensors: ``x = (pixel · scale − mean) / std`` per channel.
+
+    ``size`` (H, W) defaults to the model's static input dims (640 where dynamic); ``resize`` is
+    ``stretch`` or ``letterbox`` (keep aspect, pad with ``pad_value`` pixels); ``color`` RGB/BGR/GRAY;
+    ``layout`` NCHW/NHWC (default read from the input shape: a dim of 1 or 3 after the batch → NCHW).
+    """
+
+    size: tuple | None = None
+    resize: str = "stretch"
+    mean: tuple = (0.0, 0.0, 0.0)
+    std: tuple = (1.0, 1.0, 1.0)
+    scale: float = 1.0 / 255.0
+    color: str = "RGB"
+    layout: str | None = None
+    pad_value: int = 114
+
+    def resolved(self, spec: InputSpec) -> "Preprocess":
+        """Fill the defaults this input's shape implies."""
+        if len(spec.shape) != 4:
+            raise QdqError(f"input {spec.name!r} has rank {len(spec.shape)}; images need a rank-4 input "
+                           "(N,C,H,W or N,H,W,C); pass .npz/.npy data instead")
+        layout = self.layout or ("NHWC" if spec.shape[3] in (1, 3) and spec.shape[1] not in (1, 3) else "NCHW")
+        hw = spec.shape[2:4] if layout == "NCHW" else spec.shape[1:3]
+        ch = spec.shape[1] if layout == "NCHW" else spec.shape[3]
+        size = self.size or tuple(d if d else DEFAULT_DYNAMIC_SIZE for d in hw)
+        color = "GRAY" if ch == 1 else self.color
+        return Preprocess(size=tuple(size), resize=self.resize, mean=self.mean, std=self.std, scale=self.scale,
+                          color=color, layout=layout, pad_value=self.pad_value)
+
+    def apply(self, path: Path, spec: InputSpec) -> np.ndarray:
+        """The image at ``path`` as a (1, C, H, W) or (1, H, W, C) array of ``spec.dtype``."""
+        from PIL import Image
+
+        h, w = self.size
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    im.load()
+                    im = im.convert("L" if self.color == "GRAY" else "RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise QdqError(f"{path}: image too large to decode safely (decompression-bomb limit); "
+                           "downscale it first") from None
+        except Exception as e:
+            raise QdqError(f"{path}: cannot read image ({type(e).__name__}: {str(e)[:120]}); "
+                           "remove or replace the file") from None
+        if self.resize == "letterbox":
+            r = min(h / im.height, w / im.width)
+            nh, nw = max(1, round(im.height * r)), max(1, round(im.width * r))
+            canvas = Image.new(im.mode, (w, h), self.pad_value if im.mode == "L" else (self.pad_value,) * 3)
+            canvas.paste(im.resize((nw, nh), Image.BILINEAR), ((w - nw) // 2, (h - nh) // 2))
+            im = canvas
+        else:
+            im = im.resize((w, h), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.float32)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if self.color == "BGR":
+            a = a[:, :, ::-1]
+        c = a.shape[2]
+        mean = np.asarray(self.mean, np.float32)[:c]
+        std = np.asarray(self.std, np.float32)[:c]
+        a = (a * np.float32(self.scale) - mean) / std
+        if self.layout == "NCHW":
+            a = a.transpose(2, 0, 1)
+        return np.ascontiguousarray(a[None]).astype(spec.dtype)
+
+
+@dataclass
+class Dataset:
+    """Samples for a model, read lazily from ``path``.  Iterating yields ``(source, feed)``."""
+
+    path: Path
+    inputs: list
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    limit: int | None = None
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        if not self.path.exists():
+            raise QdqError(f"{self.path}: no such file or folder")
+        self.kind, self.files = self._discover()
+        if not self.inputs:
+            raise QdqError(f"{self.path}: the model has no inputs to feed")
+
+    def _discover(self):
+        p = self.path
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+            npz = [f for f in files if f.suffix == ".npz"]
+            images = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+            if npz:
+                return "npz", npz
+            if images:
+                return "images", images
+            raise QdqError(f"{p}: folder holds no .npz files or images ({', '.join(IMAGE_EXTS)})")
+        if p.suffix == ".npz":
+            return "npz", [p]
+        if p.suffix == ".npy":
+            if len(self.inputs) != 1:
+                names = ", ".join(i.name for i in self.inputs)
+                raise QdqError(f"{p}: a .npy feeds a single-input model; this one has inputs {names}: use .npz")
+            return "npy", [p]
+        if p.suffix.lower() in IMAGE_EXTS:
+            return "images", [p]
+        raise QdqError(f"{p}: unsupported data file; use a folder of .npz files or images, a .npz or a .npy")
+
+    def __iter__(self) -> Iterator[tuple[str, dict]]:
+        n = 0
+        for source, feed in self._samples():
+            if self.limit is not None and n >= self.limit:
+                return
+            n += 1
+            yield source, feed
+        if n == 0:
+            raise QdqError(f"{self.path}: contains no samples")
+
+    def count(self) -> int | None:
+        """Number of samples when cheap to know (images, one sample per file), else None."""
+        if self.kind == "images":
+            n = len(self.files)
+            return min(n, self.limit) if self.limit is not None else n
+        return None
+
+    def _samples(self):
+        if self.kind == "images":
+            spec = self.inputs[0]
+            if len(self.inputs) != 1:
+                raise QdqError(f"{self.path}: images feed a single-input model; this one has "
+                               f"{len(self.inputs)} inputs: use .npz")
+            if not spec.is_float:
+                raise QdqError(f"{self.path}: input {spec.name!r} is {spec.dtype}, not an image tensor; use .npz")
+            pre = self.preprocess.resolved(spec)
+            for f in self.files:
+                x = pre.apply(f, spec)
+                yield str(f), {spec.name: self._check(str(f), spec, x)}
+            return
+        for f in self.files:
+            arrays = self._read(f)
+            sizes = {len(v) for v in arrays.values()}
+            if len(sizes) != 1:
+                raise QdqError(f"{f}: arrays have different sample counts {sorted(sizes)} along axis 0")
+            for i in range(sizes.pop()):
+                src = f"{f}[{i}]"
+                yield src, {k: self._check(src, self._spec(k), v[i:i + 1]) for k, v in arrays.items()}
+
+    def _spec(self, name: str) -> InputSpec:
+        return next(s for s in self.inputs if s.name == name)
+
+    def _read(self, f: Path) -> dict:
+        try:
+            if f.suffix == ".npy":
+                arrays = {self.inputs[0].name: np.load(f, allow_pickle=False)}
+            else:
+                with np.load(f, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in z.files}
+        except ValueError as e:
+            if "pickle" in str(e):
+                raise QdqError(f"{f}: holds object arrays (pickled Python objects); refusing to load "
+                               "them: save plain numeric arrays") from None
+            raise QdqError(f"{f}: cannot read ({str(e)[:120]})") from None
+        except Exception as e:
+            raise QdqError(f"{f}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
+        expected = [s.name for s in self.inputs]
+        unknown = sorted(set(arrays) - set(expected))
+        missing = [n for n in expected if n not in arrays]
+        if unknown or missing:
+            raise QdqError(f"{f}: arrays {sorted(arrays)} do not match the model inputs {expected}"
+                           + (f" (missing {missing})" if missing else "") + (f" (unknown {unknown})" if unknown else ""))
+        out = {}
+        for k, v in arrays.items():
+            spec = self._spec(k)
+            if v.ndim == len(spec.shape) - 1:
+                v = v[None]  # one sample without its batch axis
+            if v.ndim != len(spec.shape):
+                raise QdqError(f"{f}: tensor {k!r} has shape {v.shape}; the model expects rank "
+                               f"{len(spec.shape)} {_fmt_shape(spec.shape)}")
+            out[k] = v
+        return out
+
+    @staticmethod
+    def _check(src: str, spec: InputSpec, x: np.ndarray) -> np.ndarray:
+        if x.dtype.kind not in "fiub":
+            raise QdqError(f"{src}: tensor {spec.name!r} has dtype {x.dtype}; expected {spec.dtype}")
+        if spec.is_float != (x.dtype.kind == "f"):
+            raise QdqError(f"{src}: tensor {spec.name!r} has dtype {x.dtype}; the model expects {spec.dtype}")
+        for i, (d, want) in enumerate(zip(x.shape[1:], spec.shape[1:]), start=1):
+            if want is not None and d != want:
+                raise QdqError(f"{src}: tensor {spec.name!r} has shape {x.shape}; the model expects "
+                               f"{_fmt_shape(spec.shape)} (dim {i} must be {want})")
+        x = x.astype(spec.dtype, copy=False)
+        if spec.is_float and not np.isfinite(x).all():
+            raise QdqError(f"{src}: tensor {spec.name!r} contains NaN or Inf; clean the data")
+        return x
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+class HoldOut:
+    """Iterates ``dataset`` for calibration while setting every ``every``-th sample aside (at most
+    ``cap`` of them: ``held``) and copying the first ``keep`` samples it yields (``kept``, for the
+    analysis pass).  The split depends only on sample order, not on batch size."""
+
+    def __init__(self, dataset, every: int = 5, cap: int = 16, keep: int = 6):
+        self.dataset, self.every, self.cap, self.keep = dataset, every, cap, keep
+        self.inputs, self.path = dataset.inputs, dataset.path
+        self.held, self.kept = [], []
+
+    def count(self) -> int | None:
+        n = self.dataset.count()
+        return None if n is None else n - min(n // self.every, self.cap)
+
+    def __iter__(self):
+        self.held, self.kept = [], []
+        for i, (source, feed) in enumerate(self.dataset):
+            if (i + 1) % self.every == 0 and len(self.held) < self.cap:
+                self.held.append(feed)
+                continue
+            if len(self.kept) < self.keep:
+                self.kept.append(feed)
+            yield source, feed
+
+
+class Feeds:
+    """A list of feeds as a dataset (``inputs``, ``count()``, iteration), e.g. held-back samples."""
+
+    def __init__(self, inputs, feeds: list, path="samples"):
+        self.inputs, self.feeds, self.path = inputs, feeds, Path(str(path))
+
+    def count(self) -> int:
+        return len(self.feeds)
+
+    def __iter__(self):
+        for k, feed in enumerate(self.feeds):
+            yield f"{self.path}[{k}]", feed
+
+
+def first_feeds(dataset, n: int) -> list[dict]:
+    """The first ``n`` samples of ``dataset`` as feeds (input name -> array)."""
+    out = []
+    for _, feed in dataset:
+        out.append(feed)
+        if len(out) >= n:
+            break
+    return out
+
+
+def batches(dataset, batch_size: int):
+    """Group consecutive samples of equal shapes into batches of up to ``batch_size`` along axis 0.
+
+    Yields ``(sources, feed)``.  Statistics do not depend on how samples are batched.
+    """
+    pending, sources = [], []
+
+    def flush():
+        feed = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        return list(sources), feed
+
+    for src, feed in dataset:
+        if pending and any(feed[k].shape[1:] != pending[0][k].shape[1:] for k in feed):
+            yield flush()
+            pending.clear()
+            sources.clear()
+        pending.append(feed)
+        sources.append(src)
+        if len(pending) >= batch_size:
+            yield flush()
+            pending.clear()
+            sources.clear()
+    if pending:
+        yield flush()
+
+
+def prefetch(iterable, depth: int = 2):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so decoding the next
+    samples overlaps the current inference (PIL and ONNX Runtime release the GIL).  Errors raised
+    while producing an item are raised here, in order."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                q.put((item, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((None, e))
+            return
+        q.put((done, None))
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()

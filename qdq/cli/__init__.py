@@ -1,0 +1,4 @@
+"""Command line: ``qdq`` (see :mod:`qdq.cli.main`)."""
+from .main import build_parser, main
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,222 @@
+"""Graph surgery through onnx-graphsurgeon, and the checks every pass ends with.
+
+Every pass that edits a graph follows one path: :func:`import_graph` (types and shapes inferred
+first, so passes can decide by dtype) → edit ``gs.Node`` / ``gs.Variable`` / ``gs.Constant``
+objects → :func:`export_graph`, which runs ``cleanup().toposort()``, exports, restores the model's
+own fields (IR version, metadata, producer) and verifies the result with
+``onnx.checker.check_model(full_check=True)`` (which includes strict shape and type inference).
+A pass that produces an invalid model raises an internal :class:`QdqError` naming the pass and the
+node; nothing is written.
+
+Passes here prepare a float model for quantization without changing what it computes:
+:func:`constants_to_initializers`, :func:`name_nodes`, :func:`fold_batchnorm`.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import QdqError
+from ..modelio import PROTOBUF_LIMIT, unique_names
+from .index import GraphIndex, infer_types
+
+# Smallest normal float16.  Smaller FP16 scales are subnormal or round to 0: TensorRT rejects 0, and
+# ONNX Runtime's FP16 kernels turned subnormal weight scales into Inf outputs on EfficientNet-Lite0.
+FP16_MIN_SCALE = 2.0 ** -14
+
+
+def gs():
+    """onnx-graphsurgeon, imported on first use, its own logging kept off the user's terminal
+    (failures reach us as exceptions)."""
+    import onnx_graphsurgeon
+    from onnx_graphsurgeon.logger import G_LOGGER as log
+
+    log.colors, log.severity = False, log.CRITICAL + 10
+    return onnx_graphsurgeon
+
+
+def import_graph(source):
+    """A gs.Graph of ``source`` (a ModelProto, or a :class:`qdq.graph.index.GraphIndex` whose typed
+    model is reused: candidates rebuilt from one float model infer its types once) whose tensors carry
+    inferred dtypes and shapes.  ``graph.nodes[i]`` is ``model.graph.node[i]``: node ids of a
+    GraphIndex hold in the graph."""
+    typed = source.typed if isinstance(source, GraphIndex) else infer_types(source)
+    graph = gs().import_onnx(typed)
+    if len(graph.nodes) != len(typed.graph.node):
+        raise QdqError("internal error: onnx-graphsurgeon changed the node count on import; please report it")
+    return graph
+
+
+def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool = True) -> onnx.ModelProto:
+    """Clean up, sort, export and verify ``graph``; model-level fields come from ``template``.
+    ``check=False`` only for throw-away candidates that are evaluated, never written."""
+    graph.cleanup().toposort()
+    io = {t.name for t in graph.inputs + graph.outputs}
+    for t in graph.tensors().values():   # a dtype without a shape would export as an invalid value_info
+        if isinstance(t, gs().Variable) and t.shape is None and t.name not in io:
+            t.dtype = None
+    try:
+        model = gs().export_onnx(graph, do_type_check=False)
+    except Exception as e:
+        raise QdqError(f"internal error in pass {pass_name!r}: cannot export the graph ({_first_line(e)}); "
+                       "please report it with the model") from None
+    model.ir_version = max(template.ir_version, _min_ir_version(model))
+    model.producer_name, model.producer_version = template.producer_name, template.producer_version
+    model.domain, model.model_version, model.doc_string = template.domain, template.model_version, template.doc_string
+    del model.metadata_props[:]
+    model.metadata_props.extend(template.metadata_props)
+    known = {o.domain for o in model.opset_import}
+    model.opset_import.extend(o for o in template.opset_import if o.domain not in known)
+    if check:
+        verify(model, pass_name)
+    return model
+
+
+def _min_ir_version(model: onnx.ModelProto) -> int:
+    try:
+        return onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    except Exception:
+        return model.ir_version
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def verify(model: onnx.ModelProto, pass_name: str) -> None:
+    """``onnx.checker.check_model(full_check=True)`` (structure, then strict type and shape
+    inference); a failure is an internal error naming the pass and, where ONNX says, the node."""
+    try:
+        if model.ByteSize() <= PROTOBUF_LIMIT:
+            onnx.checker.check_model(model, full_check=True)
+        else:  # too large to serialise: check through a file with external data
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / "model.onnx"
+                onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
+                onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        msg = _first_line(e)
+        node = re.search(r"node \(([^)]*)\)|Node \(([^)]*)\)|node '([^']*)'|name: \"?([^\"\s]+)", str(e))
+        where = f" at node {next(g for g in node.groups() if g)!r}" if node else ""
+        raise QdqError(f"internal error in pass {pass_name!r}{where}: the result fails onnx's full check "
+                       f"({msg}); nothing was written, please report it with the model") from None
+
+
+def default_domain(node) -> bool:
+    """True for a gs node of the default ONNX domain (gs reports it as None or "")."""
+    return (node.domain or "") in ("", "ai.onnx")
+
+
+def taken_names(graph) -> set:
+    """Every tensor and node name in ``graph`` (to draw fresh names from)."""
+    return set(graph.tensors()) | {n.name for n in graph.nodes} | {t.name for t in graph.inputs + graph.outputs}
+
+
+def constants_to_initializers(graph) -> int:
+    """Turn ``Constant`` nodes (PP-OCR and PicoDet exports keep their weights there) into
+    initializers of the same name, so every later pass sees one kind of constant.  Returns how
+    many were converted."""
+    from onnx import numpy_helper
+
+    done = 0
+    for node in graph.nodes:
+        if node.op != "Constant" or not default_domain(node) or len(node.outputs) != 1:
+            continue
+        value = node.attrs.get("value")
+        if value is None or node.outputs[0] in graph.outputs:
+            continue
+        array = value.values if hasattr(value, "values") else numpy_helper.to_array(value)
+        out = node.outputs[0]
+        node.outputs.clear()
+        out.to_constant(np.asarray(array))
+        done += 1
+    return done
+
+
+def name_nodes(graph) -> int:
+    """Name every node by :func:`qdq.modelio.unique_names` (the one scheme qdq uses), so every Q/DQ,
+    report line and Netron label points at one node.  Returns how many repeated names changed."""
+    names = unique_names([(n.name, n.op) for n in graph.nodes])
+    renamed = sum(1 for n, new in zip(graph.nodes, names) if n.name and n.name != new)
+    for n, new in zip(graph.nodes, names):
+        n.name = new
+    return renamed
+
+
+def fold_batchnorm(graph, fp16_scales: bool = False) -> int:
+    """Fold inference BatchNormalization into the Conv / ConvTranspose that feeds it alone:
+    with a, b from :func:`batchnorm_affine`, W'[o] = W[o]·a[o] and bias' = bias·a + b.
+    Per-output-channel INT8 weights are invariant to this per-channel scaling, so the INT8 numerics
+    are unchanged and TensorRT (which folds BN itself) runs the same layer.  With ``fp16_scales`` a BN
+    is left in place when folding would push a channel's weight scale (amax/127) below FP16's smallest
+    normal.  Returns the number of BatchNormalization nodes folded."""
+    g = gs()
+    folded = 0
+    for bn in [n for n in graph.nodes if n.op == "BatchNormalization" and default_domain(n)]:
+        if len(bn.outputs) != 1 or any(not isinstance(t, g.Constant) for t in bn.inputs[1:5]):
+            continue
+        x = bn.inputs[0]
+        if len(x.inputs) != 1 or len(x.outputs) != 1 or x in graph.outputs:
+            continue
+        conv = x.inputs[0]
+        if conv.op not in ("Conv", "ConvTranspose") or len(conv.inputs) < 2 or not isinstance(conv.inputs[1], g.Constant):
+            continue
+        bias = conv.inputs[2] if len(conv.inputs) > 2 and not conv.inputs[2].is_empty() else None
+        if bias is not None and not isinstance(bias, g.Constant):
+            continue
+        a, b = batchnorm_affine(bn)
+        w = np.asarray(conv.inputs[1].values, np.float64)
+        scale = _out_channel_multiplier(conv, w.shape, a)
+        if scale is None:
+            continue
+        folded_w = w * scale
+        if fp16_scales:
+            amax = np.abs(np.moveaxis(folded_w, _out_axis(conv), 0)).reshape(folded_w.shape[_out_axis(conv)], -1).max(1)
+            if np.any((amax > 0) & (amax / 127 < FP16_MIN_SCALE)):
+                continue
+        b0 = np.zeros(a.shape) if bias is None else np.asarray(bias.values, np.float64)
+        # a weight shared with another layer keeps its values there; this layer gets its own copy
+        wname = conv.inputs[1].name if len(conv.inputs[1].outputs) == 1 else f"{conv.inputs[1].name}_{bn.name}"
+        conv.inputs[1] = g.Constant(wname, folded_w.astype(conv.inputs[1].values.dtype))
+        new_bias = g.Constant(f"{bn.name}_folded_bias", (b0 * a + b).astype(np.float32))
+        if len(conv.inputs) > 2:
+            conv.inputs[2] = new_bias
+        else:
+            conv.inputs.append(new_bias)
+        out = bn.outputs[0]
+        bn.outputs.clear()
+        conv.outputs[0] = out
+        folded += 1
+    return folded
+
+
+def batchnorm_affine(bn) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BatchNormalization (constant γ, β, mean, var) as y = a·x + b per channel:
+    a = γ/√(var+ε), b = β − mean·a, in float64."""
+    gamma, beta, mean, var = (np.asarray(t.values, np.float64) for t in bn.inputs[1:5])
+    a = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+    return a, beta - mean * a
+
+
+def _out_axis(conv) -> int:
+    return 0 if conv.op == "Conv" else 1
+
+
+def _out_channel_multiplier(conv, shape, a: np.ndarray):
+    """Array broadcastable to a weight of ``shape`` that scales output channel o by a[o]; None when
+    the channel count does not match."""
+    if conv.op == "Conv":
+        if shape[0] != a.size:
+            return None
+        return a.reshape((-1,) + (1,) * (len(shape) - 1))
+    group = int(conv.attrs.get("group", 1))
+    cin, per_group = shape[0], shape[1]      # ConvTranspose weight: (Cin, Cout/group, k...)
+    if per_group * group != a.size or cin % group:
+        return None
+    rows = np.stack([a[(ci // (cin // group)) * per_group:(ci // (cin // group) + 1) * per_group] for ci in range(cin)])
+    return rows.reshape(rows.shape + (1,) * (len(shape) - 2))

@@ -1,0 +1,165 @@
+"""Which nodes of a float model stay FP32 when the rest runs in FP16 (the idea of NVIDIA's AutoCast,
+decided from data here):
+
+1. *range*: a tensor whose calibrated |x| exceeds half the FP16 maximum keeps its producer and its
+   readers FP32; so does a node reading a constant beyond FP16 (other than "no bound" Clip limits);
+2. *measured*: every node is also run with FP16 storage (FP16-rounded copies of its FP32 inputs, its
+   output rounded to FP16), on a few samples, in one ONNX Runtime session; a node whose output then lies below
+   :data:`qdq.graph.precision.NODE_FP16_MIN_DB` (SQNR against its FP32 output) stays FP32, and so do the
+   producers of its float inputs, so that it reads values never stored in FP16;
+3. *end to end*: the model cast with that set is run against FP32; while its output SQNR is below
+   ``floor_db``, the nodes with the next-largest FP16 error are added (a batch per round, doubling).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..calib.calibrate import calibrate
+from ..calib.data import first_feeds
+from ..calib.session import run_session, session_for
+from ..graph.index import GraphIndex
+from ..graph.precision import (BOUND_OPS, F16, FP16_MAX, FP16_OUTPUT_MIN_DB, FP16_SAFE_MAX, NO_BOUND, NODE_FP16_MIN_DB,
+                               cast_float, fp16_round_trip, opsets_of, resolve)
+from ..graph.surgery import gs, import_graph, taken_names
+from ..modelio import fresh_name
+from ..targets import prepare
+from .metrics import ErrorAccumulator, Evaluator
+
+_SKIP = ("QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Size", "Identity")
+
+
+@dataclass
+class Fp16Plan:
+    """Nodes kept FP32 (ids of the float model) with the reason per node, and what was measured."""
+
+    keep: dict = field(default_factory=dict)          # node id -> reason
+    node_db: dict = field(default_factory=dict)       # node id -> FP16 SQNR of its own output
+    output_db: float | None = None                   # FP16 model vs FP32, pooled over outputs
+
+    def names(self, idx: GraphIndex) -> dict:
+        return {idx.labels[i]: why for i, why in self.keep.items()}
+
+
+def range_rules(idx: GraphIndex, extrema: dict) -> dict:
+    """Rule 1: node id -> reason, from calibrated (min, max) per tensor and the constants."""
+    keep = {}
+    for t, (lo, hi) in extrema.items():
+        if max(abs(lo), abs(hi)) > FP16_SAFE_MAX:
+            why = f"tensor {t!r} reaches {max(abs(lo), abs(hi)):.4g}, beyond FP16's safe range"
+            if t in idx.producer:
+                keep.setdefault(idx.producer[t], why)
+            for pos, _ in idx.consumers.get(t, []):
+                keep.setdefault(pos, why)
+    for pos, node in enumerate(idx.nodes):
+        for t in node.input:
+            c = idx.constant(t)
+            if c is None or c.dtype.kind != "f" or c.size == 0:
+                continue
+            big = np.abs(c.astype(np.float64)) > FP16_MAX
+            if np.any(big) and not (node.op_type in BOUND_OPS and np.all(np.abs(c[big]) >= NO_BOUND)):
+                keep.setdefault(pos, f"constant {t!r} is beyond the FP16 range")
+    return keep
+
+
+def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None = None) -> dict:
+    """Rule 2's measurement: node id -> SQNR (dB) of the node's output computed with FP16 storage
+    (inputs rounded to FP16, output rounded to FP16, see :func:`qdq.graph.precision.emulate_fp16`) against
+    its FP32 output, both from the same FP32 input values, pooled over ``feeds``.  One ONNX Runtime
+    session runs the model with an emulated FP16 duplicate of every node that could run in FP16."""
+    idx = idx or GraphIndex.build(model)
+    g = gs()
+    graph = import_graph(idx)
+    taken = taken_names(graph)
+    nodes = list(graph.nodes)
+    opsets = opsets_of(model)
+    rounded, pairs = {}, []   # pairs: (node id, FP32 output name, emulated FP16 output name)
+
+    def round_trip(t, name):
+        back = g.Variable(fresh_name(f"{name}__h32", taken), dtype=np.float32, shape=t.shape)
+        graph.nodes.extend(fp16_round_trip(t, back, name, taken))
+        return back
+
+    def fp16_input(t):
+        if t.name not in rounded:
+            if isinstance(t, g.Constant):
+                v = np.clip(np.asarray(t.values, np.float64), -FP16_MAX, FP16_MAX)
+                rounded[t.name] = g.Constant(f"{t.name}__r", np.asarray(v.astype(np.float16), np.float32))
+            else:
+                rounded[t.name] = round_trip(t, t.name)
+        return rounded[t.name]
+
+    for pos, node in enumerate(nodes):
+        f = resolve(node, True, opsets) if node.op not in _SKIP else None
+        if f is None or F16 not in f.outputs:   # cannot run in FP16 at all: nothing to measure
+            continue
+        inputs = [fp16_input(t) if f.inputs[i] == F16 and idx.dtypes.get(t.name) == onnx.TensorProto.FLOAT else t
+                  for i, t in enumerate(node.inputs)]
+        outs = [g.Variable(f"{t.name}__dup{pos}", dtype=t.dtype, shape=t.shape) for t in node.outputs]
+        graph.nodes.append(g.Node(node.op, f"{node.name}__fp16", attrs=dict(node.attrs), inputs=inputs, outputs=outs,
+                                  domain=node.domain))
+        for k, (t, o) in enumerate(zip(node.outputs, outs)):
+            if f.outputs[k] == F16 and idx.dtypes.get(t.name) == onnx.TensorProto.FLOAT:
+                back = round_trip(o, o.name)
+                graph.outputs += [back] + ([] if t in graph.outputs else [t])
+                pairs.append((pos, t.name, back.name))
+    graph.toposort()
+    aug = g.export_onnx(graph, do_type_check=False)
+    aug.ir_version = model.ir_version
+    sess = session_for(aug)   # FP32 inside; its own roundings are explicit
+    acc = {pos: ErrorAccumulator() for pos, _, _ in pairs}
+    for k, feed in enumerate(feeds):
+        outs = run_session(sess, feed, f"sample {k}")
+        for pos, ref, dup in pairs:
+            acc[pos].add(outs[ref], outs[dup])
+    out = {}
+    for pos, a in acc.items():
+        out[pos] = min(out.get(pos, math.inf), a.sqnr_db)
+    return out
+
+
+def fp16_plan(model: onnx.ModelProto, extrema: dict, feeds: list, floor_db: float = FP16_OUTPUT_MIN_DB,
+              idx: GraphIndex | None = None, rounds: int = 4) -> Fp16Plan:
+    """The FP32 set for ``model`` (a float model) from ``extrema`` (tensor -> (min, max)) and a few
+    ``feeds`` (see module doc)."""
+    idx = idx or GraphIndex.build(model)
+    plan = Fp16Plan(keep=range_rules(idx, extrema))
+    if not feeds:
+        return plan
+    plan.node_db = node_fp16_errors(model, feeds, idx)
+    for pos, db in plan.node_db.items():
+        if db < NODE_FP16_MIN_DB:
+            plan.keep.setdefault(pos, f"FP16 output {db:.1f} dB from FP32 on calibration samples")
+            for t in idx.nodes[pos].input:
+                if t in idx.producer and idx.is_float(t):
+                    plan.keep.setdefault(idx.producer[t], f"feeds {idx.labels[pos]}, which needs FP32 inputs")
+    ev = Evaluator(model, feeds)
+    ranked = [pos for pos, db in sorted(plan.node_db.items(), key=lambda kv: kv[1]) if pos not in plan.keep]
+    batch = 4
+    for _ in range(rounds + 1):
+        plan.output_db = ev.sqnr(cast_float(model, np.float16, set(plan.keep), "FP16 cast"))
+        if plan.output_db >= floor_db or not ranked:
+            break
+        for pos in ranked[:batch]:
+            plan.keep[pos] = (f"FP16 output {plan.node_db[pos]:.1f} dB from FP32; kept to bring the model's "
+                              f"FP16 output above {floor_db:g} dB")
+        ranked, batch = ranked[batch:], batch * 2
+    return plan
+
+
+# samples on which the FP16 remainder's precision is measured
+FP16_SAMPLES = 4
+
+
+def fp16_model(model, dataset, quiet: bool = False) -> onnx.ModelProto:
+    """The FP16 model TensorRT runs for ``model``: the cast ``--target trt11`` applies (FP32 I/O;
+    nodes kept FP32 where ``dataset`` shows FP16 would overflow or cost precision), at opset 19."""
+    m = prepare(model, "trt11")
+    idx = GraphIndex.build(m)
+    floats = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants]
+    cal = calibrate(m, dataset, [], floats, quiet=quiet)
+    plan = fp16_plan(m, cal.extrema, first_feeds(dataset, FP16_SAMPLES), idx=idx)
+    return cast_float(m, np.float16, set(plan.keep))

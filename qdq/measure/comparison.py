@@ -1,0 +1,255 @@
+"""Explain the INT8 error: the quantized model against the float (FP32) or FP16 model, on the same
+inputs, per graph output and tensor by tensor.
+
+* Outputs: SQNR, cosine, max/mean |error|, bias (shift) and gain (scale), top-1/top-5 agreement when
+  an output looks like class scores (rank 2, ≥ 10 columns).
+* Layer by layer (``layerwise``): for every tensor that carries an activation Q/DQ, the *accumulated*
+  SQNR (quantized model's tensor vs the reference model's), the *local* SQNR (the reference tensor
+  fake-quantized with that Q/DQ's scale, nothing else quantized), the SQNR that Q/DQ alone leaves *at
+  its consumer's output* (after the bias and activation TensorRT fuses; :mod:`qdq.analysis`), the share
+  of values clipped and of the 256 INT8 levels used by the values reaching that Q in the quantized
+  model.  Tensors are ranked by the consumer-output figure: noise on a depthwise conv's input looks
+  small on the tensor and large where it lands.
+* Budget: output SQNR with only the weights quantized (activation Q/DQ bypassed), only the
+  activations (weights float, taken from the float model), and both.
+
+Tensors are matched by name: the quantized model must come from the float model by inserting Q/DQ
+(as ``qdq quantize`` and most PTQ tools do), so node and tensor names are shared.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from ..calib.data import Dataset, Preprocess, batches, first_feeds, model_inputs
+from ..calib.ranges import QMAX, Range, fake_quant
+from ..calib.session import run_session, session_for
+from ..calib.stats import TensorStats
+from ..errors import QdqError
+from ..graph.bypass import activations_only, weights_only
+from ..graph.index import GraphIndex
+from ..graph.placement import WEIGHTED, Placement
+from ..graph.precision import runnable
+from ..graph.qdq_file import QdqSite, qdq_sites
+from ..modelio import load_model
+from ..progress import progress
+from ..targets import prepared_for
+from .analysis import analyze
+from .autocast import fp16_model
+from .metrics import ErrorAccumulator, json_safe
+
+
+@dataclass
+class OutputReport:
+    name: str
+    metrics: dict
+    top1: float | None = None
+    top5: float | None = None
+    fp16_vs_fp32: dict | None = None
+
+
+@dataclass
+class LayerReport:
+    tensor: str
+    consumers: list
+    position: int
+    amax: float
+    scale: float
+    accumulated_sqnr_db: float
+    local_sqnr_db: float
+    clipped: float
+    levels_used: float
+    output_sqnr_db: float = math.inf   # what this Q/DQ alone leaves at its consumer's output (worst consumer)
+    hist: list = field(default_factory=list, repr=False)  # |x| counts of the reference tensor, 2048 bins over [0, max]
+    bin_width: float = 0.0
+
+
+@dataclass
+class CompareResult:
+    reference: str
+    samples: int
+    outputs: list
+    layers: list | None = None
+    threshold_db: float = 20.0
+    first_below: str | None = None
+    ranked: list = field(default_factory=list)      # tensors, most SQNR removed by their own Q/DQ first
+    budget: dict | None = None                     # {"weights_only": {output: dB}, ...}
+
+    def to_dict(self, histograms: bool = False) -> dict:
+        d = asdict(self)
+        if d["layers"] and not histograms:
+            for layer in d["layers"]:
+                layer.pop("hist", None)
+        return json_safe(d)
+
+
+class _LayerAcc:
+    def __init__(self, site: QdqSite):
+        self.site = site
+        self.acc = ErrorAccumulator()
+        self.local = ErrorAccumulator()
+        self.clipped = 0
+        self.count = 0
+        self.levels = np.zeros(256, dtype=bool)
+        self.stats = TensorStats(site.tensor)
+
+    def add(self, ref: np.ndarray, q: np.ndarray) -> None:
+        s = self.site.scale
+        ref64, q64 = ref.astype(np.float64), q.astype(np.float64)
+        self.acc.add(ref64, q64)
+        # local: this tensor's own Q/DQ on the reference values, nothing else quantized
+        self.local.add(ref64, fake_quant(ref64, s))
+        codes = np.rint(q64 / s)
+        self.clipped += int(((codes > QMAX) | (codes < -QMAX - 1)).sum())
+        self.count += codes.size
+        self.levels[np.clip(codes, -QMAX - 1, QMAX).astype(np.int64) + QMAX + 1] = True
+        self.stats.update(ref.astype(np.float32))
+
+    def report(self) -> LayerReport:
+        s = self.site
+        counts, width = self.stats.histogram()
+        return LayerReport(s.tensor, s.consumers, s.position, s.amax, s.scale, self.acc.sqnr_db, self.local.sqnr_db,
+                           self.clipped / max(self.count, 1), float(self.levels.mean()),
+                           hist=[round(c) for c in counts], bin_width=width)
+
+
+def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwise: bool = False,
+            threshold_db: float = 20.0, budget: bool = True, preprocess: Preprocess | None = None,
+            limit: int | None = None, batch_size: int = 1, quiet: bool = False) -> CompareResult:
+    """Run float/FP16 reference and quantized models on ``data`` and measure where they differ."""
+    if reference not in ("fp32", "fp16"):
+        raise QdqError(f"unknown reference {reference!r}; choose fp32 or fp16")
+    fmodel = float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model)
+    qmodel = quant_model if isinstance(quant_model, onnx.ModelProto) else load_model(quant_model)
+    f_out = [o.name for o in fmodel.graph.output]
+    if f_out != [o.name for o in qmodel.graph.output]:
+        raise QdqError(f"the models' outputs differ ({f_out} vs {[o.name for o in qmodel.graph.output]}); "
+                       "compare a model with its own Q/DQ version")
+    inputs = model_inputs(fmodel)
+    dataset = Dataset(data, inputs, preprocess or Preprocess(), limit=limit)
+    sites = _sites(fmodel, qmodel, inputs) if layerwise else []
+    runs = _sessions(fmodel, qmodel, dataset, reference, budget, [s.tensor for s in sites], quiet)
+    acc = _Accumulators(f_out, reference == "fp16", budget, sites)
+    with progress("comparing", dataset.count(), quiet) as advance:
+        for sources, feed in batches(dataset, batch_size):
+            res = {k: run_session(sess, feed, sources[0]) for k, sess in runs.items()}
+            acc.add(res, feed, len(sources))
+            advance(len(sources))
+    result = acc.result(reference, threshold_db)
+    if layerwise:
+        _layerwise(result, acc, fmodel, qmodel, sites, dataset, threshold_db)
+    return result
+
+
+def _sites(fmodel, qmodel, inputs) -> list:
+    """The quantized file's activation Q/DQ sites on tensors the float model has too."""
+    sites = qdq_sites(qmodel)
+    if not sites:
+        raise QdqError("the quantized model has no activation QuantizeLinear to compare layer by layer")
+    known = {o for n in fmodel.graph.node for o in n.output} | {i.name for i in inputs}
+    return [s for s in sites if s.tensor in known]
+
+
+def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, tensors: list, quiet: bool) -> dict:
+    """ONNX Runtime sessions by role: ref (FP32 or FP16), quant, and fp32 / weights_only /
+    activations_only where asked; ref and quant also return ``tensors``."""
+    inner = [t for t in tensors if t not in {i.name for i in dataset.inputs}]
+    ref = fp16_model(fmodel, dataset, quiet) if reference == "fp16" else fmodel
+    runs = {"ref": session_for(runnable(ref), extra_outputs=inner),
+            "quant": session_for(runnable(qmodel), extra_outputs=inner)}
+    if reference == "fp16":
+        runs["fp32"] = session_for(runnable(fmodel))
+    if budget:
+        runs["weights_only"] = session_for(runnable(weights_only(qmodel)))
+        runs["activations_only"] = session_for(runnable(activations_only(qmodel, prepared_for(fmodel, qmodel))))
+    return runs
+
+
+class _Accumulators:
+    """Everything ``compare`` pools over samples: per output, per budget run, per Q/DQ tensor."""
+
+    def __init__(self, outputs: list, fp16: bool, budget: bool, sites: list):
+        self.names, self.samples = outputs, 0
+        self.out = {o: ErrorAccumulator() for o in outputs}
+        self.fp16 = {o: ErrorAccumulator() for o in outputs} if fp16 else None
+        self.budget = {k: {o: ErrorAccumulator() for o in outputs} for k in ("weights_only", "activations_only")} \
+            if budget else None
+        self.top = {o: [0, 0, 0] for o in outputs}  # top-1 hits, top-5 hits, rows
+        self.layers = {s.tensor: _LayerAcc(s) for s in sites}
+
+    def add(self, res: dict, feed: dict, samples: int) -> None:
+        for k in ("ref", "quant"):
+            res[k].update(feed)
+        for o in self.names:
+            ref, q = res["ref"][o], res["quant"][o]
+            self.out[o].add(ref, q)
+            if self.fp16 is not None:
+                self.fp16[o].add(res["fp32"][o], ref)
+            for k, by in (self.budget or {}).items():
+                by[o].add(ref, res[k][o])
+            if ref.ndim == 2 and ref.shape[1] >= 10:
+                r1 = ref.argmax(1)
+                top5 = np.argsort(-q.astype(np.float64), axis=1)[:, :5]
+                self.top[o][0] += int((q.argmax(1) == r1).sum())
+                self.top[o][1] += int((top5 == r1[:, None]).any(1).sum())
+                self.top[o][2] += ref.shape[0]
+        for t, la in self.layers.items():
+            la.add(res["ref"][t], res["quant"][t])
+        self.samples += samples
+
+    def result(self, reference: str, threshold_db: float) -> "CompareResult":
+        outputs = []
+        for o in self.names:
+            rep = OutputReport(o, self.out[o].to_dict())
+            if self.top[o][2]:
+                rep.top1, rep.top5 = self.top[o][0] / self.top[o][2], self.top[o][1] / self.top[o][2]
+            if self.fp16 is not None:
+                rep.fp16_vs_fp32 = self.fp16[o].to_dict()
+            outputs.append(rep)
+        result = CompareResult(reference, self.samples, outputs, threshold_db=threshold_db)
+        if self.budget is not None:
+            result.budget = {k: {o: a.sqnr_db for o, a in v.items()} for k, v in self.budget.items()}
+            result.budget["both"] = {o: self.out[o].sqnr_db for o in self.names}
+        return result
+
+
+def _layerwise(result, acc: _Accumulators, fmodel, qmodel, sites: list, dataset, threshold_db: float) -> None:
+    reports = sorted((la.report() for la in acc.layers.values()), key=lambda r: r.position)
+    at_output = _output_referred(fmodel, qmodel, sites, dataset)
+    for r in reports:
+        r.output_sqnr_db = at_output.get(r.tensor, math.inf)
+    result.layers = reports
+    result.first_below = next((r.tensor for r in reports if r.accumulated_sqnr_db < threshold_db), None)
+    result.ranked = [r.tensor for r in sorted(reports, key=lambda r: (r.output_sqnr_db, r.local_sqnr_db))]
+
+
+def _output_referred(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto, sites: list, dataset, samples: int = 8) -> dict:
+    """tensor -> SQNR that its Q/DQ alone leaves at its consumer's output (worst consumer), from
+    :mod:`qdq.analysis` on the float model with the file's own Q/DQ sites and scales.  Consumers are
+    found by name: the float model as qdq prepared it shares the file's node names."""
+    fm = prepared_for(fmodel, qmodel)
+    idx = GraphIndex.build(fm)
+    by_name = {n.name: i for i, n in enumerate(idx.nodes) if n.name}
+    qidx = GraphIndex.build(qmodel, infer_shapes=False)
+    plan, ranges = Placement(), {}
+    for s in sites:
+        for dq, _ in qidx.consumer_nodes(qidx.nodes[s.position].output[0]):
+            for c, i in qidx.consumer_nodes(dq.output[0]):
+                pos = by_name.get(c.name)
+                if pos is None or i >= len(idx.nodes[pos].input) or idx.nodes[pos].input[i] != s.tensor:
+                    continue
+                plan.add(s.tensor, pos, i, "file")
+                if idx.nodes[pos].op_type in WEIGHTED and pos not in plan.quantized_layers:
+                    plan.quantized_layers.append(pos)
+        if s.tensor in plan.activations:
+            ranges[s.tensor] = Range(s.amax, "file", None)
+    if not plan.activations:
+        return {}
+    a = analyze(fm, idx, plan, ranges, first_feeds(dataset, samples))
+    out = {}
+    for site in a.sites:
+        out[site.tensor] = min(out.get(site.tensor, math.inf), site.sqnr_db)
+    return out

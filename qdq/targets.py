@@ -1,0 +1,82 @@
+"""What each TensorRT version accepts, and the float model made ready for it.
+
+| target | opset | Q/DQ scales | remainder |
+|---|---|---|---|
+| ``trt10`` | 17 (older models upgraded) | FP32 | FP32 in the file; TensorRT picks FP16 with ``--fp16`` |
+| ``trt8`` | 13–17 | FP32 | same, for TensorRT 8.5/8.6 (JetPack 5.1/6.0) |
+| ``trt11`` | 19 | FP16 beside FP16 layers | FP16 in the file (strongly typed TensorRT 11, TensorRT-RTX) |
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .errors import QdqError
+from .modelio import convert_opset, load_model, opset_of
+from .graph.precision import cast_graph, opsets_of
+from .graph.surgery import constants_to_initializers, export_graph, fold_batchnorm, import_graph, name_nodes
+
+TARGETS = {
+    # name: (lowest opset, highest opset it is converted down to, scale dtype)
+    "trt10": (17, None, np.float32),
+    "trt8": (13, 17, np.float32),
+    "trt11": (19, None, np.float16),
+}
+# Ops TensorRT 8.5's ONNX parser does not know (added in 8.6 or later).
+TRT85_UNSUPPORTED = {"LayerNormalization", "GroupNormalization", "GridSample", "ReverseSequence",
+                     "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Col2Im", "STFT"}
+
+
+def target_opset(model: onnx.ModelProto, target: str) -> int:
+    """The opset ``model`` is converted to for ``target``: its own, clamped to the target's range."""
+    lo, hi, _ = TARGETS[target]
+    v = opset_of(model)
+    if v < lo:
+        return lo
+    if hi is not None and v > hi:
+        return hi
+    return v
+
+
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise QdqError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    return target
+
+
+def prepare(model, target: str = "trt10", source: str = "model", warnings: list | None = None) -> onnx.ModelProto:
+    """Load (if a path) the float model and make it ready to quantize, without changing what it
+    computes, in one graph-surgeon pass checked once: the target's opset; Constant nodes as
+    initializers; every node named uniquely; BatchNormalization folded into the Conv before it
+    (:func:`qdq.graph.surgery.fold_batchnorm`); an FP16 model computed in FP32 inside (its inputs and
+    outputs keep their FP16 type), since Q/DQ before opset 19 take FP32 scales and statistics are best
+    gathered in FP32.  What the user should know is appended to ``warnings``."""
+    check_target(target)
+    if not isinstance(model, onnx.ModelProto):
+        source = str(model)
+        model = load_model(model)
+    model = convert_opset(model, target_opset(model, target), source)
+    graph = import_graph(model)
+    constants_to_initializers(graph)
+    renamed = name_nodes(graph)
+    fold_batchnorm(graph, fp16_scales=TARGETS[target][2] == np.float16)
+    fp16 = any(t.dtype == np.float16 for t in graph.tensors().values() if t.dtype is not None)
+    if fp16:
+        declared = {t.name: np.float16 for t in graph.inputs + graph.outputs if t.dtype == np.float16}
+        cast_graph(graph, opsets_of(model), np.float32, (), declared)
+    model = export_graph(graph, model, "preparation")
+    if warnings is not None and renamed:
+        warnings.append(f"{renamed} nodes shared a name with another node and were renamed (name_1, name_2, …)")
+    if warnings is not None and fp16:
+        warnings.append("the model is FP16: it is calibrated and quantized in FP32 inside, its inputs and "
+                        "outputs stay FP16")
+    return model
+
+
+def prepared_for(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto) -> onnx.ModelProto:
+    """The float model as qdq prepared it before writing ``qmodel`` (BatchNorm folded into the Conv
+    weights, same node names), when ``qmodel`` is a qdq file; else ``fmodel`` as given."""
+    meta = {p.key: p.value for p in qmodel.metadata_props}
+    if "qdq_version" not in meta:
+        return fmodel
+    return prepare(fmodel, meta.get("qdq_target") if meta.get("qdq_target") in TARGETS else "trt10")

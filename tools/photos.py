@@ -1,0 +1,79 @@
+"""Real photos, text images and video frames that ship in packages, for the test and benchmark sets.
+
+Sources (each used when installed): scikit-image's ``skimage/data``, scikit-learn's sample images,
+matplotlib's ``grace_hopper.jpg``, and Debian's ``opencv-doc`` examples (photos, text images and the
+795-frame ``vtest.avi``).  Nothing is downloaded here.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qdq.demo.samples import SKIMAGE_TEXT, package_data  # noqa: E402
+
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+# natural colour photos (scenes, animals, objects, people)
+_PHOTOS = {
+    "skimage": ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                "hubble_deep_field.jpg", "retina.jpg", "ihc.png"],
+    "sklearn": ["china.jpg", "flower.jpg"],
+    "matplotlib": ["grace_hopper.jpg"],
+    "opencv": ["HappyFish.jpg", "aero1.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "board.jpg",
+               "building.jpg", "butterfly.jpg", "chicky_512.png", "ela_original.jpg", "fruits.jpg", "graf1.png",
+               "home.jpg", "left.jpg", "leuvenA.jpg", "messi5.jpg", "orange.jpg", "pca_test1.jpg",
+               "rubberwhale1.png", "smarties.png", "squirrel_cls.jpg", "starry_night.jpg", "stuff.jpg"],
+}
+# images whose content is mostly text (for text detectors / recognisers)
+_TEXT = {
+    "skimage": list(SKIMAGE_TEXT),
+    "opencv": ["text_defocus.jpg", "text_motion.jpg", "licenseplate_motion.jpg", "imageTextN.png",
+               "imageTextR.png", "notes.png", "sudoku.png", "opencv-logo.png", "WindowsLogo.jpg", "LinuxLogo.jpg"],
+}
+
+
+def folder(source: str) -> Path | None:
+    """Where ``source`` (skimage, sklearn, matplotlib, opencv) keeps its images, if installed."""
+    if source == "opencv":
+        return OPENCV_DATA if OPENCV_DATA.is_dir() else None
+    parts = {"skimage": ("data",), "sklearn": ("datasets", "images"), "matplotlib": ("mpl-data", "sample_data")}
+    return package_data(source, *parts[source])
+
+
+def _collect(table: dict) -> list[Path]:
+    out = []
+    for source, names in table.items():
+        where = folder(source)
+        if where is not None:
+            out += [where / n for n in names if (where / n).is_file()]
+    return out
+
+
+def photos() -> list[Path]:
+    """Colour photos found on this machine, in a fixed order."""
+    return _collect(_PHOTOS)
+
+
+def text_images() -> list[Path]:
+    """Images with text found on this machine, in a fixed order."""
+    return _collect(_TEXT)
+
+
+def video_frames(indices, path: Path = OPENCV_DATA / "vtest.avi"):
+    """RGB frames (H, W, 3 uint8) of ``path`` at the given frame indices (needs opencv-python)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    wanted, frames, i = sorted(set(indices)), {}, 0
+    try:
+        while wanted and i <= wanted[-1]:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i in wanted:
+                frames[i] = frame[:, :, ::-1].copy()
+            i += 1
+    finally:
+        cap.release()
+    return [frames[k] for k in sorted(frames)]
