@@ -9,6 +9,8 @@ The stages are subpackages, data flowing one way: :mod:`qdq.calib` (data → num
 :mod:`qdq.trt` (graph → engine), :mod:`qdq.report` (figures → people); :mod:`qdq.pipeline` orchestrates,
 :mod:`qdq.cli` and :mod:`qdq.demo` sit on top.
 """
+import importlib
+
 from .version import __version__
 
 _LAZY = {  # name: module; `import qdq` stays cheap, heavy modules load on first use
@@ -24,6 +26,4 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name):
     if name not in _LAZY:
         raise AttributeError(name)
-    import importlib
-
     return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

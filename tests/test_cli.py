@@ -97,6 +97,7 @@ def test_ranges_do_not_depend_on_batch_size_or_order(ppocr_det, tmp_path):
                 assert compute_range(s, method).amax == pytest.approx(base[t], rel=1e-5, abs=1e-12), (method, t)
 
 
+@pytest.mark.slow
 def test_demo_runs_without_arguments(tmp_path):
     env = dict(os.environ, QDQ_CACHE=os.environ.get("QDQ_CACHE", str(tmp_path)))
     r = subprocess.run([sys.executable, "-m", "qdq.cli", "demo", "--out-dir", str(tmp_path), "--json"],

@@ -64,6 +64,7 @@ def test_output_metrics_match_numpy(effnet, eff_q):
     assert res.outputs[0].top5 == pytest.approx(np.mean((top5 == r.argmax(1)[:, None]).any(1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["effnet", "ppocr_det"])
 def test_planted_wrong_range_is_named_first(request, name):
     ds = request.getfixturevalue(name)
@@ -78,6 +79,7 @@ def test_planted_wrong_range_is_named_first(request, name):
     assert res.outputs[0].metrics["sqnr_db"] < clean.outputs[0].metrics["sqnr_db"] - 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["effnet", "ppocr_det"])
 def test_fp16_reference_and_budget(request, name):
     ds = request.getfixturevalue(name)

@@ -75,13 +75,17 @@ def test_written_model_is_readable_in_netron(quantized):
         assert scale.dtype == np.float32 and scale > 0 and zp == 0 and zp.dtype == np.int8
         assert f"amax={r.ranges[t].amax:.6g}" in q.doc_string and "method=entropy" in q.doc_string
         assert scale == pytest.approx(r.ranges[t].amax / 127, rel=1e-6)
-    # every quantized Conv reads a per-channel INT8 weight through a DequantizeLinear on axis 0
+    # every quantized Conv reads a per-channel INT8 weight through a DequantizeLinear on axis 0, one scale
+    # per output channel (placement holds node ids: their names come from the index)
     producers = {o: n for n in g.node for o in n.output}
-    for node in g.node:
-        if node.name in r.placement.quantized_layers and node.op_type == "Conv":
-            dq = producers[node.input[1]]
-            assert dq.op_type == "DequantizeLinear" and dq.attribute[0].i == 0
-            assert inits[dq.input[0]].data_type == onnx.TensorProto.INT8
+    quantized = {r.index.labels[i] for i in r.placement.quantized_layers}
+    convs = [n for n in g.node if n.name in quantized and n.op_type == "Conv"]
+    assert len(convs) >= 40
+    for node in convs:
+        dq = producers[node.input[1]]
+        assert dq.op_type == "DequantizeLinear" and dq.attribute[0].i == 0
+        codes, scales = inits[dq.input[0]], inits[dq.input[1]]
+        assert codes.data_type == onnx.TensorProto.INT8 and list(scales.dims) == [codes.dims[0]]
     # no graph output is quantized, and the stem conv (3 input channels) stays float
     assert all(producers[o.name].op_type != "DequantizeLinear" for o in g.output)
     assert any("3 input" in s["reason"] for s in r.summary.skipped)

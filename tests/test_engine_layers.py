@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from clitools import one_line_error, run_qdq
 from qdq.trt.backend import built_view
-from qdq.trt.layers import EngineLogError, from_inspector, parse_log
+from qdq.trt.layers import EngineLogError, parse_log
 from qdq.pipeline import quantize
 from qdq.trt.backend import check_model
 
@@ -102,20 +102,6 @@ def test_an_unreadable_layer_list_is_a_clear_error_never_numbers(eff_int8, tmp_p
         parse_log(changed)
     with pytest.raises(EngineLogError, match="no 'Layers:' section"):
         parse_log([m for m in res.log if "Layers:" not in m])
-
-
-def test_inspector_json_of_the_full_tensorrt():
-    """IEngineInspector's JSON (TensorRT 10: "Format/Datatype"; 11: "Datatype") gives the same records."""
-    info = {"Layers": [
-        {"Name": "conv1 + relu", "LayerType": "CaskConvolution", "Inputs": [{"Name": "x", "Dimensions": [1, 16, 8, 8],
-         "Format/Datatype": "Channel major format Int8"}], "Outputs": [{"Name": "y", "Dimensions": [1, 16, 8, 8],
-         "Format/Datatype": "Channel major format Int8"}], "Weights": {"Type": "Int8", "Count": 2304},
-         "Metadata": "[ONNX Layer: conv1][ONNX Layer: relu]"},
-        {"Name": "head", "LayerType": "Reformat", "Inputs": [{"Name": "y", "Dimensions": [1, 16], "Datatype": "Int8"}],
-         "Outputs": [{"Name": "z", "Dimensions": [1, 16], "Datatype": "Half"}], "Metadata": ""}]}
-    layers = from_inspector(info)
-    assert [x.onnx_nodes for x in layers] == [["conv1", "relu"], []]
-    assert layers[0].precision == "int8" and layers[1].precision == "fp16" and layers[1].reformat
 
 
 def test_engine_view_in_quantize_and_the_compare_report(effnet, tmp_path):

@@ -6,6 +6,8 @@ Files are read lazily, one at a time, so memory does not grow with the number of
 """
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +80,10 @@ class Preprocess:
 
     def apply(self, path: Path, spec: InputSpec) -> np.ndarray:
         """The image at ``path`` as a (1, C, H, W) or (1, H, W, C) array of ``spec.dtype``."""
-        from PIL import Image
+        try:
+            from PIL import Image   # the images extra: the core reads .npz/.npy without it
+        except ImportError:
+            raise QdqError(f"{path}: reading images needs Pillow: pip install 'qdq[images]' (or pass .npz data)") from None
 
         h, w = self.size
         try:
@@ -326,9 +331,6 @@ def prefetch(iterable, depth: int = 2):
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead, so decoding the next
     samples overlaps the current inference (PIL and ONNX Runtime release the GIL).  Errors raised
     while producing an item are raised here, in order."""
-    import queue
-    import threading
-
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()

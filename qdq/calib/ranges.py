@@ -1,6 +1,6 @@
 """Range methods: turn a tensor's statistics into a symmetric amax (INT8 scale = amax / 127).
 
-All methods read only :class:`qdq.stats.TensorStats`, so they inherit its independence from batch
+All methods read only :class:`qdq.calib.stats.TensorStats`, so they inherit its independence from batch
 size and sample order.  ``entropy``, ``percentile`` and ``mse`` work, as TensorRT's calibrator and
 NVIDIA's pytorch-quantization (``calib/histogram.py``) do, on 2048 bins of |x| over [0, max|x|]:
 counts h_k, edges e_k = k·max/2048, centres c_k = (e_k + e_{k+1})/2.
@@ -29,9 +29,8 @@ import numpy as np
 from .stats import FINE_BINS, TensorStats
 
 METHODS = ("entropy", "percentile", "mse", "max")
-# mse is the default: on all four real models of tools/bench.py it is best or within 0.1 dB of the best
-# of our methods except ddddocr det (percentile), and beats ONNX Runtime everywhere; entropy, the
-# TensorRT calibrator's algorithm, clips saturated ReLU6/SiLU outputs and was last on all four.
+# mse is the default: best or near it on the real models of tools/bench.py (docs/benchmarks.md); entropy,
+# the TensorRT calibrator's algorithm, clips saturated ReLU6/SiLU outputs.
 DEFAULT_METHOD = "mse"
 NUM_LEVELS = 128  # 8-bit symmetric: 128 magnitudes per sign
 QMAX = 127

@@ -32,8 +32,8 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         # Run Q/DQ as plain float ops: TensorRT's INT8 numerics (int32 accumulation).  ORT_ENABLE_ALL
         # fuses them into ONNX Runtime's integer kernels, which saturate int16 intermediates on CPUs
-        # without VNNI (EfficientNet-Lite0: 1.7 dB instead of 15 dB); ORT_ENABLE_BASIC's constant
-        # folding of FP16 per-channel DequantizeLinear produced wrong weights (top-1 flipped).
+        # without VNNI; ORT_ENABLE_BASIC's constant folding of FP16 per-channel DequantizeLinear produced
+        # wrong weights (docs/design.md has both measurements).
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads

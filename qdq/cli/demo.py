@@ -1,9 +1,11 @@
 """``qdq demo``: the main job on an embedded default, no arguments needed."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from ..calib.ranges import DEFAULT_METHOD, METHODS
+from ..errors import QdqError
 from . import args as A
 
 
@@ -16,6 +18,9 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from ..demo.run import run_demo   # the demo extra (Pillow, scikit-image) is needed only here
+    for module in ("PIL", "skimage"):   # the demo extra is needed only here
+        if importlib.util.find_spec(module) is None:
+            raise QdqError("qdq demo needs Pillow and scikit-image: pip install 'qdq[demo]'")
+    from ..demo.run import run_demo
 
     return run_demo(out_dir=args.out_dir, method=args.method, as_json=args.json, quiet=args.quiet)

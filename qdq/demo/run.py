@@ -4,6 +4,7 @@ brings (scikit-image's photos with rendered text, its text and page images), che
 and FP16 on images made from other photos, and explained."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..calib.data import Preprocess
@@ -46,8 +47,6 @@ def build_text_sets(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def run_demo(out_dir=None, method: str = DEFAULT_METHOD, as_json: bool = False, quiet: bool = False) -> int:
-    import json
-
     out = Path(out_dir) if out_dir else zoo.cache_dir() / "demo"
     out.mkdir(parents=True, exist_ok=True)
     model_path = zoo.fetch("ppocr_det", quiet=quiet or as_json)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 # scikit-image's images whose content is mostly text
 SKIMAGE_TEXT = ("text.png", "page.png")
 
@@ -65,7 +67,6 @@ def rendered_text(split: str, variants: int, seed: int = 0, size: int = 640):
     scikit-image's photos with lines of words drawn in Pillow's bundled TrueType font (sizes 16–64 px,
     dark or light, some on boxes, slightly rotated).  ``split`` is "calib" or "val" (different
     photos); yields ``(name, PIL image)``, the same every time for the same ``seed``."""
-    import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
     folder = skimage_data()

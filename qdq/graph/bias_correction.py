@@ -6,8 +6,8 @@ Folding −e_c into the layer's bias removes the shift users see as "shifted" ou
 Two corrections are measured: the mean error with input and weight quantized ("full", which also
 takes out shifts that activation rounding causes, e.g. on SiLU's negative lobe), and with only the
 weight quantized ("weights").  Which one a model gets, if any, is decided on held-back samples
-(:func:`qdq.pipeline.quantize`): on MiniLM the full correction, averaged over padding tokens its
-masked pooling ignores, made the output worse.
+(:func:`qdq.pipeline.quantize`): a full correction averaged over positions the model later ignores
+(padding tokens under a masked pooling) can make the output worse.
 
 Where the correction goes: the bias input of Conv / ConvTranspose / Gemm (added when absent); for a
 MatMul, the constant of the Add that follows it alone (its bias), else a new Add.  The correction is

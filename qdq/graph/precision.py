@@ -20,8 +20,7 @@ Which nodes stay FP32 is decided by data, like NVIDIA's AutoCast (:mod:`qdq.meas
 
 Evaluating FP16 in ONNX Runtime: its CPU provider runs FP16 nodes that have no FP16 kernel in FP32 and
 removes the roundings between consecutive such nodes, so an FP16 model run there looks better than
-TensorRT runs it (a graph that adds 2000 and subtracts it again measured 70 dB as an FP16 model in
-ONNX Runtime, 6.6 dB with its FP16 storage made explicit).  :func:`emulate_fp16` gives the FP32 graph
+TensorRT runs it (docs/design.md has the measurement).  :func:`emulate_fp16` gives the FP32 graph
 that rounds every tensor the model stores in FP16, through explicit Cast pairs ONNX Runtime keeps:
 each op computes from FP16 values and its output is stored in FP16, which is what TensorRT's FP16
 kernels do except for the FP32 accumulation inside Conv/GEMM.
@@ -46,9 +45,9 @@ FP16_SAFE_MAX = FP16_MAX / 2
 # output stays FP32.  Rounding alone leaves about 70 dB (11-bit significand); 40 dB is 100× that
 # noise power: overflow, cancellation, deep reductions, or inputs below FP16's normal range.
 NODE_FP16_MIN_DB = 40.0
-# The FP16 model's output must stay at least this far above FP32 (pooled SQNR): FP16 rounding through
-# a real CNN accumulates to about 45 dB; an audio CNN whose FP16 cast lands at cosine 0.966 (12 dB)
-# is far below.  qdq.pipeline raises it to the INT8 model's own SQNR + 10 dB (≤ 0.4 dB added).
+# The FP16 model's output must stay at least this far above FP32 (pooled SQNR; FP16 rounding through a
+# real CNN accumulates to about 45 dB, docs/design.md).  The pipeline raises it to the INT8 model's own
+# SQNR + 10 dB: noise 10 dB under the INT8 noise adds at most 0.4 dB.
 FP16_OUTPUT_MIN_DB = 35.0
 # Values of this size in Clip/Min/Max bounds mean "no bound"; they saturate to ±FP16_MAX.
 NO_BOUND = 1e30
@@ -390,8 +389,8 @@ def _fp16_weight(dq, scale_const) -> np.ndarray:
 
 def _batchnorm_to_scale_shift(graph) -> list:
     """BatchNormalization with constant statistics → ``x·a + b`` (Mul, Add), a and b from
-    :func:`qdq.surgery.batchnorm_affine`, shaped for x's rank.  Running variances can exceed FP16
-    (PP-OCRv4 det: 9.8e7), and ONNX Runtime's FP16 BatchNormalization gave −27 dB even in range.  A
+    :func:`qdq.graph.surgery.batchnorm_affine`, shaped for x's rank: running variances can exceed FP16,
+    and ONNX Runtime's FP16 BatchNormalization loses precision even in range (docs/design.md).  A
     BatchNorm whose input rank is unknown is left alone.  Returns ``[(BatchNorm node, [Mul, Add])]``."""
     g = gs()
     taken = taken_names(graph)

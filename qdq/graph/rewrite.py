@@ -63,8 +63,8 @@ def quantize_weight(w: np.ndarray, axis: int, scale_dtype) -> tuple[np.ndarray, 
 
     FP16 scales are rounded up to the FP16 grid (so no code exceeds ±127) and may be subnormal, down
     to 2^-24: the codes are computed against the stored scale, so its rounding costs resolution, not
-    gain.  BatchNorm-folded weights of nearly dead channels reach 1e-6 (EfficientNet-Lite0, PP-OCRv4),
-    far below FP16's smallest normal 6.1e-5; flooring them there would leave them a few levels."""
+    gain.  BatchNorm-folded weights of nearly dead channels can lie far below FP16's smallest normal
+    (6.1e-5; docs/design.md); flooring them there would leave them a few levels."""
     axis = axis % w.ndim
     other = tuple(i for i in range(w.ndim) if i != axis)
     amax = np.abs(w).max(axis=other) if other else np.abs(w)

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ..errors import QdqError
 from ..modelio import PROTOBUF_LIMIT, unique_names
 from .index import GraphIndex, infer_types
 
 # Smallest normal float16.  Smaller FP16 scales are subnormal or round to 0: TensorRT rejects 0, and
-# ONNX Runtime's FP16 kernels turned subnormal weight scales into Inf outputs on EfficientNet-Lite0.
+# ONNX Runtime's FP16 kernels turned subnormal weight scales into Inf outputs (docs/design.md).
 FP16_MIN_SCALE = 2.0 ** -14
 
 
@@ -121,8 +122,6 @@ def constants_to_initializers(graph) -> int:
     """Turn ``Constant`` nodes (PP-OCR and PicoDet exports keep their weights there) into
     initializers of the same name, so every later pass sees one kind of constant.  Returns how
     many were converted."""
-    from onnx import numpy_helper
-
     done = 0
     for node in graph.nodes:
         if node.op != "Constant" or not default_domain(node) or len(node.outputs) != 1:

@@ -1,7 +1,7 @@
 """Output-referred error of every quantization site, from one ONNX Runtime pass.
 
 Noise measured on a tensor itself misses where it lands: a per-tensor scale that leaves a depthwise
-conv's small input channels a few levels looks fine on the tensor (≈30 dB) and ruins the conv's output,
+conv's small input channels a few levels looks fine on the tensor and ruins the conv's output,
 which rescales each channel on its own.  So each site is measured at the output of its consumer, after
 what TensorRT fuses into it.
 

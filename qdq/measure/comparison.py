@@ -6,7 +6,7 @@ inputs, per graph output and tensor by tensor.
 * Layer by layer (``layerwise``): for every tensor that carries an activation Q/DQ, the *accumulated*
   SQNR (quantized model's tensor vs the reference model's), the *local* SQNR (the reference tensor
   fake-quantized with that Q/DQ's scale, nothing else quantized), the SQNR that Q/DQ alone leaves *at
-  its consumer's output* (after the bias and activation TensorRT fuses; :mod:`qdq.analysis`), the share
+  its consumer's output* (after the bias and activation TensorRT fuses; :mod:`qdq.measure.analysis`), the share
   of values clipped and of the 256 INT8 levels used by the values reaching that Q in the quantized
   model.  Tensors are ranked by the consumer-output figure: noise on a depthwise conv's input looks
   small on the tensor and large where it lands.
@@ -228,7 +228,7 @@ def _layerwise(result, acc: _Accumulators, fmodel, qmodel, sites: list, dataset,
 
 def _output_referred(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto, sites: list, dataset, samples: int = 8) -> dict:
     """tensor -> SQNR that its Q/DQ alone leaves at its consumer's output (worst consumer), from
-    :mod:`qdq.analysis` on the float model with the file's own Q/DQ sites and scales.  Consumers are
+    :mod:`qdq.measure.analysis` on the float model with the file's own Q/DQ sites and scales.  Consumers are
     found by name: the float model as qdq prepared it shares the file's node names."""
     fm = prepared_for(fmodel, qmodel)
     idx = GraphIndex.build(fm)

@@ -8,7 +8,7 @@ of the candidate file and of its weights-only version (activation Q/DQ bypassed:
 
 The order: :mod:`qdq.measure.analysis` gives each layer's activation-input noise at the layer's own output
 (after bias correction), r_i.  How much of it reaches the model's output depends on where the layer
-sits (measured here: early layers of a detector pass it on whole, late ones a tenth of it), so the
+sits (early layers of a detector can pass it on whole, late ones a tenth of it), so the
 activation sites are split into ``GROUPS`` runs in graph order, each measured alone at the model's
 outputs in the analysis pass (its Q/DQ only, weights float): run j's noise N_j gives the gain
 g_j = N_j / Σ_{i∈j} r_i, and layer i's estimated contribution is c_i = g_j·r_i.  Layers go to float in decreasing c_i / MACs_i.

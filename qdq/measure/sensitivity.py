@@ -10,8 +10,8 @@ For every quantized weighted layer, from :mod:`qdq.measure.analysis` on validati
 
 Ranked by estimated output noise per MAC: the order mixed precision keeps layers in float.
 ``verify=N`` measures the N most harmful end to end (every layer INT8 but that one; the all-INT8 model
-too), the way the earlier sensitivity did for every layer with two ONNX Runtime runs each
-(:func:`end_to_end`; ``tools/bench.py`` times both).
+too) with two model builds and ONNX Runtime runs each (:func:`end_to_end`; ``tools/bench.py`` times
+both ways).
 """
 from __future__ import annotations
 

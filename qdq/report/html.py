@@ -108,8 +108,8 @@ def _precision_strip(engine) -> str:
 
 
 def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None) -> str:
-    """The report of :class:`qdq.comparison.CompareResult` as one HTML document; ``engine``, a
-    :class:`qdq.engine_layers.EngineView` of the quantized file, adds the precision strip."""
+    """The report of :class:`qdq.measure.comparison.CompareResult` as one HTML document; ``engine``, a
+    :class:`qdq.trt.layers.EngineView` of the quantized file, adds the precision strip."""
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>qdq compare</title><style>{_CSS}</style></head><body>",
            f"<h1>{_e(quant_name)} vs {_e(float_name)}</h1>",
            f"<p class='note'>reference: {result.reference.upper()}, {result.samples} samples. SQNR = 10·log10(Σ‖ref‖²/Σ‖q−ref‖²); "

@@ -240,7 +240,7 @@ class Engines:
     trtexec: list
     fp16_bytes: int = 0
     int8_bytes: int = 0
-    int8_layers: dict | None = None   # the INT8 engine's layer view (qdq.engine_layers), when readable
+    int8_layers: dict | None = None   # the INT8 engine's layer view (qdq.trt.layers), when readable
 
 
 def _data_shapes(dataset) -> dict:

@@ -1,7 +1,7 @@
 """What TensorRT actually built: the engine's layers, their precision, and the ONNX nodes fused into
 each, without a GPU.
 
-TensorRT-RTX's ahead-of-time build (:mod:`qdq.tensorrt_backend`, ``ProfilingVerbosity.DETAILED`` and a
+TensorRT-RTX's ahead-of-time build (:mod:`qdq.trt.backend`, ``ProfilingVerbosity.DETAILED`` and a
 logger that keeps VERBOSE messages) logs, after a ``Layers:`` line, one line per engine layer::
 
     Name: …, LayerType: correlation, Inputs: [ { Name: …, Dimensions: [1,32,112,112], …, Datatype: Int8,
@@ -27,9 +27,21 @@ from ..graph.index import GraphIndex
 from ..graph.placement import BINARY, POINTWISE, WEIGHTED, is_depthwise
 from ..graph.qdq_file import layer_precisions
 
-COMPUTE = {"correlation", "convolution", "deconv", "deconvolution", "gemm", "matrix_multiply", "fully_connected"}
-_BYTES = {"Int8": 1, "Half": 2, "Float": 4, "Int32": 4, "Int64": 8, "Bool": 1, "BFloat16": 2, "FP8": 1, "UInt8": 1}
-_PRECISION = {"Int8": "int8", "Half": "fp16", "Float": "fp32", "BFloat16": "bf16", "FP8": "fp8"}
+# layer types that run a weighted layer: TensorRT-RTX's log (correlation, deconv, gemm, …) and the inspector's
+# ParameterType of TensorRT 8.x/10.x (Convolution, Deconvolution, ConvActPool, MatrixMultiply, FullyConnected)
+COMPUTE = {"correlation", "convolution", "deconv", "deconvolution", "gemm", "matrix_multiply", "fully_connected",
+           "matrixmultiply", "fullyconnected", "convactpool", "caskconvolution", "caskgemmconvolution",
+           "cudadepthwiseconvolution", "caskdeconvolution"}
+_BYTES = {"Int8": 1, "Half": 2, "Float": 4, "Int32": 4, "Int64": 8, "Bool": 1, "BFloat16": 2, "FP8": 1, "UInt8": 1,
+          "FP4": 1, "Int4": 1, "Double": 8}
+_PRECISION = {"Int8": "int8", "Half": "fp16", "Float": "fp32", "BFloat16": "bf16", "FP8": "fp8", "FP4": "fp4",
+              "Int4": "int4", "N/A": "unknown"}
+# words naming a datatype in the inspector's tensor descriptions: "Row major linear FP32", "Thirty-two wide channel
+# vectorized row major Int8 format", "Channel major FP16 format where channel % 8 == 0", or abbreviated "Half"
+_DTYPE_WORDS = {"Int8": "Int8", "INT8": "Int8", "UInt8": "UInt8", "UINT8": "UInt8", "FP16": "Half", "Half": "Half",
+                "FP32": "Float", "Float": "Float", "BFloat16": "BFloat16", "BF16": "BFloat16", "FP8": "FP8",
+                "Int32": "Int32", "INT32": "Int32", "Int64": "Int64", "INT64": "Int64", "Bool": "Bool", "BOOL": "Bool",
+                "FP4": "FP4", "Int4": "Int4", "INT4": "Int4", "Double": "Double"}
 _LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>\w+), Inputs: \[(?P<inputs>.*?)\], "
                    r"Constants: \[(?P<constants>.*?)\], Outputs: \[(?P<outputs>.*?)\], TacticName: (?P<rest>.*)$")
 _TENSOR = re.compile(r"\{ Name: (?P<name>[^,]*), Dimensions: \[(?P<dims>[^\]]*)\],.*?Datatype: (?P<dtype>\w+)")
@@ -69,7 +81,9 @@ class EngineLayer:
             types = {t.dtype for t in self.inputs + ([weight] if weight is not None else [])}
         else:
             types = {t.dtype for t in self.outputs}
-        for dtype in ("Float", "Half", "BFloat16", "FP8", "Int8"):   # the widest float type decides
+        if "N/A" in types:
+            return "unknown"
+        for dtype in ("Float", "Half", "BFloat16", "FP8", "Int8", "FP4", "Int4"):   # the widest float type decides
             if dtype in types:
                 return _PRECISION[dtype]
         return "other"
@@ -91,7 +105,8 @@ class EngineLayer:
 
 
 def _tensors(text: str) -> list:
-    return [Tensor(m["name"], m["dtype"], [int(d) for d in m["dims"].split(",") if d.strip().lstrip("-").isdigit()])
+    return [Tensor(m["name"], inspector_dtype(m["dtype"]), [int(d) for d in m["dims"].split(",")
+                                                             if d.strip().lstrip("-").isdigit()])
             for m in _TENSOR.finditer(text)]
 
 
@@ -122,32 +137,57 @@ def parse_log(messages) -> list:
     return layers
 
 
+def inspector_dtype(text: str) -> str:
+    """The datatype a tensor description of the engine inspector names ("N/A" when TensorRT gives none,
+    e.g. dynamic shapes); an :class:`EngineLogError` for any other text, never a guess."""
+    if not text or text.startswith("N/A"):
+        return "N/A"
+    found = {_DTYPE_WORDS[w] for w in re.findall(r"[A-Za-z0-9]+", text) if w in _DTYPE_WORDS}
+    if len(found) != 1:
+        raise EngineLogError(f"could not read the engine layer list: unknown datatype in {text!r}")
+    return found.pop()
+
+
+def _inspector_tensors(entries) -> list:
+    """Tensors of an inspector layer: the datatype from ``Format/Datatype`` (TensorRT 8.x/10.x) or
+    from the split ``DataType``/``Datatype`` field (11.x)."""
+    out = []
+    for e in entries or []:
+        if isinstance(e, dict):
+            text = e.get("DataType") or e.get("Datatype") or e.get("Format/Datatype") or ""
+            dims = e.get("Dimensions")
+            out.append(Tensor(e.get("Name", ""), inspector_dtype(str(text)), list(dims) if isinstance(dims, list) else []))
+    return out
+
+
+def _inspector_nodes(entry: dict) -> list:
+    """The ONNX nodes fused into an inspector layer: its ``Metadata`` ``[ONNX Layer: …]`` entries
+    (TensorRT 10+, separated by control characters), else its name, which TensorRT 8.x joins from them
+    with " + "; reformat layers name none."""
+    if "Metadata" in entry:
+        return _META.findall(str(entry["Metadata"]))
+    name = str(entry.get("Name", ""))
+    if entry.get("Origin") == "REFORMAT" or name.startswith("Reformatting CopyNode"):
+        return []
+    return [n.strip() for n in name.split(" + ") if n.strip()]
+
+
 def from_inspector(info: dict) -> list:
     """Engine layers from ``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)``
-    (TensorRT 8.6–11 with a GPU).  TensorRT 10 writes ``"Format/Datatype": "Row major linear Int8"``,
-    11 splits ``"Format"`` and ``"Datatype"``; ``Metadata`` holds ``[ONNX Layer: …]`` entries."""
-    def dtype_of(entry: dict) -> str:
-        text = entry.get("Datatype") or entry.get("Format/Datatype") or ""
-        for word, dtype in (("Int8", "Int8"), ("INT8", "Int8"), ("Half", "Half"), ("FP16", "Half"), ("Float", "Float"),
-                            ("FP32", "Float"), ("Int32", "Int32"), ("INT32", "Int32"), ("Int64", "Int64")):
-            if word in text:
-                return dtype
-        return "Float"
-
-    def tensors(entries) -> list:
-        return [Tensor(e.get("Name", ""), dtype_of(e), list(e.get("Dimensions", []))) for e in entries or []
-                if isinstance(e, dict)]
-
+    (TensorRT 8.x–11.x with a GPU; ``trtexec --exportLayerInfo``).  The layer type is its
+    ``ParameterType`` (Convolution for CaskConvolution, CudaDepthwiseConvolution …) where given, else
+    ``LayerType``; weights come from ``Weights`` or ``ConvWeights`` (``{"Type", "Count"}``)."""
     layers = []
     for entry in info.get("Layers", []):
         if not isinstance(entry, dict):
             raise EngineLogError("could not read the engine layer list: the inspector gave names only "
                                  "(build with ProfilingVerbosity.DETAILED)")
-        weights = entry.get("Weights") or {}
-        constants = [Tensor("weights", dtype_of({"Datatype": weights.get("Type", "")}), [int(weights.get("Count", 0)), 1])] \
+        weights = entry.get("Weights") or entry.get("ConvWeights") or {}
+        constants = [Tensor("weights", inspector_dtype(str(weights.get("Type", ""))), [int(weights["Count"])])] \
             if isinstance(weights, dict) and weights.get("Count") else []
-        layers.append(EngineLayer(entry.get("Name", ""), str(entry.get("LayerType", "")).lower(), tensors(entry.get("Inputs")),
-                                  constants, tensors(entry.get("Outputs")), _META.findall(str(entry.get("Metadata", "")))))
+        kind = str(entry.get("ParameterType") or entry.get("LayerType", "")).lower()
+        layers.append(EngineLayer(str(entry.get("Name", "")), kind, _inspector_tensors(entry.get("Inputs")), constants,
+                                  _inspector_tensors(entry.get("Outputs")), _inspector_nodes(entry)))
     return layers
 
 

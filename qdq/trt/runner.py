@@ -86,7 +86,7 @@ class EngineRunner:
         return statistics.median(times)
 
     def layer_precisions(self) -> dict:
-        """Count of engine layers per precision (as :mod:`qdq.engine_layers` defines a layer's
+        """Count of engine layers per precision (as :mod:`qdq.trt.layers` defines a layer's
         precision), from the engine inspector; empty when it lists names only."""
         inspector = self.engine.create_engine_inspector()
         info = json.loads(inspector.get_engine_information(self.b.module.LayerInformationFormat.JSON))
