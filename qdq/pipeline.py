@@ -27,20 +27,24 @@ from .errors import QdqError
 from .graph.equalize import cross_layer_equalization, smooth_quant
 from .graph.index import GraphIndex
 from .graph.placement import Placement, calibration_tensors, place, replace
-from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of
+from .graph.bypass import weights_only
+from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of, remainder_fp16, runnable
 from .graph.rewrite import insert_qdq, set_docs, set_metadata
 from .graph.shapes import weighted_macs
 from .graph.surgery import export_graph, import_graph
 from .measure.analysis import analyze
-from .measure.autocast import FP16_SAMPLES, fp16_plan
-from .measure.metrics import Evaluator
+from .measure.autocast import fp16_plan, raise_floor
+from .measure.heldback import HeldBack
 from .measure.mixed_precision import GROUPS, candidates, choose
+from .measure.tasks import TaskOptions
 from .modelio import atomic_write_text, opset_of
 from .targets import TRT85_UNSUPPORTED, check_target, prepare
 from .version import __version__
 
 # fewer held-back samples than this and mixed precision is measured on calibration samples
 MIN_HELD_BACK = 4
+# what --method auto chooses among (entropy, the TensorRT calibrator's algorithm, clips saturated outputs)
+AUTO_METHODS = ("mse", "percentile", "max")
 
 
 @dataclass
@@ -120,10 +124,17 @@ class Options:
     bias_correction: bool = True
     smoothquant: bool = False
     equalize: bool = False
+    remainder: str = "fp16"                 # how the held-back check runs the non-INT8 layers: fp16 | fp32
+    task: TaskOptions = field(default_factory=TaskOptions)
+    max_task_loss: float | None = None      # keep layers in float until the task agreement is within this of FP32
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise QdqError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method not in METHODS + ("auto",):
+            raise QdqError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS + ('auto',))}")
+        if self.remainder not in ("fp16", "fp32"):
+            raise QdqError(f"--remainder must be fp16 or fp32, got {self.remainder!r}")
+        if self.max_task_loss is not None and not 0.0 <= self.max_task_loss <= 1.0:
+            raise QdqError(f"--max-task-loss must be between 0 and 1, got {self.max_task_loss}")
         if self.batch_size < 1:
             raise QdqError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.min_int8_share <= 1.0:
@@ -141,23 +152,32 @@ def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None 
     tensors get Q/DQ even where the placement rules would not put one.  ``calibration`` reuses the
     statistics of an earlier pass (e.g. ``result.calibration``) instead of running a new one.
 
-    ``options`` (:class:`Options`): ``method`` (mse, percentile, entropy, max), ``percentile``,
+    ``options`` (:class:`Options`): ``method`` (mse, percentile, entropy, max, or auto: whichever of
+    mse, percentile and max measures best on the held-back samples and on them scaled by 1.25), ``percentile``,
     ``batch_size``, ``target`` (trt10, trt8, trt11), ``exclude`` patterns, ``preprocess``, ``limit``,
     ``providers``, ``quiet``, ``force_ranges``, and the accuracy passes: with calibration data every
     5th sample (up to 16) is held back from range fitting; :mod:`qdq.measure.analysis` measures each
     site at its consumer's output on 6 of the others; ``bias_correction`` folds each layer's mean INT8
     error into its bias; ``mixed_precision`` keeps the layers whose INT8 costs most per MAC in float
     until the held-back output SQNR is within ``max_loss_db`` of the weights-only figure, the INT8 share
-    of MACs never below ``min_int8_share``.  ``smoothquant`` and ``equalize`` (cross-layer
-    equalization) rescale the float model first (:mod:`qdq.graph.equalize`)."""
+    of MACs never below ``min_int8_share`` (the target counts as reached on the lower end of the
+    interval of the gap, not its point estimate); ``max_task_loss`` then keeps more layers in float
+    until the held-back task agreement (``task``, :class:`qdq.measure.tasks.TaskOptions`) is within it
+    of FP32.  Every held-back figure is measured as the device runs the file: ``remainder="fp16"``
+    runs the non-INT8 layers in FP16 but those the FP16 plan pins to FP32 (written to the file's
+    ``qdq_fp32_nodes`` metadata for TensorRT 8.x/10.x), ``"fp32"`` as written.  ``smoothquant`` and
+    ``equalize`` (cross-layer equalization) rescale the float model first (:mod:`qdq.graph.equalize`)."""
     run = _Run(model, Options(**options), calib, ranges, calibration)
     run.prepare()
     run.calibrate()
+    run.fp16_remainder()
+    run.held_back()
+    run.choose_method()
     run.analyse()
     run.correct_bias()
     run.mixed_precision()
     run.check_ranges()
-    run.fp16_remainder()
+    run.final_check()
     return run.finish()
 
 
@@ -169,8 +189,9 @@ class _Run:
         self.source = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
         self.imported = ranges if ranges is None or isinstance(ranges, RangeFile) else read_ranges(ranges)
         self.given_calibration = calibration
-        self.cal, self.split, self.analysis, self.ev, self.choice, self.fp16 = calibration or Calibration(), None, None, None, None, None
-        self.bias, self.bias_mode, self.int8_db, self.warnings = {}, "off", None, []
+        self.cal, self.split, self.analysis, self.check, self.choice = calibration or Calibration(), None, None, None, None
+        self.fp16, self.bias, self.bias_mode, self.int8, self.warnings = None, {}, "off", None, []
+        self.method, self.method_scores, self.accuracy, self._computed = opts.method, {}, None, {}
 
     def prepare(self) -> None:
         """The target's float model, equalized if asked, indexed and placed."""
@@ -229,7 +250,7 @@ class _Run:
             self.split = HoldOut(dataset)
             tensors = calibration_tensors(self.idx, self.plan)
             range_only = [t for t in self.idx.dtypes if self.idx.is_float(t) and t not in self.idx.constants] \
-                if o.target == "trt11" else ()
+                if self.fp16_remainder_wanted else ()
             if self.given_calibration is None:
                 self.cal = calibrate(self.float_model, self.split, tensors, range_only, batch, o.providers, o.quiet)
             else:
@@ -238,7 +259,11 @@ class _Run:
             if len(self.split.held) < MIN_HELD_BACK:
                 self._use_all_samples(inputs, tensors, range_only)
         self.macs = weighted_macs(self.float_model)
-        self.ranges = self._ranges(self.plan)
+
+    @property
+    def fp16_remainder_wanted(self) -> bool:
+        """trt11 writes an FP16 remainder; trt8/trt10 files run with one on the device (unless --remainder fp32)."""
+        return self.opts.target == "trt11" or self.opts.remainder == "fp16"
 
     def _use_all_samples(self, inputs, tensors, range_only) -> None:
         """Too few samples to set some aside: calibrate on them too, and measure on calibration samples."""
@@ -251,26 +276,68 @@ class _Run:
             self.warnings.append(f"only {len(split.held)} samples: none held back, mixed precision was measured on "
                                  "calibration samples")
 
-    def _ranges(self, plan: Placement) -> dict:
-        """tensor -> Range for every activation of ``plan``: imported where given, else calibrated;
-        then one amax per scale group."""
-        imp, out = self.imported, {}
+    def _ranges(self, plan: Placement, method: str | None = None) -> dict:
+        """tensor -> Range for every activation of ``plan``: imported where given, else calibrated by
+        ``method`` (the run's); then one amax per scale group."""
+        imp, out, method = self.imported, {}, method or self.method
         for t in plan.activations:
             if imp is not None and t in imp.amax:
                 a = imp.amax[t]
                 out[t] = Range(a, f"imported ({imp.kind})", clipped_fraction(self.cal.stats[t], a) if t in self.cal.stats else None)
-            else:
-                out[t] = compute_range(self.cal.stats[t], self.opts.method, self.opts.percentile)
+            else:   # candidates re-place the same tensors: each range is computed once
+                key = (t, method)
+                if key not in self._computed:
+                    self._computed[key] = compute_range(self.cal.stats[t], method, self.opts.percentile)
+                out[t] = self._computed[key]
         return share_ranges(plan, out, self.cal)
 
+    def fp16_remainder(self) -> None:
+        """Which nodes of the FP16 remainder stay FP32 (range, measured error, an output floor of 35 dB
+        for now; :meth:`final_check` raises it to the file's own SQNR + 10 dB)."""
+        if not self.fp16_remainder_wanted:
+            return
+        cal = self.cal
+        if not cal.samples:
+            self.warnings.append("no calibration data: FP16 overflow and precision of the remainder were not checked")
+        extrema = cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()}
+        feeds = self.split.kept if self.split else []
+        self.fp16 = fp16_plan(self.float_model, extrema, feeds, floor_db=FP16_OUTPUT_MIN_DB, idx=self.idx)
+
+    def device(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A candidate (trt10 form) as the device runs it, ready for ONNX Runtime: the FP16 remainder with
+        the plan's FP32 nodes (as written when there is no plan: --remainder fp32)."""
+        if self.fp16 is None:
+            return runnable(model)
+        return remainder_fp16(model, set(self.fp16.names(self.idx)))
+
+    def held_back(self) -> None:
+        """The held-back check's references, task and device view."""
+        if self.split is not None and self.split.held:
+            self.check = HeldBack(self.float_model, self.split.held, self.opts.task, self.device)
+
+    def choose_method(self) -> None:
+        """``auto``: of mse, percentile and max, the one whose all-INT8 file loses least on the held-back
+        samples and on them scaled by 1.25 (noise powers added)."""
+        if self.method != "auto":
+            self.ranges = self._ranges(self.plan)
+            return
+        if self.check is None:
+            self.method = DEFAULT_METHOD
+            self.warnings.append(f"--method auto needs held-back samples; used {DEFAULT_METHOD}")
+        else:
+            for m in AUTO_METHODS:
+                model = self.build(self.plan, self._ranges(self.plan, m), {})
+                nsr = [10 ** (-ev.measure(model).sqnr().value / 10) for ev in (self.check.ev, self.check.robust())]
+                self.method_scores[m] = -10 * np.log10(sum(nsr) / 2)
+            self.method = max(self.method_scores, key=self.method_scores.get)
+        self.ranges = self._ranges(self.plan)
+
     def analyse(self) -> None:
-        """The output-referred analysis on kept samples, and the held-back evaluator."""
+        """The output-referred analysis on kept samples."""
         o, split = self.opts, self.split
         if split is not None and split.kept and (o.bias_correction or o.mixed_precision):
             self.analysis = analyze(self.float_model, self.idx, self.plan, self.ranges, split.kept, o.quiet,
                                     groups=GROUPS if o.mixed_precision else 0)
-        if self.analysis is not None and split.held:
-            self.ev = Evaluator(self.float_model, split.held, "held-back sample")
 
     def build(self, plan: Placement, ranges: dict, bias: dict, check: bool = False) -> onnx.ModelProto:
         """A trt10 candidate for evaluation (not written)."""
@@ -282,38 +349,52 @@ class _Run:
         if a is None or not self.opts.bias_correction:
             return
         options = {"full": a.bias, "weights": a.weight_bias, "off": {}}
-        if self.ev is None:
+        if self.check is None:
             self.bias_mode = "full"
         else:   # kept only where it measurably helps on the held-back samples
-            scores = {mode: self.ev.sqnr(self.build(self.plan, self.ranges, options[mode])) for mode in ("full", "off")}
-            if scores["full"] < scores["off"] + 1.0:   # not a clear win: the weight-only correction may be
-                scores["weights"] = self.ev.sqnr(self.build(self.plan, self.ranges, options["weights"]))
-            self.bias_mode = max(scores, key=scores.get)
-            self.int8_db = scores[self.bias_mode]
+            ev = self.check.ev
+            scores = {mode: ev.measure(self.build(self.plan, self.ranges, options[mode])) for mode in ("full", "off")}
+            if scores["full"].sqnr().value < scores["off"].sqnr().value + 1.0:   # not a clear win: try weight-only
+                scores["weights"] = ev.measure(self.build(self.plan, self.ranges, options["weights"]))
+            self.bias_mode = max(scores, key=lambda k: scores[k].sqnr().value)
+            self.int8 = scores[self.bias_mode]
         self.bias = options[self.bias_mode]
 
     def mixed_precision(self) -> None:
-        """Keep the costliest layers in float until within ``max_loss_db`` of the weights-only figure."""
+        """Keep the costliest layers in float until within ``max_loss_db`` of the weights-only figure
+        (and, with ``max_task_loss``, until the task agreement is within it of FP32)."""
         o = self.opts
-        if not o.mixed_precision or self.ev is None:
+        if not o.mixed_precision or self.check is None or self.analysis is None:
             return
-        centred = self.bias_mode == "full"
 
         def build(float_layers):
             p = replace(self.idx, self.plan, {q: "float" for q in float_layers})
             return self.build(p, self._ranges(p), self.bias)
 
-        cands = candidates(self.analysis, self.plan.quantized_layers, centred)
-        self.choice = c = choose(cands, {p: self.macs.get(p, 0) for p in self.plan.quantized_layers}, build, self.ev,
-                                 o.max_loss_db, o.min_int8_share, total_macs=sum(self.macs.values()), int8_db=self.int8_db)
+        cands = candidates(self.analysis, self.plan.quantized_layers, self.bias_mode == "full")
+        self.choice = c = choose(cands, {p: self.macs.get(p, 0) for p in self.plan.quantized_layers}, build,
+                                 self.check.ev, o.max_loss_db, o.min_int8_share, total_macs=sum(self.macs.values()),
+                                 int8=self.int8, task_ok=self._task_ok())
         if c.float_layers:
             self.plan = replace(self.idx, self.plan, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
                                                       for p, db in c.float_layers.items()})
             self.ranges = self._ranges(self.plan)
-        if not c.reached:
-            self.warnings.append(f"mixed precision: {c.final_db:.2f} dB on held-back samples, more than {o.max_loss_db:g} dB "
-                                 f"below the weights-only {c.final_weights_only_db:.2f} dB, with {c.int8_mac_share:.1%} "
-                                 f"of the MACs in INT8 (floor {o.min_int8_share:.0%})")
+        if not c.reached or not c.task_reached:
+            what = f"{c.final_db:.2f} dB on held-back samples" + ("" if c.reached else
+                   f", more than {o.max_loss_db:g} dB below the weights-only {c.final_weights_only_db:.2f} dB")
+            what += "" if c.task_reached else f", task agreement not within {o.max_task_loss:g} of FP32"
+            self.warnings.append(f"mixed precision: {what}, with {c.int8_mac_share:.1%} of the MACs in INT8 "
+                                 f"(floor {o.min_int8_share:.0%})")
+
+    def _task_ok(self):
+        """``max_task_loss`` as a test on a measurement: the lower end of the task's headline interval
+        within it of what FP32 scores against itself."""
+        o, task = self.opts, self.check.task if self.check else None
+        if o.max_task_loss is None or task is None or task.name == "none":
+            return None
+        head = task.figures_of[0]
+        best = self.check.ev.measure(self.float_model).task_figures()[head].value   # FP32 against itself
+        return lambda m: m.task_figures()[head].low >= best - o.max_task_loss
 
     def check_ranges(self) -> None:
         """Warnings on the ranges: zero or constant tensors, and what an imported file lost."""
@@ -338,22 +419,19 @@ class _Run:
             w.append(f"{len(imp.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
                      + ", ".join(imp.asymmetric[:5]) + (" …" if len(imp.asymmetric) > 5 else ""))
 
-    def fp16_remainder(self) -> None:
-        """trt11: which nodes of the FP16 remainder stay FP32 (range, measured error, output floor)."""
-        if self.opts.target != "trt11":
+    def final_check(self) -> None:
+        """The FP16 plan's floor raised to the file's SQNR + 10 dB (≤ 0.4 dB added), then the file, its
+        weights alone and the ×1.25 data measured on the held-back samples as the device runs them."""
+        if self.check is None:
             return
-        cal, choice = self.cal, self.choice
-        if not cal.samples:
-            self.warnings.append("no calibration data: FP16 overflow and precision of the remainder were not checked")
-        extrema = cal.extrema | {t: (s.min, s.max) for t, s in cal.stats.items()}
-        # FP16 noise 10 dB under the INT8 noise adds at most 0.4 dB
-        floor = FP16_OUTPUT_MIN_DB if choice is None else min(max(choice.final_db + 10, FP16_OUTPUT_MIN_DB), 50.0)
-        feeds = self.split.kept[:FP16_SAMPLES] if self.split else []
-        self.fp16 = fp16_plan(self.float_model, extrema, feeds, floor_db=floor, idx=self.idx)
-        if self.fp16.keep:
-            names = list(self.fp16.names(self.idx))
-            self.warnings.append(f"{len(names)} nodes stay FP32 (range or measured FP16 error): {', '.join(names[:5])}"
-                                 + (" …" if len(names) > 5 else ""))
+        model = self.build(self.plan, self.ranges, self.bias)
+        final = self.choice.final if self.choice is not None else self.check.ev.measure(model)
+        floor = min(max(final.sqnr().value + 10, FP16_OUTPUT_MIN_DB), 50.0)
+        if self.fp16 is not None and raise_floor(self.fp16, self.float_model, floor):
+            final = self.check.ev.measure(model)
+        w = self.check.ev.measure(weights_only(model))
+        self.accuracy = self.check.report(final, w, self.check.robust().measure(model))
+        self.accuracy["remainder"] = "fp16" if self.fp16 is not None else "fp32"
 
     def finish(self) -> QuantizeResult:
         """The file (Q/DQ, FP16 remainder, metadata) and its summary."""
@@ -369,22 +447,45 @@ class _Run:
                               self.analysis, used_bias, self.macs)
 
     def _metadata(self, int8_share: float, corrected: int) -> dict:
-        o, c = self.opts, self.choice
+        """The ONNX metadata: how the file was made, its held-back figures, and the FP16 plan's FP32 nodes
+        (TensorRT 8.x/10.x pin them with --layerPrecisions; qdq trt build does it for you)."""
+        o, c, acc = self.opts, self.choice, self.accuracy
         calibrated = self.calib_path is not None or self.given_calibration is not None
-        meta = {"qdq_version": __version__, "qdq_method": o.method if calibrated else "imported",
+        meta = {"qdq_version": __version__, "qdq_method": self.method if calibrated else "imported",
                 "qdq_samples": self.cal.samples, "qdq_target": o.target,
-                "qdq_percentile": o.percentile if o.method == "percentile" else "",
-                "qdq_int8_mac_share": f"{int8_share:.4f}", "qdq_bias_correction": f"{self.bias_mode} ({corrected} layers)"}
+                "qdq_percentile": o.percentile if self.method == "percentile" else "",
+                "qdq_int8_mac_share": f"{int8_share:.4f}", "qdq_bias_correction": f"{self.bias_mode} ({corrected} layers)",
+                "qdq_remainder": "fp16" if self.fp16 is not None else "fp32"}
+        if self.fp16 is not None:
+            meta["qdq_fp32_nodes"] = ",".join(self.fp16.names(self.idx))
         if c is not None:
-            meta.update(qdq_float_layers=", ".join(self.idx.labels[p] for p in c.float_layers),
-                        qdq_heldout_sqnr_db=f"{c.final_db:.2f}", qdq_heldout_weights_only_db=f"{c.final_weights_only_db:.2f}")
+            meta["qdq_float_layers"] = ", ".join(self.idx.labels[p] for p in c.float_layers)
+        if acc is not None:
+            meta.update(qdq_heldout_sqnr_db=f"{acc['final_db']:.2f}", qdq_heldout_weights_only_db=f"{acc['final_weights_only_db']:.2f}",
+                        qdq_heldout_interval_db="{:.2f}–{:.2f}".format(*acc["final_interval_db"]),
+                        qdq_heldout_samples=str(acc["held_back_samples"]))
+            if acc["task"]["figures"]:
+                head, fig = next(iter(acc["task"]["figures"].items()))
+                meta["qdq_heldout_task"] = f"{acc['task']['name']} {head} {fig['value']:.4f} ({fig['low']:.4f}–{fig['high']:.4f})"
         return meta
+
+    def _accuracy(self) -> dict | None:
+        """The held-back check and what mixed precision measured, for the summary."""
+        if self.accuracy is None:
+            return None
+        acc, c, o = dict(self.accuracy), self.choice, self.opts
+        first = c.int8 if c is not None else self.int8
+        acc.update(int8_db=first.sqnr().value if first is not None else acc["final_db"],
+                   weights_only_db=c.weights_only_db if c is not None else acc["final_weights_only_db"],
+                   max_loss_db=o.max_loss_db, reached=c.reached if c is not None else None,
+                   evaluations=len(c.steps) if c is not None else 0, method_scores=self.method_scores or None)
+        return acc
 
     def _summary(self, qmodel, notes, int8_share: float, corrected: int, total: int) -> Summary:
         o, plan, idx, c = self.opts, self.plan, self.idx, self.choice
         return Summary(
             ranges_import=_import_report(self.imported, plan, idx),
-            model=self.source, target=o.target, method=o.method, opset=opset_of(qmodel), samples=self.cal.samples,
+            model=self.source, target=o.target, method=self.method, opset=opset_of(qmodel), samples=self.cal.samples,
             quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
             weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
             skipped=[{"node": idx.labels[i], "op": idx.nodes[i].op_type, "reason": why} for i, why in plan.skipped],
@@ -396,11 +497,7 @@ class _Run:
             int8_mac_share=int8_share, bias_corrected=corrected, bias_correction=self.bias_mode,
             float_layers=[{"node": idx.labels[p], "op": idx.nodes[p].op_type, "mac_share": self.macs.get(p, 0) / total,
                            "cost_db": db} for p, db in (c.float_layers.items() if c else [])],
-            accuracy=None if c is None else {
-                "held_back_samples": len(self.split.held), "int8_db": c.int8_db, "weights_only_db": c.weights_only_db,
-                "final_db": c.final_db, "final_weights_only_db": c.final_weights_only_db,
-                "max_loss_db": o.max_loss_db, "reached": c.reached, "evaluations": len(c.steps)},
-            warnings=self.warnings)
+            accuracy=self._accuracy(), warnings=self.warnings)
 
 
 def share_ranges(plan: Placement, ranges: dict, cal: Calibration) -> dict:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..calib.data import Preprocess
+from ..measure.tasks import TASKS, TaskOptions
 from ..errors import QdqError
 from ..modelio import atomic_write_text, check_output
 
@@ -56,6 +57,33 @@ def add_preprocess(p: argparse.ArgumentParser) -> None:
 def preprocess(args) -> Preprocess:
     return Preprocess(size=args.size, resize=args.resize, mean=args.mean, std=args.std, scale=args.scale,
                       color=args.color, layout=args.layout)
+
+
+def add_task(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("task agreement (what you judge the model by)",
+                             "agreement of the quantized outputs with the FP32 outputs, per sample and pooled; "
+                             "auto-detected from the output shapes, with one line saying why")
+    g.add_argument("--task", choices=TASKS, default="auto",
+                   help="classify: top-1/top-5; detect: box F1 at IoU 0.5; textmap: DB map IoU and box F1; "
+                        "ctc: exact strings and CER; segment: pixel agreement and mean IoU")
+    g.add_argument("--metric", metavar="MODULE:FUNCTION",
+                   help="your own metric, called with (FP32 outputs, quantized outputs) per sample, higher is better")
+    g.add_argument("--blank", type=int, default=0, help="ctc: the blank class index (PaddleOCR: 0)")
+    g.add_argument("--score-threshold", type=float, default=0.25, help="detect: keep boxes scoring at least this")
+    g.add_argument("--nms-iou", type=float, default=0.45, help="detect: class-wise NMS at this IoU")
+    g.add_argument("--map-threshold", type=float, default=0.3, help="textmap: binarise the map here (PaddleOCR thresh)")
+    g.add_argument("--box-threshold", type=float, default=0.6, help="textmap: keep boxes of this mean probability")
+
+
+def task_options(args) -> TaskOptions:
+    return TaskOptions(task=args.task, blank=args.blank, score=args.score_threshold, nms=args.nms_iou,
+                       map_thresh=args.map_threshold, box_thresh=args.box_threshold, metric=args.metric)
+
+
+def add_remainder(g) -> None:
+    g.add_argument("--remainder", choices=("fp16", "fp32"), default="fp16",
+                   help="how the layers without Q/DQ run when measured: fp16, as TensorRT 8.x/10.x runs them with "
+                        "--int8 --fp16 (the nodes the FP16 plan keeps in FP32 pinned), or fp32 as written")
 
 
 def add_json_path(g) -> None:

@@ -28,12 +28,14 @@ def add(sub) -> None:
     an.add_argument("--threshold-db", type=float, default=20.0, help="name the first tensor below this accumulated SQNR")
     an.add_argument("--no-budget", action="store_true", help="skip the weights-only / activations-only runs")
     an.add_argument("--fail-below-db", type=float, help="exit code 1 when an output's SQNR is below this")
+    A.add_remainder(an)
     rep = c.add_argument_group("reporting")
     A.add_json_path(rep)
     rep.add_argument("--report", type=Path, help="write a self-contained HTML report here (with the precision each "
                      "layer gets in TensorRT when TensorRT-RTX is installed)")
     rep.add_argument("--no-engine-check", action="store_true", help="leave the TensorRT build out of the report")
     A.add_quiet(rep, "no progress bar, no tables")
+    A.add_task(c)
     A.add_preprocess(c)
 
 
@@ -42,7 +44,7 @@ def run(args) -> int:
     result = compare(args.float_model, args.quant_model, args.data, reference=args.reference,
                      layerwise=args.layerwise, threshold_db=args.threshold_db, budget=not args.no_budget,
                      preprocess=A.preprocess(args), limit=args.limit, batch_size=args.batch_size,
-                     quiet=args.quiet or args.json == "-")
+                     quiet=args.quiet or args.json == "-", task=A.task_options(args), remainder=args.remainder)
     if args.json:
         A.write_json(json.dumps(result.to_dict(), indent=1), args.json)
     if args.report:

@@ -26,8 +26,9 @@ def add(sub) -> None:
                           "they win over calibration, which covers the rest")
     cal.add_argument("--force-ranges", action="store_true",
                      help="apply --ranges also to tensors the placement rules would leave in float")
-    cal.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
-                     help="range method: mse (least squared error), percentile, entropy (TensorRT's KL), max")
+    cal.add_argument("--method", choices=METHODS + ("auto",), default=DEFAULT_METHOD,
+                     help="range method: mse (least squared error), percentile, entropy (TensorRT's KL), max, or auto "
+                          "(of mse, percentile and max, the best on the held-back samples and on them ×1.25)")
     cal.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     cal.add_argument("--batch-size", type=int, default=1, help="samples per ONNX Runtime run (ranges do not depend on it)")
     cal.add_argument("--limit", type=int, help="use at most this many samples")
@@ -45,6 +46,7 @@ def add(sub) -> None:
     out.add_argument("--no-engine-check", action="store_true",
                      help="skip the TensorRT build that reports what the engine runs in INT8 (done when TensorRT-RTX "
                           "or TensorRT is installed)")
+    A.add_task(q)
     A.add_preprocess(q)
 
 
@@ -62,6 +64,10 @@ def _add_accuracy(q) -> None:
                     help="SmoothQuant: move activation channel ranges into MatMul/Gemm weights (off by default)")
     mp.add_argument("--equalize", action="store_true",
                     help="cross-layer equalization of Conv→ReLU→Conv pairs (off by default)")
+    mp.add_argument("--max-task-loss", type=float, metavar="X",
+                    help="then keep more layers in float until the held-back task agreement is within X of FP32 "
+                         "(0.01: 1 %% of boxes, strings or classes)")
+    A.add_remainder(mp)
 
 
 def run(args) -> int:
@@ -74,7 +80,8 @@ def run(args) -> int:
                       providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else None,
                       quiet=args.quiet or args.json, mixed_precision=not args.no_fallback, max_loss_db=args.max_loss_db,
                       min_int8_share=args.min_int8_share, bias_correction=not args.no_bias_correction,
-                      smoothquant=args.smoothquant, equalize=args.equalize)
+                      smoothquant=args.smoothquant, equalize=args.equalize, remainder=args.remainder,
+                      task=A.task_options(args), max_task_loss=args.max_task_loss)
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
     if not args.no_engine_check:

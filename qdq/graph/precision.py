@@ -242,11 +242,33 @@ def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The FP32 graph computing what ``model`` (with FP16 tensors) computes with FP16 storage: every
     tensor the model holds in FP16 is rounded to FP16 (Cast to FP16 and back) where it is produced;
     FP16 constants become FP32 of the same values.  Inputs and outputs keep their declared types."""
-    g = gs()
     graph = import_graph(model)
+    _emulate(graph, opsets_of(model))
+    return export_graph(graph, model, "FP16 emulation")
+
+
+def remainder_fp16(model: onnx.ModelProto, keep_names=(), check: bool = False) -> onnx.ModelProto:
+    """``model`` (a Q/DQ file with an FP32 remainder, as ``--target trt8``/``trt10`` write) as weakly
+    typed TensorRT built with ``--int8 --fp16`` runs it, ready for ONNX Runtime: every float node outside
+    the INT8 layers in FP16 but the nodes named in ``keep_names`` (pinned to FP32), emulated in FP32 with
+    explicit FP16 rounding.  A model that already computes in FP16 (trt11) is emulated as written
+    (:func:`runnable`)."""
+    if has_fp16(model):
+        return runnable(model)
+    graph = import_graph(model)
+    keep = set(keep_names)
+    opsets = opsets_of(model)
+    cast_graph(graph, opsets, np.float16, [n for n in graph.nodes if n.name in keep])
+    _emulate(graph, opsets)
+    return export_graph(graph, model, "FP16 remainder", check)
+
+
+def _emulate(graph, opsets: dict) -> None:
+    """:func:`emulate_fp16` on a gs graph in place."""
+    g = gs()
     half = {t.name for t in graph.tensors().values() if isinstance(t, g.Variable) and _dtype(t) == F16}
     io = {t.name: _dtype(t) for t in list(graph.inputs) + list(graph.outputs) if _dtype(t) is not None}
-    cast_graph(graph, opsets_of(model), np.float32, (), io)
+    cast_graph(graph, opsets, np.float32, (), io)
     taken = taken_names(graph)
     for t in [t for t in graph.tensors().values() if isinstance(t, g.Variable) and t.name in half and t.inputs]:
         if _dtype(t) != F32:   # a declared FP16 graph input/output is rounded by its type already
@@ -255,7 +277,6 @@ def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         raw = g.Variable(fresh_name(f"{t.name}_fp32", taken), dtype=F32, shape=t.shape)
         producer.outputs[producer.outputs.index(t)] = raw
         graph.nodes += fp16_round_trip(raw, t, t.name, taken)
-    return export_graph(graph, model, "FP16 emulation")
 
 
 def runnable(model: onnx.ModelProto) -> onnx.ModelProto:

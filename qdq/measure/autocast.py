@@ -27,7 +27,8 @@ from ..graph.precision import (BOUND_OPS, F16, FP16_MAX, FP16_OUTPUT_MIN_DB, FP1
 from ..graph.surgery import gs, import_graph, taken_names
 from ..modelio import fresh_name
 from ..targets import prepare
-from .metrics import ErrorAccumulator, Evaluator
+from .evaluate import Evaluator
+from .metrics import ErrorAccumulator
 
 _SKIP = ("QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Size", "Identity")
 
@@ -39,6 +40,8 @@ class Fp16Plan:
     keep: dict = field(default_factory=dict)          # node id -> reason
     node_db: dict = field(default_factory=dict)       # node id -> FP16 SQNR of its own output
     output_db: float | None = None                   # FP16 model vs FP32, pooled over outputs
+    floor_db: float | None = None                    # the output floor the plan was raised to
+    evaluator: Evaluator | None = field(default=None, repr=False)   # FP32 references of the plan's samples
 
     def names(self, idx: GraphIndex) -> dict:
         return {idx.labels[i]: why for i, why in self.keep.items()}
@@ -136,30 +139,51 @@ def fp16_plan(model: onnx.ModelProto, extrema: dict, feeds: list, floor_db: floa
             for t in idx.nodes[pos].input:
                 if t in idx.producer and idx.is_float(t):
                     plan.keep.setdefault(idx.producer[t], f"feeds {idx.labels[pos]}, which needs FP32 inputs")
-    ev = Evaluator(model, feeds)
+    plan.evaluator = Evaluator(model, feeds)
+    raise_floor(plan, model, floor_db, rounds)
+    return plan
+
+
+def raise_floor(plan: Fp16Plan, model: onnx.ModelProto, floor_db: float, rounds: int = 4) -> bool:
+    """Rule 3: while the FP16 model's output is below ``floor_db``, keep the nodes with the next-largest
+    FP16 error in FP32 too (a batch per round, doubling).  Returns whether the plan changed."""
+    if plan.evaluator is None or (plan.floor_db is not None and floor_db <= plan.floor_db):
+        return False
+    before = len(plan.keep)
     ranked = [pos for pos, db in sorted(plan.node_db.items(), key=lambda kv: kv[1]) if pos not in plan.keep]
     batch = 4
     for _ in range(rounds + 1):
-        plan.output_db = ev.sqnr(cast_float(model, np.float16, set(plan.keep), "FP16 cast"))
+        plan.output_db = plan.evaluator.sqnr(cast_float(model, np.float16, set(plan.keep), "FP16 cast", check=False))
         if plan.output_db >= floor_db or not ranked:
             break
         for pos in ranked[:batch]:
             plan.keep[pos] = (f"FP16 output {plan.node_db[pos]:.1f} dB from FP32; kept to bring the model's "
                               f"FP16 output above {floor_db:g} dB")
         ranked, batch = ranked[batch:], batch * 2
-    return plan
+    plan.floor_db = floor_db
+    return len(plan.keep) != before
 
 
 # samples on which the FP16 remainder's precision is measured
 FP16_SAMPLES = 4
 
 
-def fp16_model(model, dataset, quiet: bool = False) -> onnx.ModelProto:
-    """The FP16 model TensorRT runs for ``model``: the cast ``--target trt11`` applies (FP32 I/O;
-    nodes kept FP32 where ``dataset`` shows FP16 would overflow or cost precision), at opset 19."""
-    m = prepare(model, "trt11")
+def fp16_keep_names(model, dataset, quiet: bool = False) -> list:
+    """Names of the nodes of ``model`` (a float model) the FP16 plan made on ``dataset`` keeps FP32."""
+    return _plan_names(prepare(model, "trt11"), dataset, quiet)
+
+
+def _plan_names(m: onnx.ModelProto, dataset, quiet: bool) -> list:
     idx = GraphIndex.build(m)
     floats = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants]
     cal = calibrate(m, dataset, [], floats, quiet=quiet)
-    plan = fp16_plan(m, cal.extrema, first_feeds(dataset, FP16_SAMPLES), idx=idx)
-    return cast_float(m, np.float16, set(plan.keep))
+    return list(fp16_plan(m, cal.extrema, first_feeds(dataset, FP16_SAMPLES), idx=idx).names(idx))
+
+
+def fp16_model(model, dataset, quiet: bool = False, keep_names=None) -> onnx.ModelProto:
+    """The FP16 model TensorRT runs for ``model``: the cast ``--target trt11`` applies (FP32 I/O;
+    nodes kept FP32 where ``dataset`` shows FP16 would overflow or cost precision, or the nodes named
+    ``keep_names`` when a plan was already made), at opset 19."""
+    m = prepare(model, "trt11")
+    keep = set(_plan_names(m, dataset, quiet) if keep_names is None else keep_names)
+    return cast_float(m, np.float16, {i for i, n in enumerate(m.graph.node) if n.name in keep})

@@ -32,14 +32,16 @@ from ..errors import QdqError
 from ..graph.bypass import activations_only, weights_only
 from ..graph.index import GraphIndex
 from ..graph.placement import WEIGHTED, Placement
-from ..graph.precision import runnable
+from ..graph.precision import has_fp16, remainder_fp16, runnable
 from ..graph.qdq_file import QdqSite, qdq_sites
 from ..modelio import load_model
 from ..progress import progress
 from ..targets import prepared_for
 from .analysis import analyze
-from .autocast import fp16_model
+from .autocast import fp16_keep_names, fp16_model
+from .evaluate import Measurement, signal_noise
 from .metrics import ErrorAccumulator, json_safe
+from .tasks import TaskOptions, choose_task
 
 
 @dataclass
@@ -77,6 +79,9 @@ class CompareResult:
     first_below: str | None = None
     ranked: list = field(default_factory=list)      # tensors, most SQNR removed by their own Q/DQ first
     budget: dict | None = None                     # {"weights_only": {output: dB}, ...}
+    task: dict | None = None                       # {"name", "reason", "figures", "per_sample"} (qdq.measure.tasks)
+    sqnr: dict | None = None                       # all outputs pooled: {"value", "low", "high", "samples"}
+    remainder: str = "fp32"                        # how the quantized file's non-INT8 layers ran
 
     def to_dict(self, histograms: bool = False) -> dict:
         d = asdict(self)
@@ -118,8 +123,12 @@ class _LayerAcc:
 
 def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwise: bool = False,
             threshold_db: float = 20.0, budget: bool = True, preprocess: Preprocess | None = None,
-            limit: int | None = None, batch_size: int = 1, quiet: bool = False) -> CompareResult:
-    """Run float/FP16 reference and quantized models on ``data`` and measure where they differ."""
+            limit: int | None = None, batch_size: int = 1, quiet: bool = False, task: TaskOptions | None = None,
+            remainder: str = "fp16") -> CompareResult:
+    """Run float/FP16 reference and quantized models on ``data`` and measure where they differ: per
+    output, pooled over samples with a 90 % interval, and by the task's agreement (``task``,
+    :mod:`qdq.measure.tasks`).  ``remainder="fp16"`` runs a file with an FP32 remainder (trt8/trt10)
+    as TensorRT does with ``--int8 --fp16``: its non-INT8 layers in FP16 except the ones it pins."""
     if reference not in ("fp32", "fp16"):
         raise QdqError(f"unknown reference {reference!r}; choose fp32 or fp16")
     fmodel = float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model)
@@ -131,14 +140,16 @@ def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwis
     inputs = model_inputs(fmodel)
     dataset = Dataset(data, inputs, preprocess or Preprocess(), limit=limit)
     sites = _sites(fmodel, qmodel, inputs) if layerwise else []
-    runs = _sessions(fmodel, qmodel, dataset, reference, budget, [s.tensor for s in sites], quiet)
-    acc = _Accumulators(f_out, reference == "fp16", budget, sites)
+    device, how = _device_view(fmodel, qmodel, dataset, remainder, quiet)
+    runs = _sessions(fmodel, qmodel, dataset, reference, budget, [s.tensor for s in sites], quiet, device)
+    acc = _Accumulators(f_out, reference == "fp16", budget, sites, task or TaskOptions())
     with progress("comparing", dataset.count(), quiet) as advance:
         for sources, feed in batches(dataset, batch_size):
             res = {k: run_session(sess, feed, sources[0]) for k, sess in runs.items()}
             acc.add(res, feed, len(sources))
             advance(len(sources))
     result = acc.result(reference, threshold_db)
+    result.remainder = how
     if layerwise:
         _layerwise(result, acc, fmodel, qmodel, sites, dataset, threshold_db)
     return result
@@ -153,26 +164,45 @@ def _sites(fmodel, qmodel, inputs) -> list:
     return [s for s in sites if s.tensor in known]
 
 
-def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, tensors: list, quiet: bool) -> dict:
+def _device_view(fmodel, qmodel, dataset, remainder: str, quiet: bool):
+    """(model → model as the device runs it, ready for ONNX Runtime; a phrase saying how): a file with an FP16 remainder
+    (trt11) runs as written; one with an FP32 remainder runs with it in FP16 but the nodes it pins
+    (its ``qdq_fp32_nodes``; for a file qdq did not write, the FP16 plan made on ``dataset``)."""
+    if remainder == "fp32":
+        return runnable, "layers without Q/DQ in FP32 as written (--remainder fp32)"
+    if has_fp16(qmodel):
+        return runnable, "layers without Q/DQ in FP16 as the file casts them"
+    meta = {p.key: p.value for p in qmodel.metadata_props}
+    if "qdq_fp32_nodes" in meta:
+        keep = {n for n in meta["qdq_fp32_nodes"].split(",") if n}
+    else:
+        keep = set(fp16_keep_names(fmodel, dataset, quiet))
+    how = f"layers without Q/DQ in FP16 as TensorRT 8.x/10.x runs them with --int8 --fp16, {len(keep)} pinned to FP32"
+    return (lambda m: remainder_fp16(m, keep)), how
+
+
+def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, tensors: list, quiet: bool, device) -> dict:
     """ONNX Runtime sessions by role: ref (FP32 or FP16), quant, and fp32 / weights_only /
-    activations_only where asked; ref and quant also return ``tensors``."""
+    activations_only where asked (the quantized ones through ``device``); ref and quant also
+    return ``tensors``."""
     inner = [t for t in tensors if t not in {i.name for i in dataset.inputs}]
     ref = fp16_model(fmodel, dataset, quiet) if reference == "fp16" else fmodel
     runs = {"ref": session_for(runnable(ref), extra_outputs=inner),
-            "quant": session_for(runnable(qmodel), extra_outputs=inner)}
+            "quant": session_for(device(qmodel), extra_outputs=inner)}
     if reference == "fp16":
         runs["fp32"] = session_for(runnable(fmodel))
     if budget:
-        runs["weights_only"] = session_for(runnable(weights_only(qmodel)))
-        runs["activations_only"] = session_for(runnable(activations_only(qmodel, prepared_for(fmodel, qmodel))))
+        runs["weights_only"] = session_for(device(weights_only(qmodel)))
+        runs["activations_only"] = session_for(device(activations_only(qmodel, prepared_for(fmodel, qmodel))))
     return runs
 
 
 class _Accumulators:
     """Everything ``compare`` pools over samples: per output, per budget run, per Q/DQ tensor."""
 
-    def __init__(self, outputs: list, fp16: bool, budget: bool, sites: list):
-        self.names, self.samples = outputs, 0
+    def __init__(self, outputs: list, fp16: bool, budget: bool, sites: list, task: TaskOptions):
+        self.names, self.samples, self.task_opts, self.task = outputs, 0, task, None
+        self.rows, self.task_rows = [], []     # per sample: (signal, noise) over all outputs; the task's counts
         self.out = {o: ErrorAccumulator() for o in outputs}
         self.fp16 = {o: ErrorAccumulator() for o in outputs} if fp16 else None
         self.budget = {k: {o: ErrorAccumulator() for o in outputs} for k in ("weights_only", "activations_only")} \
@@ -198,7 +228,20 @@ class _Accumulators:
                 self.top[o][2] += ref.shape[0]
         for t, la in self.layers.items():
             la.add(res["ref"][t], res["quant"][t])
+        self._add_rows(res["ref"], res["quant"], feed, samples)
         self.samples += samples
+
+    def _add_rows(self, ref: dict, q: dict, feed: dict, samples: int) -> None:
+        """Per-sample rows for the intervals and the task (a batch split into its samples)."""
+        if self.task is None:
+            self.task = choose_task({o: ref[o] for o in self.names}, feed, self.task_opts)
+        items = [(ref, q, feed)] if samples == 1 else [
+            ({o: ref[o][k:k + 1] for o in self.names}, {o: q[o][k:k + 1] for o in self.names},
+             {n: v[k:k + 1] for n, v in feed.items()}) for k in range(samples)]
+        for r, s, f in items:
+            self.rows.append(np.sum([signal_noise(r[o], s[o]) for o in self.names], axis=0))
+            if self.task.name != "none":
+                self.task_rows.append(self.task.row(r, s, f))
 
     def result(self, reference: str, threshold_db: float) -> "CompareResult":
         outputs = []
@@ -210,6 +253,13 @@ class _Accumulators:
                 rep.fp16_vs_fp32 = self.fp16[o].to_dict()
             outputs.append(rep)
         result = CompareResult(reference, self.samples, outputs, threshold_db=threshold_db)
+        m = Measurement(np.array(self.rows).reshape(-1, 2), self.task,
+                        np.array(self.task_rows) if self.task_rows else None)
+        result.sqnr = m.sqnr().to_dict()
+        if self.task is not None:
+            result.task = {"name": self.task.name, "reason": self.task.reason,
+                           "figures": {k: f.to_dict() for k, f in m.task_figures().items()},
+                           "per_sample": m.per_sample()}
         if self.budget is not None:
             result.budget = {k: {o: a.sqnr_db for o, a in v.items()} for k, v in self.budget.items()}
             result.budget["both"] = {o: self.out[o].sqnr_db for o in self.names}

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
-import onnx
-
-from ..calib.session import run_session, session_for
-from ..graph.precision import runnable
 
 
 def power_db(signal: float, noise: float) -> float:
@@ -98,25 +95,81 @@ def sqnr_db(ref: np.ndarray, q: np.ndarray) -> float:
     return acc.sqnr_db
 
 
-class Evaluator:
-    """Pooled output SQNR (all outputs, all samples) of candidate models against the float model,
-    on fixed samples (a list of feeds; ``label`` names them in errors)."""
+# the interval every figure comes with: a 90 % percentile bootstrap over samples
+LEVEL, RESAMPLES = 0.90, 2000
 
-    def __init__(self, float_model: onnx.ModelProto, feeds: list, label: str = "sample"):
-        self.feeds, self.label = feeds, label
-        sess = session_for(runnable(float_model))
-        self.refs = [run_session(sess, f, f"{label} {k}") for k, f in enumerate(feeds)]
-        self.runs = 0
 
-    def sqnr(self, model: onnx.ModelProto) -> float:
-        sess = session_for(runnable(model))
-        acc = ErrorAccumulator()
-        for k, (feed, ref) in enumerate(zip(self.feeds, self.refs)):
-            out = run_session(sess, feed, f"{self.label} {k}")
-            for name, value in ref.items():
-                acc.add(value, out[name])
-        self.runs += 1
-        return acc.sqnr_db
+@dataclass
+class Figure:
+    """A figure pooled over samples with its bootstrap interval: ``value`` (``low``–``high``, ``samples``)."""
+
+    value: float
+    low: float
+    high: float
+    samples: int
+    unit: str = "dB"        # dB, or "" for a share in [0, 1] (printed as a percentage), or "x" for a plain number
+
+    def __str__(self) -> str:
+        if self.unit == "dB":
+            f = _db_text
+            return f"{f(self.value)} dB ({f(self.low)}–{f(self.high)}, {self.samples} samples)"
+        if self.unit == "":
+            return f"{self.value:.1%} ({self.low:.1%}–{self.high:.1%}, {self.samples} samples)"
+        return f"{self.value:.3g} ({self.low:.3g}–{self.high:.3g}, {self.samples} samples)"
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "low": self.low, "high": self.high, "samples": self.samples}
+
+
+def _db_text(v: float) -> str:
+    return "inf" if v == math.inf else ("-inf" if v == -math.inf else f"{v:.1f}")
+
+
+def canonical(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (n, k) in a fixed order (lexicographic), so that resampling does not depend on the
+    order the samples came in."""
+    rows = np.asarray(rows, np.float64).reshape(len(rows), -1)
+    return rows[np.lexsort(rows.T[::-1])] if len(rows) else rows
+
+
+def resample_sums(rows: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Sums of ``rows`` (n, k) over ``resamples`` bootstrap resamples of its n rows: (resamples, k).
+    Rows are put in canonical order first and the generator is seeded: the same samples give the same
+    interval whatever their order."""
+    rows = canonical(rows)
+    idx = np.random.default_rng(seed).integers(0, len(rows), (resamples, len(rows)))
+    return rows[idx].sum(axis=1)
+
+
+def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    lo, hi = np.nanpercentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def sqnr_figure(rows: np.ndarray) -> Figure:
+    """Pooled output SQNR 10·log10(Σ signal / Σ noise) of per-sample ``rows`` (n, 2) = (Σ ref², Σ err²),
+    with its interval (computed on the noise-to-signal ratio, so identical outputs give +inf, not NaN)."""
+    rows = np.asarray(rows, np.float64).reshape(-1, 2)
+    value = power_db(rows[:, 0].sum(), rows[:, 1].sum())
+    if len(rows) < 2:
+        return Figure(value, value, value, len(rows))
+    sums = resample_sums(rows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nsr = np.where(sums[:, 0] > 0, sums[:, 1] / sums[:, 0], np.inf)
+    lo_nsr, hi_nsr = percentile_interval(nsr)
+    return Figure(value, power_db(1.0, hi_nsr), power_db(1.0, lo_nsr), len(rows))
+
+
+def paired_gap_low(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> float:
+    """The lower end of the interval of SQNR(a) − SQNR(b) (dB), both measured on the same samples
+    (rows (n, 2) each, same order), resampling samples jointly."""
+    rows = np.concatenate([np.asarray(a, np.float64), np.asarray(b, np.float64)], axis=1)
+    if len(rows) < 2:
+        return power_db(rows[:, 0].sum(), rows[:, 1].sum()) - power_db(rows[:, 2].sum(), rows[:, 3].sum())
+    sums = resample_sums(rows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = 10 * np.log10((sums[:, 0] / sums[:, 1]) / (sums[:, 2] / sums[:, 3]))
+    return percentile_interval(np.nan_to_num(gap, nan=-np.inf), level)[0]
 
 
 def json_safe(x):

@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..graph.bypass import weights_only
-from .metrics import Evaluator, power_db
+from .evaluate import Evaluator, Measurement
+from .metrics import power_db
 
 MAX_ROUNDS = 5
 GROUPS = 4
@@ -32,7 +33,8 @@ MARGIN_DB = 0.25
 
 @dataclass
 class Choice:
-    """What mixed precision decided and measured (dB on the held-back samples)."""
+    """What mixed precision decided and measured (dB on the held-back samples, point estimates; the
+    measurements themselves, with their intervals, in ``final`` and ``final_weights_only``)."""
 
     float_layers: dict = field(default_factory=dict)   # layer id -> estimated dB its INT8 would cost
     int8_db: float = math.nan            # all layers INT8
@@ -40,8 +42,12 @@ class Choice:
     final_db: float = math.nan           # the file written
     final_weights_only_db: float = math.nan
     int8_mac_share: float = 1.0          # of all weighted layers' MACs
-    reached: bool = True
+    reached: bool = True                 # the interval's lower end of final − weights-only ≥ −max_loss_db
+    task_reached: bool = True            # the task agreement criterion, when one was given
     steps: list = field(default_factory=list)   # (layers kept float, measured dB, its weights-only dB)
+    final: Measurement | None = None
+    final_weights_only: Measurement | None = None
+    int8: Measurement | None = None
 
 
 def _noise(db: float) -> float:
@@ -76,54 +82,92 @@ def candidates(analysis, layers, centred: bool = True) -> dict:
 
 
 def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: float = 2.0,
-           min_int8_share: float = 0.85, total_macs: int | None = None, int8_db: float | None = None) -> Choice:
+           min_int8_share: float = 0.85, total_macs: int | None = None, int8: Measurement | None = None,
+           task_ok=None) -> Choice:
     """``candidates``: layer id -> estimated contribution of its INT8 input to the output noise
     (see :func:`propagation_gains`); ``macs``: layer id -> MACs of every quantized layer;
     ``total_macs``: of all weighted layers, those in float by the placement rules included;
-    ``build(float_layers) -> model`` builds the file with those layers in float; ``int8_db`` is the
-    all-INT8 file's SQNR when already measured."""
-    total = total_macs or sum(macs.values()) or 1
-    int8 = sum(macs.values())
+    ``build(float_layers) -> model`` builds the file with those layers in float; ``int8`` is the
+    all-INT8 file's measurement when already made.  The target is reached when the lower end of the
+    interval of (file − weights-only) is within ``max_loss_db``; then, if ``task_ok(measurement)`` says
+    the task agreement is not yet enough, layers are added in the same order until it is."""
+    total, int8_macs = total_macs or sum(macs.values()) or 1, sum(macs.values())
     out = Choice()
     full = build(set())
-    out.int8_db = ev.sqnr(full) if int8_db is None else int8_db
-    out.weights_only_db = ev.sqnr(weights_only(full))
-    out.final_db, out.final_weights_only_db = out.int8_db, out.weights_only_db
+    out.int8 = m = int8 if int8 is not None else ev.measure(full)
+    w = ev.measure(weights_only(full))
+    out.int8_db, out.weights_only_db = m.sqnr().value, w.sqnr().value
     out.steps.append((0, out.int8_db, out.weights_only_db))
-    if out.int8_db >= out.weights_only_db - max_loss_db:
-        return out
     ranked = sorted((p for p in candidates if macs.get(p)), key=lambda p: -candidates[p] / macs[p])
-    r_sum = sum(candidates[p] for p in ranked) or 1.0
-    alpha = max(_noise(out.int8_db) - _noise(out.weights_only_db), 0.0) / r_sum
-    chosen, measured, w_db = [], out.int8_db, out.weights_only_db
+    fits = _mac_floor(macs, int8_macs, total, min_int8_share)
+    chosen, alpha = [], max(_noise(out.int8_db) - _noise(out.weights_only_db), 0.0) / (sum(candidates[p] for p in ranked) or 1.0)
     for _ in range(MAX_ROUNDS):
-        target = _noise(w_db - max_loss_db + MARGIN_DB)
-        estimate = _noise(measured)
-        added = False
-        for p in ranked:
-            if p in chosen:
-                continue
-            if estimate <= target:
-                break
-            if (int8 - sum(macs[q] for q in chosen) - macs[p]) / total < min_int8_share:
-                continue          # over the MAC floor: a cheaper layer further down may still fit
-            chosen.append(p)
-            estimate -= alpha * candidates[p]
-            added = True
+        if m.gap_low(w) >= -max_loss_db:
+            break
+        slack = (m.sqnr().value - w.sqnr().value) - m.gap_low(w)   # point minus lower end of the gap
+        target = _noise(w.sqnr().value - max_loss_db + slack + MARGIN_DB)
+        added = _add_until(ranked, chosen, candidates, alpha, _noise(m.sqnr().value), target, fits)
         if not added:
             break
-        model = build(set(chosen))
-        measured = ev.sqnr(model)
-        if measured >= w_db - max_loss_db:   # reached the last weights-only figure: measure this one's
-            w_db = ev.sqnr(weights_only(model))
-        out.steps.append((len(chosen), measured, w_db))
-        if measured >= w_db - max_loss_db:
-            break
+        m, w = _measure_step(build(set(chosen)), ev, w, max_loss_db)
+        out.steps.append((len(chosen), m.sqnr().value, w.sqnr().value))
         left = sum(candidates[p] for p in ranked if p not in chosen) or 1.0
-        alpha = max(_noise(measured) - _noise(w_db), 0.0) / left
-    out.final_db, out.final_weights_only_db = measured, w_db
-    out.reached = measured >= w_db - max_loss_db
-    out.int8_mac_share = (int8 - sum(macs[q] for q in chosen)) / total
+        alpha = max(_noise(m.sqnr().value) - _noise(w.sqnr().value), 0.0) / left
+    out.reached = m.gap_low(w) >= -max_loss_db
+    if task_ok is not None:
+        m, w = _task_stage(ranked, chosen, fits, build, ev, m, w, task_ok, out, max_loss_db)
+    out.final, out.final_weights_only = m, w
+    out.final_db, out.final_weights_only_db = m.sqnr().value, w.sqnr().value
+    out.int8_mac_share = (int8_macs - sum(macs[q] for q in chosen)) / total
     for p in chosen:   # what this layer's INT8 input would add back to the final file's noise
-        out.float_layers[p] = power_db(1.0, _noise(measured)) - power_db(1.0, _noise(measured) + alpha * candidates[p])
+        out.float_layers[p] = power_db(1.0, _noise(out.final_db)) - power_db(1.0, _noise(out.final_db) + alpha * candidates[p])
     return out
+
+
+def _mac_floor(macs: dict, int8_macs: int, total: int, min_int8_share: float):
+    """fits(chosen, p): keeping ``p`` in float too leaves at least ``min_int8_share`` of the MACs INT8."""
+    def fits(chosen, p):
+        return (int8_macs - sum(macs[q] for q in chosen) - macs[p]) / total >= min_int8_share
+    return fits
+
+
+def _add_until(ranked, chosen, candidates, alpha, estimate, target, fits) -> bool:
+    """Add layers in ranking order until the estimated noise reaches ``target``; True if any."""
+    added = False
+    for p in ranked:
+        if p in chosen:
+            continue
+        if estimate <= target:
+            break
+        if not fits(chosen, p):
+            continue          # over the MAC floor: a cheaper layer further down may still fit
+        chosen.append(p)
+        estimate -= alpha * candidates[p]
+        added = True
+    return added
+
+
+def _measure_step(model, ev, w, max_loss_db):
+    """The candidate's measurement, and its own weights-only one once it reaches the last one's."""
+    m = ev.measure(model)
+    if m.gap_low(w) >= -max_loss_db:
+        w = ev.measure(weights_only(model))
+    return m, w
+
+
+def _task_stage(ranked, chosen, fits, build, ev, m, w, task_ok, out, max_loss_db):
+    """More layers in float, doubling the batch, until ``task_ok`` or the MAC floor."""
+    batch = 1
+    while not task_ok(m):
+        more = []
+        for p in ranked:
+            if p not in chosen and len(more) < batch and fits(chosen + more, p):
+                more.append(p)
+        if not more:
+            break
+        chosen += more
+        m, w = _measure_step(build(set(chosen)), ev, w, max_loss_db)
+        out.steps.append((len(chosen), m.sqnr().value, w.sqnr().value))
+        batch *= 2
+    out.task_reached = task_ok(m)
+    return m, w

@@ -22,7 +22,8 @@ from ..calib.data import Dataset, Preprocess, first_feeds, model_inputs
 from ..errors import QdqError
 from ..progress import progress
 from .analysis import analyze
-from .metrics import Evaluator, json_safe, power_db
+from .evaluate import Evaluator
+from .metrics import json_safe, power_db
 from .mixed_precision import GROUPS, propagation_gains
 
 VALIDATION_SAMPLES = 16

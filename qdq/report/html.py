@@ -107,6 +107,24 @@ def _precision_strip(engine) -> str:
             f'MACs; {_e(engine.size_note())}.</p>')
 
 
+def _agreement(result) -> str:
+    """The pooled SQNR and the task's figures, each with its 90 % interval, and per sample."""
+    q, t = result.sqnr, result.task
+    out = [f"<h2 id='agreement'>Agreement with {result.reference.upper()}</h2><p class='note'>{_e(result.remainder)}; "
+           "intervals: 90 % bootstrap over samples.</p><table><tr><th>figure</th><th>value</th><th>90 % interval</th></tr>"]
+    if q:
+        out.append(f"<tr><td>output SQNR dB (all outputs pooled)</td><td>{_db(q['value'])}</td>"
+                   f"<td>{_db(q['low'])} – {_db(q['high'])}</td></tr>")
+    for name, f in (t or {}).get("figures", {}).items():
+        fmt = (lambda v: f"{v:.3g}") if name == "rank" or t["name"] == "metric" else (lambda v: f"{v:.1%}")
+        out.append(f"<tr><td>{_e(t['name'])}: {_e(name)}</td><td>{fmt(f['value'])}</td>"
+                   f"<td>{fmt(f['low'])} – {fmt(f['high'])}</td></tr>")
+    out.append("</table>")
+    if t is not None:
+        out.append(f"<p class='note'>task: {_e(t['name'])} ({_e(t['reason'])})</p>")
+    return "".join(out)
+
+
 def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None) -> str:
     """The report of :class:`qdq.measure.comparison.CompareResult` as one HTML document; ``engine``, a
     :class:`qdq.trt.layers.EngineView` of the quantized file, adds the precision strip."""
@@ -114,6 +132,7 @@ def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None
            f"<h1>{_e(quant_name)} vs {_e(float_name)}</h1>",
            f"<p class='note'>reference: {result.reference.upper()}, {result.samples} samples. SQNR = 10·log10(Σ‖ref‖²/Σ‖q−ref‖²); "
            "bias = mean(q−ref)/std(ref); gain = least-squares slope of q on ref.</p>",
+           _agreement(result),
            "<h2>Outputs</h2><table><tr><th>output</th><th>SQNR dB</th><th>cosine</th><th>max |err|</th>"
            "<th>mean |err|</th><th>bias</th><th>gain</th><th>top-1</th><th>top-5</th><th>FP16 vs FP32 dB</th></tr>"]
     for o in result.outputs:

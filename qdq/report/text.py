@@ -48,11 +48,8 @@ def print_summary(summary, top: int = 12, file=None) -> None:
     con.print(f"INT8 weighted layers: {n_q}/{n_all} ({summary.int8_mac_share:.1%} of the multiply-accumulates); "
               f"Q/DQ pairs: {len(summary.activations)} activations, {len(summary.weights)} weights (per-channel); "
               f"bias correction: {summary.bias_correction} ({summary.bias_corrected} layers)")
-    acc = summary.accuracy
-    if acc:
-        con.print(f"held-back check ({acc['held_back_samples']} samples): all layers INT8 {_db(acc['int8_db'])} dB, "
-                  f"this file {_db(acc['final_db'])} dB; its weights alone {_db(acc['final_weights_only_db'])} dB "
-                  f"({'within' if acc['reached'] else 'not within'} {acc['max_loss_db']:g} dB)")
+    if summary.accuracy:
+        print_held_back(con, summary)
     if summary.float_layers:
         t = table("kept in float by mixed precision (costliest INT8 per MAC first)", ("node", "op", "MACs", "its INT8 would cost dB"))
         for f in sorted(summary.float_layers, key=lambda f: -f["cost_db"]):
@@ -89,25 +86,86 @@ def print_summary(summary, top: int = 12, file=None) -> None:
         con.print(f"wrote [bold]{summary.output}[/bold]")
 
 
+def _fig(value, interval, samples=None, unit="dB") -> str:
+    """``23.8 dB (21.9–25.1, 12 samples)``, or a share ``96.0% (91.0–99.0%, 12 samples)``."""
+    n = f", {samples} samples" if samples else ""
+    if unit == "dB":
+        one = lambda v: "inf" if v == float("inf") else ("-inf" if v == float("-inf") else f"{v:.1f}")  # noqa: E731
+        return f"{one(value)} dB ({one(interval[0])}–{one(interval[1])}{n})"
+    if unit == "x":
+        return f"{value:.3g} ({interval[0]:.3g}–{interval[1]:.3g}{n})"
+    return f"{value:.1%} ({interval[0]:.1%}–{interval[1]:.1%}{n})"
+
+
+def task_line(task: dict, samples: int | None = None) -> str:
+    """The task's figures in one line: ``box F1 96.0% (91.0–99.0%, 12 samples), map IoU …``."""
+    names = {"top1": "top-1 agreement", "top5": "top-5 agreement", "rank": "mean rank of FP32's top-1",
+             "f1": "box F1", "mean_iou": "mean IoU of matched boxes", "precision": "precision", "recall": "recall",
+             "box_f1": "box F1", "map_iou": "map IoU", "box_iou": "box IoU", "exact": "exact strings",
+             "cer": "character error rate", "miou": "mean IoU", "pixel": "pixel agreement", "metric": "your metric"}
+    parts = []
+    for k, f in task["figures"].items():
+        unit = "x" if k == "rank" or task["name"] == "metric" else ""
+        parts.append(f"{names.get(k, k)} {_fig(f['value'], (f['low'], f['high']), samples if not parts else None, unit)}")
+    return ", ".join(parts)
+
+
+def _remainder_text(summary) -> str:
+    acc = summary.accuracy
+    if acc.get("remainder") != "fp16":
+        return "layers without Q/DQ in FP32 as written (--remainder fp32)"
+    pinned = f", {len(summary.fp32_nodes)} nodes pinned to FP32" if summary.fp32_nodes else ""
+    if summary.target == "trt11":
+        return f"layers without Q/DQ in FP16 as the file casts them{pinned}"
+    return f"layers without Q/DQ in FP16 as TensorRT 8.x/10.x runs them with --int8 --fp16{pinned}"
+
+
+def print_held_back(con, summary) -> None:
+    """The held-back check: the file, its weights alone, the task, the data ×1.25, and what it means."""
+    acc = summary.accuracy
+    n = acc["held_back_samples"]
+    con.print(f"held-back check ({n} samples set aside from the calibration data; {_remainder_text(summary)}):")
+    reach = "" if acc.get("reached") is None else (f"; within {acc['max_loss_db']:g} dB of it: "
+                                                   + ("yes" if acc["reached"] else "no") + " (lower end of the interval)")
+    con.print(f"  this file {_fig(acc['final_db'], acc['final_interval_db'], n)}; its weights alone "
+              f"{_fig(acc['final_weights_only_db'], acc['final_weights_only_interval_db'])}; all layers INT8 "
+              f"{acc['int8_db']:.1f} dB{reach}")
+    task = acc.get("task") or {}
+    if task.get("figures"):
+        con.print(f"  task {task['name']} ({task['reason']}): {task_line(task, n)}")
+    elif task:
+        con.print(f"  task: none ({task['reason']})")
+    robust = f"{acc['robust_scale']:g}"
+    line = f"  the same samples ×{robust} (data brighter, louder, larger than calibration saw): " \
+           f"{_fig(acc['robust_db'], acc['robust_interval_db'])}"
+    if task.get("robust"):
+        line += "; " + task_line({"name": task["name"], "figures": task["robust"]})
+    con.print(line)
+    if acc.get("method_scores"):
+        con.print("  --method auto: " + ", ".join(f"{m} {v:.2f} dB" for m, v in acc["method_scores"].items())
+                  + f" (held-back and ×{robust} together): {summary.method}")
+    con.print(f"  these samples come from the calibration data: data from elsewhere can land lower. Measure on your own "
+              f"validation data: qdq compare {summary.model} {summary.output or 'FILE'} --data YOUR_DATA")
+    if acc.get("more_samples"):
+        con.print(f"  only {n} held-back samples: {acc['more_samples']} more ({n + acc['more_samples']} in all) would "
+                  "halve the interval")
+
+
 def _db(v: float) -> str:
     return "inf" if v == float("inf") else ("-inf" if v == float("-inf") else f"{v:.2f}")
 
 
 def print_compare(result, top: int = 15, file=None) -> None:
-    """Output metrics, the loss budget and the worst Q/DQ tensors (most SQNR removed first)."""
+    """Output metrics, the task's agreement, the loss budget and the worst Q/DQ tensors."""
     con = console(file)
-    t = table(f"outputs vs {result.reference.upper()} ({result.samples} samples)", ("output", "SQNR dB", "cosine", "max|err|", "mean|err|", "bias", "gain", "top-1", "top-5"))
-    if result.reference == "fp16":
-        t.add_column("FP16 vs FP32 dB", justify="right", no_wrap=True)
-    for o in result.outputs:
-        m = o.metrics
-        row = [o.name, _db(m["sqnr_db"]), f"{m['cosine']:.5f}", f"{m['max_abs']:.4g}", f"{m['mean_abs']:.4g}",
-               f"{m['bias']:+.4f}", f"{m['gain']:.4f}", "" if o.top1 is None else f"{o.top1:.1%}",
-               "" if o.top5 is None else f"{o.top5:.1%}"]
-        if result.reference == "fp16":
-            row.append(_db(o.fp16_vs_fp32["sqnr_db"]))
-        t.add_row(*row)
-    con.print(t)
+    q = result.sqnr
+    con.print(f"quantized file vs {result.reference.upper()} on {result.samples} samples ({result.remainder}): "
+              f"output SQNR {_fig(q['value'], (q['low'], q['high']), q['samples'])}" if q else "")
+    if result.task is not None and result.task["figures"]:
+        con.print(f"task {result.task['name']} ({result.task['reason']}): {task_line(result.task, result.samples)}")
+    elif result.task is not None:
+        con.print(f"task: none ({result.task['reason']})")
+    _outputs_table(con, result)
     if result.budget:
         b = table("where the loss lives (output SQNR dB)", ("output", "weights only", "activations only", "both"))
         for o in result.outputs:
@@ -123,6 +181,25 @@ def print_compare(result, top: int = 15, file=None) -> None:
         con.print(w)
         if result.first_below:
             con.print(f"first tensor below {result.threshold_db:g} dB (accumulated): [bold]{result.first_below}[/bold]")
+
+
+def _outputs_table(con, result) -> None:
+    """Per output: SQNR, cosine, errors, bias and gain (top-1/top-5 only where an output is class scores)."""
+    tops = any(o.top1 is not None for o in result.outputs)
+    cols = ["output", "SQNR dB", "cosine", "max|err|", "mean|err|", "bias", "gain"] + (["top-1", "top-5"] if tops else [])
+    t = table(f"outputs vs {result.reference.upper()} ({result.samples} samples)", cols)
+    if result.reference == "fp16":
+        t.add_column("FP16 vs FP32 dB", justify="right", no_wrap=True)
+    for o in result.outputs:
+        m = o.metrics
+        row = [o.name, _db(m["sqnr_db"]), f"{m['cosine']:.5f}", f"{m['max_abs']:.4g}", f"{m['mean_abs']:.4g}",
+               f"{m['bias']:+.4f}", f"{m['gain']:.4f}"]
+        if tops:
+            row += ["–" if o.top1 is None else f"{o.top1:.1%}", "–" if o.top5 is None else f"{o.top5:.1%}"]
+        if result.reference == "fp16":
+            row.append(_db(o.fp16_vs_fp32["sqnr_db"]))
+        t.add_row(*row)
+    con.print(t)
 
 
 def print_inspection(ins, rules, file=None) -> None:

@@ -133,6 +133,7 @@ class CheckResult:
     engine: bytes | None = field(default=None, repr=False)
     log: list = field(default_factory=list, repr=False)   # every builder message (verbose builds)
     shapes: dict = field(default_factory=dict)   # input -> shape the engine was built for
+    pinned: list = field(default_factory=list)   # layers pinned to FP32 (weakly typed TensorRT)
 
     @property
     def ok(self) -> bool:
@@ -176,12 +177,37 @@ def _profile(builder, network, config, shapes: dict | None) -> dict:
     return built
 
 
+def pinned_layers(model: onnx.ModelProto) -> list:
+    """The nodes the file's FP16 plan keeps in FP32 (metadata ``qdq_fp32_nodes``): on weakly typed
+    TensorRT they are pinned with layer precisions, as ``--layerPrecisions`` does in trtexec."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    return [n for n in meta.get("qdq_fp32_nodes", "").split(",") if n]
+
+
+def pin_fp32(b: Backend, network, config, names) -> list:
+    """Weakly typed TensorRT (8.x/10.x): the layers named ``names`` (the parser names a node's layer
+    after it) computed and output in FP32, with OBEY_PRECISION_CONSTRAINTS, so ``--fp16`` cannot move them
+    to FP16.  Returns the names found in the network."""
+    trt, wanted, found = b.module, set(names), []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.name in wanted:
+            layer.precision = trt.float32
+            for k in range(layer.num_outputs):
+                layer.set_output_type(k, trt.float32)
+            found.append(layer.name)
+    if found:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return found
+
+
 def build(model: onnx.ModelProto, precision: str = "int8", shapes: dict | None = None, backend: Backend | None = None,
-          timing_cache: Path | None = None, verbose: bool = False) -> CheckResult:
+          timing_cache: Path | None = None, verbose: bool = False, pins=None) -> CheckResult:
     """Parse and build ``model`` into a serialized engine.  ``precision`` sets the builder flags of
-    weakly typed TensorRT (``fp16``: FP16; ``int8``: INT8 + FP16); strongly typed APIs take the
-    precision from the graph.  ``shapes`` maps dynamic inputs to the shape to build for.  With
-    ``verbose`` the result keeps every builder message (the engine's layer list among them)."""
+    weakly typed TensorRT (``fp16``: FP16; ``int8``: INT8 + FP16) and ``pins`` (default: the file's
+    :func:`pinned_layers`) the layers kept FP32 there; strongly typed APIs take the precision from the
+    graph.  ``shapes`` maps dynamic inputs to the shape to build for.  With ``verbose`` the result
+    keeps every builder message (the engine's layer list among them)."""
     b = backend or load_backend()
     trt = b.module
     logger = logger_for(trt, verbose)
@@ -191,6 +217,8 @@ def build(model: onnx.ModelProto, precision: str = "int8", shapes: dict | None =
         return result
     config = builder.create_builder_config()
     b.configure(config, precision)
+    if not b.strongly_typed:
+        result.pinned = pin_fp32(b, network, config, pinned_layers(model) if pins is None else pins)
     cache = None
     if timing_cache is not None and not b.rtx and hasattr(config, "create_timing_cache"):  # no-op in RTX
         blob = timing_cache.read_bytes() if timing_cache.exists() else b""
@@ -214,16 +242,25 @@ def check_model(model: onnx.ModelProto, shapes: dict | None = None, backend: Bac
     return build(model, "int8", shapes, backend, verbose=verbose)
 
 
+def pin_args(names) -> list:
+    """trtexec's form of :func:`pin_fp32`: precision and output types obeyed per named layer."""
+    if not names:
+        return []
+    spec = ",".join(f"{n}:fp32" for n in names)
+    return ["--precisionConstraints=obey", f"--layerPrecisions={spec}", f"--layerOutputTypes={spec}"]
+
+
 def trtexec_lines(float_onnx: str, quant_onnx: str, shapes: dict | None, fp16_onnx: str | None = None,
-                  quant_fp16_onnx: str | None = None) -> list[str]:
-    """trtexec commands that build the same two engines: TensorRT 8.5/8.6/10.x flags (Jetson), and,
-    when the FP16 files are given, the strongly typed TensorRT 11 form."""
+                  quant_fp16_onnx: str | None = None, pins=(), float_pins=()) -> list[str]:
+    """trtexec commands that build the same two engines: TensorRT 8.5/8.6/10.x flags (Jetson), the
+    layers the FP16 plan keeps in FP32 pinned (``pins`` for the Q/DQ file, ``float_pins`` for the float
+    model), and, when the FP16 files are given, the strongly typed TensorRT 11 form."""
     shape_arg = []
     if shapes:
         spec = ",".join(f"{k}:{'x'.join(str(d) for d in v)}" for k, v in shapes.items())
         shape_arg = [f"--minShapes={spec}", f"--optShapes={spec}", f"--maxShapes={spec}"]
-    cmds = [["trtexec", f"--onnx={float_onnx}", "--fp16", "--saveEngine=fp16.engine"],
-            ["trtexec", f"--onnx={quant_onnx}", "--int8", "--fp16", "--saveEngine=int8.engine"]]
+    cmds = [["trtexec", f"--onnx={float_onnx}", "--fp16", *pin_args(float_pins), "--saveEngine=fp16.engine"],
+            ["trtexec", f"--onnx={quant_onnx}", "--int8", "--fp16", *pin_args(pins), "--saveEngine=int8.engine"]]
     if fp16_onnx:
         cmds += [["trtexec", f"--onnx={fp16_onnx}", "--stronglyTyped", "--saveEngine=fp16.engine"],
                  ["trtexec", f"--onnx={quant_fp16_onnx or quant_onnx}", "--stronglyTyped", "--saveEngine=int8.engine"]]
@@ -261,16 +298,18 @@ def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict
     workdir.mkdir(parents=True, exist_ok=True)
     cache = workdir / "timing.cache"
     fp16_src, q_src, written = fm, qm, {}
+    pins = pinned_layers(qm)
+    float_pins = [n for n in pins if n in {node.name for node in fm.graph.node}]
     if b.strongly_typed:  # precision lives in the graph: FP16 casts of both (Q/DQ kept INT8)
         fp16_src = fp16_model(fm, dataset, quiet)
         has_fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in qm.graph.initializer)
-        q_src = qm if has_fp16 else fp16_model(qm, dataset, quiet)
+        q_src = qm if has_fp16 else fp16_model(qm, dataset, quiet, keep_names=pins or None)
         for label, m in (("fp16.onnx", fp16_src), ("int8_fp16.onnx", q_src)):
             written[label] = str(save_model(m, workdir / label, overwrite=True))
     out = {}
     view = None
-    for label, model, precision in (("fp16", fp16_src, "fp16"), ("int8", q_src, "int8")):
-        res = build(model, precision, shapes, b, cache, verbose=label == "int8")
+    for label, model, precision, pin in (("fp16", fp16_src, "fp16", float_pins), ("int8", q_src, "int8", pins)):
+        res = build(model, precision, shapes, b, cache, verbose=label == "int8", pins=pin)
         if not res.ok:
             raise QdqError(f"TensorRT could not build the {label} engine: {'; '.join(res.errors[:3])}")
         path = workdir / f"{label}.engine"
@@ -285,7 +324,7 @@ def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict
                 view = None
     lines = trtexec_lines(str(float_model) if not isinstance(float_model, onnx.ModelProto) else "float.onnx",
                           str(quant_model) if not isinstance(quant_model, onnx.ModelProto) else "int8.onnx",
-                          shapes, written.get("fp16.onnx"), written.get("int8_fp16.onnx"))
+                          shapes, written.get("fp16.onnx"), written.get("int8_fp16.onnx"), pins, float_pins)
     return Engines(out["fp16"], out["int8"], b.name, b.version, shapes, lines,
                    out["fp16"].stat().st_size, out["int8"].stat().st_size, view)
 

@@ -1,0 +1,483 @@
+"""Task-level agreement of a quantized (or FP16) model with the FP32 model: what users judge by.
+
+Each task turns one sample's FP32 outputs and quantized outputs into a row of additive counts; the
+pooled figures are computed from the summed rows, so a figure over samples, its bootstrap interval
+(:func:`qdq.measure.metrics.bootstrap`) and each sample's own figure come from one definition.  The
+first figure of a task is its headline; every figure is "higher is better" except ``cer``.
+
+* ``classify`` — top-1 agreement, top-5 agreement (FP32's top-1 among the quantized top 5), and the
+  mean rank (1 = first) of FP32's top-1 class in the quantized scores.
+* ``detect`` — boxes decoded from the common layouts (``[N, 4+C, A]`` anchor-free as YOLOv8/v11 with
+  class scores; ``[N, A, 5+C]`` with objectness as YOLOv5/YOLOX, raw YOLOX heads decoded on their
+  stride-8/16/32 grids; DETR-style boxes ``[N, Q, 4]`` (cx, cy, w, h, normalised) + logits
+  ``[N, Q, C+1]``), kept above ``score`` and through class-wise NMS at ``nms`` IoU (not for DETR), then
+  F1 of the quantized detections against the FP32 ones (same class, IoU ≥ ``iou``, greedy by score)
+  and the mean IoU of the matched pairs.
+* ``textmap`` — DB-style probability maps ``[N, 1, H, W]``: IoU of the maps binarised at ``map_thresh``
+  (PaddleOCR's 0.3), and F1 of the boxes of their 4-connected components whose mean probability
+  reaches ``box_thresh`` (0.6) at IoU ≥ ``iou``.
+* ``ctc`` — greedy CTC decoding (argmax per step, repeats collapsed, ``blank`` dropped) of
+  ``[N, T, C]`` or ``[T, N, C]``: exact-string agreement and the character error rate
+  CER = Σ edit distance / Σ FP32 string length.
+* ``segment`` — ``[N, C, H, W]`` class scores: per-pixel argmax agreement and the mean over classes of
+  the IoU of the two argmax maps (classes present in either).
+* a user metric ``module:function`` called with (FP32 outputs, quantized outputs) per sample, both
+  ``{output name: array}``, returning a float (higher is better); pooled as the mean.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import QdqError
+
+TASKS = ("auto", "classify", "detect", "textmap", "ctc", "segment", "none")
+_EMBEDDING_WORDS = ("embed", "hidden", "feature", "pool", "vector", "token", "encod")
+
+
+@dataclass
+class TaskOptions:
+    """The flags of ``--task`` and its decoding (documented defaults)."""
+
+    task: str = "auto"
+    blank: int = 0              # CTC blank index (PaddleOCR: 0)
+    score: float = 0.25         # detection score threshold
+    nms: float = 0.45           # NMS IoU
+    iou: float = 0.5            # IoU that makes two boxes the same detection
+    map_thresh: float = 0.3     # DB probability map binarisation (PaddleOCR's thresh)
+    box_thresh: float = 0.6     # DB box score (PaddleOCR's box_thresh)
+    metric: str | None = None   # module:function
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise QdqError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+
+
+class Task:
+    """One task's per-sample rows and pooled figures (see the module doc)."""
+
+    name = "none"
+    columns: tuple = ()
+    figures_of: tuple = ()      # figure names, headline first
+
+    def __init__(self, output: str | None = None, reason: str = "", opts: TaskOptions | None = None):
+        self.output, self.reason, self.opts = output, reason, opts or TaskOptions()
+
+    def row(self, ref: dict, q: dict, feed: dict) -> np.ndarray:
+        raise NotImplementedError
+
+    def figures(self, sums: np.ndarray) -> dict:
+        """Pooled figures from summed rows ``sums`` (m, k): name → (m,) values."""
+        raise NotImplementedError
+
+    @property
+    def lower_is_better(self) -> set:
+        return {"cer"}
+
+
+def _ratio(num, den, empty=1.0):
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
+
+
+class Classify(Task):
+    name, columns, figures_of = "classify", ("rows", "top1", "top5", "rank"), ("top1", "top5", "rank")
+
+    def row(self, ref, q, feed):
+        r, s = ref[self.output].reshape(len(ref[self.output]), -1), q[self.output].reshape(len(q[self.output]), -1)
+        r1 = r.argmax(1)
+        order = np.argsort(-s.astype(np.float64), axis=1, kind="stable")
+        rank = (order == r1[:, None]).argmax(1) + 1
+        return np.array([len(r), (s.argmax(1) == r1).sum(), (rank <= 5).sum(), rank.sum()], np.float64)
+
+    def figures(self, sums):
+        return {"top1": _ratio(sums[:, 1], sums[:, 0]), "top5": _ratio(sums[:, 2], sums[:, 0]),
+                "rank": _ratio(sums[:, 3], sums[:, 0])}
+
+    @property
+    def lower_is_better(self):
+        return {"rank"}
+
+
+def _f1(tp, fp, fn):
+    return _ratio(2 * np.asarray(tp), 2 * np.asarray(tp) + np.asarray(fp) + np.asarray(fn))
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4), x1 y1 x2 y2."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def match(ref_boxes, ref_cls, q_boxes, q_cls, q_scores, iou: float) -> tuple:
+    """Greedy matching, highest quantized score first, same class, IoU ≥ ``iou``: (tp, fp, fn, Σ IoU)."""
+    m = _iou_matrix(q_boxes, ref_boxes)
+    taken, tp, total = set(), 0, 0.0
+    for i in np.argsort(-np.asarray(q_scores), kind="stable"):
+        cands = [(m[i, j], j) for j in range(len(ref_boxes)) if j not in taken and ref_cls[j] == q_cls[i] and m[i, j] >= iou]
+        if cands:
+            best, j = max(cands)
+            taken.add(j)
+            tp, total = tp + 1, total + best
+    return tp, len(q_boxes) - tp, len(ref_boxes) - tp, total
+
+
+def _nms(boxes, scores, classes, iou: float) -> np.ndarray:
+    """Indices kept by class-wise non-maximum suppression."""
+    keep = []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        while len(idx):
+            keep.append(idx[0])
+            idx = idx[1:][_iou_matrix(boxes[idx[:1]], boxes[idx[1:]])[0] < iou] if len(idx) > 1 else idx[1:]
+    return np.asarray(sorted(keep), np.int64)
+
+
+class Detect(Task):
+    name, columns, figures_of = "detect", ("tp", "fp", "fn", "iou"), ("f1", "mean_iou", "precision", "recall")
+
+    def __init__(self, output, reason="", opts=None, layout="yolov8", boxes_output=None, grid=None):
+        super().__init__(output, reason, opts)
+        self.layout, self.boxes_output, self.grid = layout, boxes_output, grid
+
+    def decode(self, out: dict, b: int) -> tuple:
+        """Detections of item ``b``: (boxes x1y1x2y2, scores, classes) after threshold and NMS."""
+        o = self.opts
+        if self.layout == "detr":
+            boxes, logits = out[self.boxes_output][b].astype(np.float64), out[self.output][b].astype(np.float64)
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            cls, scores = p[:, :-1].argmax(1), p[:, :-1].max(1)
+            keep = scores >= o.score
+            return _xyxy(boxes[keep]), scores[keep], cls[keep]
+        a = out[self.output][b].astype(np.float64)
+        if self.layout == "yolov8":
+            a = a.T                                  # (A, 4 + C)
+            box, cls_scores = a[:, :4], a[:, 4:]
+        else:
+            box, cls_scores = a[:, :4], a[:, 5:] * a[:, 4:5] if a.shape[1] > 5 else a[:, 4:5]
+            if self.grid is not None:               # raw YOLOX head: offsets and log sizes on the grid
+                cells, strides = self.grid
+                box = np.concatenate([(box[:, :2] + cells) * strides, np.exp(np.clip(box[:, 2:4], -20, 20)) * strides], 1)
+        cls, scores = cls_scores.argmax(1), cls_scores.max(1)
+        keep = scores >= o.score
+        boxes, scores, cls = _xyxy(box[keep]), scores[keep], cls[keep]
+        k = _nms(boxes, scores, cls, o.nms) if len(boxes) else np.zeros(0, np.int64)
+        return boxes[k], scores[k], cls[k]
+
+    def row(self, ref, q, feed):
+        out = np.zeros(4)
+        for b in range(len(ref[self.output])):
+            rb, _, rc = self.decode(ref, b)
+            qb, qs, qc = self.decode(q, b)
+            out += match(rb, rc, qb, qc, qs, self.opts.iou)
+        return out
+
+    def figures(self, sums):
+        tp, fp, fn = sums[:, 0], sums[:, 1], sums[:, 2]
+        return {"f1": _f1(tp, fp, fn), "mean_iou": _ratio(sums[:, 3], tp), "precision": _ratio(tp, tp + fp),
+                "recall": _ratio(tp, tp + fn)}
+
+
+def _xyxy(cxcywh: np.ndarray) -> np.ndarray:
+    c, s = cxcywh[:, :2], cxcywh[:, 2:4]
+    return np.concatenate([c - s / 2, c + s / 2], 1)
+
+
+def components(mask: np.ndarray) -> np.ndarray:
+    """4-connected component labels of a 2-D boolean mask (0 outside; labels are the smallest flat
+    index of each component + 1), by vectorised union-find: hook along edges, then path halving."""
+    h, w = mask.shape
+    flat = mask.ravel()
+    parent = np.arange(flat.size)
+    idx = np.arange(flat.size).reshape(h, w)
+    edges = [(idx[:, :-1][mask[:, :-1] & mask[:, 1:]], idx[:, 1:][mask[:, :-1] & mask[:, 1:]]),
+             (idx[:-1][mask[:-1] & mask[1:]], idx[1:][mask[:-1] & mask[1:]])]
+    u = np.concatenate([e[0] for e in edges])
+    v = np.concatenate([e[1] for e in edges])
+    while len(u):
+        pu, pv = parent[u], parent[v]
+        differ = pu != pv
+        if not differ.any():
+            break
+        lo, hi = np.minimum(pu, pv)[differ], np.maximum(pu, pv)[differ]
+        np.minimum.at(parent, hi, lo)
+        while True:   # point every node at its root
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+    return np.where(flat, parent + 1, 0).reshape(h, w)
+
+
+class TextMap(Task):
+    name, columns, figures_of = "textmap", ("inter", "union", "tp", "fp", "fn", "iou"), ("box_f1", "map_iou", "box_iou")
+
+    def boxes(self, prob: np.ndarray) -> np.ndarray:
+        """Boxes (x1, y1, x2, y2) of the components of ``prob`` > map_thresh scoring ≥ box_thresh."""
+        labels = components(prob > self.opts.map_thresh)
+        ids, inverse = np.unique(labels.ravel(), return_inverse=True)
+        ys, xs = np.divmod(np.arange(labels.size), labels.shape[1])
+        out = []
+        for k, lab in enumerate(ids):
+            if lab == 0:
+                continue
+            sel = inverse == k
+            x1, x2, y1, y2 = xs[sel].min(), xs[sel].max() + 1, ys[sel].min(), ys[sel].max() + 1
+            if min(x2 - x1, y2 - y1) >= 3 and prob.ravel()[sel].mean() >= self.opts.box_thresh:
+                out.append((x1, y1, x2, y2))
+        return np.asarray(out, np.float64).reshape(-1, 4)
+
+    def row(self, ref, q, feed):
+        out = np.zeros(6)
+        for b in range(len(ref[self.output])):
+            r, s = ref[self.output][b].reshape(ref[self.output].shape[-2:]), q[self.output][b].reshape(q[self.output].shape[-2:])
+            rm, qm = r > self.opts.map_thresh, s > self.opts.map_thresh
+            rb, qb = self.boxes(r), self.boxes(s)
+            tp, fp, fn, iou = match(rb, np.zeros(len(rb)), qb, np.zeros(len(qb)), np.zeros(len(qb)), self.opts.iou)
+            out += [(rm & qm).sum(), (rm | qm).sum(), tp, fp, fn, iou]
+        return out
+
+    def figures(self, sums):
+        return {"box_f1": _f1(sums[:, 2], sums[:, 3], sums[:, 4]), "map_iou": _ratio(sums[:, 0], sums[:, 1]),
+                "box_iou": _ratio(sums[:, 5], sums[:, 2])}
+
+
+def ctc_decode(probs: np.ndarray, blank: int) -> tuple:
+    """Greedy CTC: argmax per step (probs (T, C)), repeats collapsed, blanks dropped."""
+    best = probs.argmax(-1)
+    keep = np.ones(len(best), bool)
+    keep[1:] = best[1:] != best[:-1]
+    return tuple(int(c) for c in best[keep] if c != blank)
+
+
+def edit_distance(a: tuple, b: tuple) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions all cost 1)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+class Ctc(Task):
+    name, columns, figures_of = "ctc", ("strings", "exact", "edits", "chars"), ("exact", "cer")
+
+    def __init__(self, output, reason="", opts=None, time_major=False):
+        super().__init__(output, reason, opts)
+        self.time_major = time_major
+
+    def row(self, ref, q, feed):
+        r, s = ref[self.output], q[self.output]
+        if self.time_major:
+            r, s = np.moveaxis(r, 1, 0), np.moveaxis(s, 1, 0)
+        out = np.zeros(4)
+        for b in range(len(r)):
+            a, c = ctc_decode(r[b], self.opts.blank), ctc_decode(s[b], self.opts.blank)
+            out += [1, a == c, edit_distance(a, c), len(a)]
+        return out
+
+    def figures(self, sums):
+        return {"exact": _ratio(sums[:, 1], sums[:, 0]), "cer": _ratio(sums[:, 2], sums[:, 3], empty=0.0)}
+
+
+class Segment(Task):
+    name, figures_of = "segment", ("miou", "pixel")
+
+    def __init__(self, output, reason="", opts=None, classes=2):
+        super().__init__(output, reason, opts)
+        self.classes = classes
+        self.columns = ("pixels", "agree") + tuple(f"inter{c}" for c in range(classes)) + tuple(f"union{c}" for c in range(classes))
+
+    def row(self, ref, q, feed):
+        r, s = ref[self.output].argmax(1).ravel(), q[self.output].argmax(1).ravel()
+        c = self.classes
+        inter = np.bincount(r[r == s], minlength=c)[:c]
+        union = np.bincount(r, minlength=c)[:c] + np.bincount(s, minlength=c)[:c] - inter
+        return np.concatenate([[r.size, (r == s).sum()], inter, union]).astype(np.float64)
+
+    def figures(self, sums):
+        c = self.classes
+        inter, union = sums[:, 2:2 + c], sums[:, 2 + c:]
+        present = union > 0
+        miou = np.where(present.any(1), (np.where(present, inter / np.where(present, union, 1), 0)).sum(1)
+                        / np.maximum(present.sum(1), 1), 1.0)
+        return {"miou": miou, "pixel": _ratio(sums[:, 1], sums[:, 0])}
+
+
+class UserMetric(Task):
+    name, columns, figures_of = "metric", ("value", "samples"), ("metric",)
+
+    def __init__(self, spec: str, opts=None):
+        super().__init__(None, f"your metric {spec}", opts)
+        self.fn = load_metric(spec)
+
+    def row(self, ref, q, feed):
+        try:
+            v = float(self.fn(ref, q))
+        except Exception as e:
+            raise QdqError(f"--metric {self.opts.metric}: failed on a sample ({type(e).__name__}: {str(e)[:120]})") from None
+        if not math.isfinite(v):
+            raise QdqError(f"--metric {self.opts.metric}: returned {v}; it must return a finite float")
+        return np.array([v, 1.0])
+
+    def figures(self, sums):
+        return {"metric": _ratio(sums[:, 0], sums[:, 1], empty=0.0)}
+
+    @property
+    def lower_is_better(self):
+        return set()
+
+
+def load_metric(spec: str):
+    """``module:function`` → the function (the module imported from the current folder or sys.path)."""
+    mod, sep, fn = spec.partition(":")
+    if not sep or not mod or not fn:
+        raise QdqError(f"--metric {spec!r}: expected module:function, e.g. mymetrics:box_agreement")
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise QdqError(f"--metric {spec!r}: cannot load it ({type(e).__name__}: {str(e)[:120]})") from None
+    if not callable(f):
+        raise QdqError(f"--metric {spec!r}: {fn} is not a function")
+    return f
+
+
+def choose_task(outputs: dict, feed: dict, opts: TaskOptions) -> Task:
+    """The task to judge agreement by: the user's metric, the forced ``opts.task``, or the one the FP32
+    outputs of one sample (``outputs``, name → array) look like; ``reason`` says why in one line."""
+    if opts.metric:
+        return UserMetric(opts.metric, opts)
+    if opts.task == "none":
+        return Task(None, "--task none", opts)
+    found = _detect_all(outputs, feed, opts, strict=opts.task == "auto")
+    if opts.task == "auto":
+        if found:
+            return found[0]
+        shapes = ", ".join(f"{k!r} {list(v.shape)}" for k, v in outputs.items())
+        return Task(None, f"no output looks like class scores, boxes, a probability map, class maps or a sequence "
+                          f"({shapes}); pass --task or --metric", opts)
+    match_ = [t for t in found if t.name == opts.task]
+    if not match_:
+        shapes = ", ".join(f"{k!r} {list(v.shape)}" for k, v in outputs.items())
+        raise QdqError(f"--task {opts.task}: no output has the shape it needs ({shapes}); see qdq compare --help")
+    match_[0].reason = f"--task {opts.task}: " + match_[0].reason
+    return match_[0]
+
+
+def _batch(feed: dict) -> int:
+    arrays = [v for v in feed.values() if getattr(v, "ndim", 0) >= 1]
+    return int(arrays[0].shape[0]) if arrays else 1
+
+
+def _image_size(feed: dict):
+    """(H, W) of the first rank-4 float input (NCHW or NHWC), or None."""
+    for v in feed.values():
+        if getattr(v, "ndim", 0) == 4 and v.dtype.kind == "f":
+            return (v.shape[2], v.shape[3]) if v.shape[1] in (1, 3, 4) else (v.shape[1], v.shape[2])
+    return None
+
+
+def _image_input(feed: dict) -> bool:
+    """Whether the model reads an image: a rank-4 float input with 1, 3 or 4 channels."""
+    for v in feed.values():
+        if getattr(v, "ndim", 0) == 4 and v.dtype.kind == "f":
+            return v.shape[1] in (1, 3, 4) or v.shape[3] in (1, 3, 4)
+    return False
+
+
+def _detect_all(outputs: dict, feed: dict, opts: TaskOptions, strict: bool = True) -> list:
+    """Every task an output fits, in order of preference (DETR pairs first, then output order).
+    ``strict`` (auto-detection) also asks maps to be the image's size; a forced task needs the shape only."""
+    b = _batch(feed)
+    floats = {k: v for k, v in outputs.items() if getattr(v, "dtype", np.dtype("O")).kind == "f" and v.ndim >= 2}
+    out = _detr(floats, b, opts)
+    for name, v in floats.items():
+        out += _detect_one(name, v, b, feed, opts, strict)
+    return out
+
+
+def _detr(floats: dict, b: int, opts) -> list:
+    boxes = [k for k, v in floats.items() if v.ndim == 3 and v.shape[0] == b and v.shape[2] == 4 and v.shape[1] >= 10]
+    for bk in boxes:
+        q = floats[bk].shape[1]
+        logits = [k for k, v in floats.items() if k != bk and v.ndim == 3 and v.shape[:2] == (b, q) and v.shape[2] >= 2]
+        if logits:
+            return [Detect(logits[0], f"outputs {bk!r} {list(floats[bk].shape)} and {logits[0]!r} "
+                                      f"{list(floats[logits[0]].shape)}: DETR-style boxes and class logits", opts,
+                           layout="detr", boxes_output=bk)]
+    return []
+
+
+def _detect_one(name: str, v: np.ndarray, b: int, feed: dict, opts, strict: bool = True) -> list:
+    shape, out = list(v.shape), []
+    where = f"output {name!r} {shape}"
+    if v.ndim == 2 and v.shape[0] == b and v.shape[1] >= (10 if strict else 2):
+        if strict and any(w in name.lower() for w in _EMBEDDING_WORDS):
+            return []
+        out.append(Classify(name, f"{where}: one score per class", opts))
+    size, image = _image_size(feed), _image_input(feed)
+    image_sized = image and size is not None and tuple(v.shape[2:]) == tuple(size)
+    if v.ndim == 4 and v.shape[0] == b and (image_sized or not strict):
+        if v.shape[1] == 1 and v.min() >= 0 and v.max() <= 1:
+            out.append(TextMap(name, f"{where}: a one-channel probability map the size of the image (DB text "
+                                     "detector)", opts))
+        elif 2 <= v.shape[1] <= 1000:
+            out.append(Segment(name, f"{where}: {v.shape[1]} class scores per pixel of the image", opts,
+                               classes=v.shape[1]))
+    if v.ndim == 3:
+        out += _detect_3d(name, v, b, feed, opts, where)
+    return out
+
+
+def _detect_3d(name, v, b, feed, opts, where) -> list:
+    """Rank-3 outputs: CTC sequences (softmax over the last axis first), YOLO-style boxes, then
+    sequences of unnormalised scores."""
+    n, d1, d2 = v.shape
+    ctc = []
+    if d2 >= 10 and n == b and d1 >= 2:
+        ctc.append(Ctc(name, f"{where}: {d1} steps × {d2} classes (CTC sequence, blank {opts.blank})", opts))
+    elif d2 >= 10 and d1 == b and n >= 2:
+        ctc.append(Ctc(name, f"{where}: {n} steps × {d2} classes, time first (CTC sequence, blank {opts.blank})", opts,
+                       time_major=True))
+    softmax = v.min() >= 0 and np.allclose(v.sum(-1), 1.0, atol=1e-3)
+    out = list(ctc) if softmax else []
+    if n == b and d1 >= 100 and 6 <= d2 <= 105 and 0 <= v[..., 4].min() and v[..., 4].max() <= 1:
+        grid = _yolox_grid(d1, v, feed)
+        kind = "raw YOLOX head decoded on its stride-8/16/32 grid" if grid is not None else "YOLOv5/YOLOX boxes"
+        out.append(Detect(name, f"{where}: {d1} anchors × (4 box + objectness + {d2 - 5} classes), {kind}", opts,
+                          layout="yolo", grid=grid))
+    if n == b and d2 >= 100 and 5 <= d1 <= 104 and d2 > d1 and np.abs(v[:, :4]).max() > 1:
+        out.append(Detect(name, f"{where}: (4 box + {d1 - 4} class scores) × {d2} anchors, YOLOv8/v11 layout", opts,
+                          layout="yolov8"))
+    return out + ([] if softmax else ctc)
+
+
+def _yolox_grid(anchors: int, v: np.ndarray, feed: dict):
+    """(cells (A, 2), strides (A, 1)) when ``v`` is a raw YOLOX head over the input image: as many
+    anchors as grid cells at strides 8, 16, 32 and box sizes that are log-scale (small), else None."""
+    size = _image_size(feed)
+    if size is None:
+        return None
+    h, w = size
+    cells, strides = [], []
+    for s in (8, 16, 32):
+        gy, gx = np.meshgrid(np.arange(h // s), np.arange(w // s), indexing="ij")
+        cells.append(np.stack([gx.ravel(), gy.ravel()], 1))
+        strides.append(np.full((gx.size, 1), s))
+    cells, strides = np.concatenate(cells), np.concatenate(strides)
+    if len(cells) != anchors or np.median(np.abs(v[..., 2:4])) > 8:
+        return None
+    return cells.astype(np.float64), strides.astype(np.float64)

@@ -1,0 +1,173 @@
+"""Task-level agreement and figures with intervals, on synthetic outputs with known answers."""
+import sys
+
+import numpy as np
+import pytest
+
+from qdq.errors import QdqError
+from qdq.measure.evaluate import Measurement
+from qdq.measure.metrics import resample_sums, sqnr_figure
+from qdq.measure.tasks import (Classify, Ctc, Detect, Segment, TaskOptions, TextMap, UserMetric, choose_task,
+                               components, ctc_decode, edit_distance)
+
+RNG = np.random.default_rng(3)
+
+
+def _figures(task, pairs, feed=None):
+    """Pooled figures of ``task`` over (ref outputs, quantized outputs) pairs."""
+    rows = np.array([task.row(r, q, feed or {}) for r, q in pairs])
+    return {k: float(v[0]) for k, v in task.figures(rows.sum(0, keepdims=True)).items()}
+
+
+def test_classify_top1_top5_and_rank():
+    ref = np.zeros((4, 10), np.float32)
+    ref[np.arange(4), [1, 2, 3, 4]] = 5.0
+    q = ref.copy()
+    q[0, 1], q[0, 7], q[0, 8] = 4.0, 4.5, 4.2          # row 0: FP32's class comes third
+    f = _figures(Classify("y"), [({"y": ref}, {"y": q})])
+    assert f == {"top1": 0.75, "top5": 1.0, "rank": (3 + 1 + 1 + 1) / 4}
+    assert _figures(Classify("y"), [({"y": ref}, {"y": ref})]) == {"top1": 1.0, "top5": 1.0, "rank": 1.0}
+
+
+def _yolov8(boxes, classes=2, anchors=200):
+    """[1, 4 + classes, anchors]: boxes (cx, cy, w, h, class, score) on the first anchors, others scoring 0."""
+    out = np.zeros((1, 4 + classes, anchors), np.float32)
+    out[0, :4] = 10.0
+    for a, (cx, cy, w, h, c, s) in enumerate(boxes):
+        out[0, :4, a] = cx, cy, w, h
+        out[0, 4 + c, a] = s
+    return out
+
+
+def test_detect_f1_and_mean_iou_yolov8_layout():
+    ref = _yolov8([(50, 50, 20, 20, 0, .9), (150, 50, 20, 20, 1, .8), (50, 150, 30, 30, 0, .7)])
+    q = _yolov8([(52, 50, 20, 20, 0, .9), (150, 50, 20, 20, 0, .8),      # same box, other class: not a match
+                 (50, 150, 30, 30, 0, .2), (51, 50, 20, 20, 0, .85)])    # under the threshold; a duplicate NMS drops
+    task = Detect("y", opts=TaskOptions(), layout="yolov8")
+    f = _figures(task, [({"y": ref}, {"y": q})])
+    iou = (18 * 20) / (2 * 400 - 18 * 20)
+    assert f["f1"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 2)) and f["mean_iou"] == pytest.approx(iou)
+    assert _figures(task, [({"y": ref}, {"y": ref})])["f1"] == 1.0
+
+
+def test_raw_yolox_head_is_decoded_on_its_grid():
+    """[1, A, 5 + C] with A = the grid cells of strides 8/16/32: (x, y) offsets and log sizes."""
+    h = w = 128
+    anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
+    raw = np.zeros((1, anchors, 6), np.float32)
+    raw[0, 1 * 16 + 1, :] = [0.5, 0.5, np.log(2.0), np.log(2.0), 0.9, 1.0]   # cell (1, 1) at stride 8: box at (12, 12), 16×16
+    feed = {"images": np.zeros((1, 3, h, w), np.float32)}
+    task = choose_task({"output": raw}, feed, TaskOptions())
+    assert task.name == "detect" and "YOLOX" in task.reason and task.grid is not None
+    boxes, scores, _ = task.decode({"output": raw}, 0)
+    assert boxes.tolist() == [pytest.approx([4.0, 4.0, 20.0, 20.0])] and scores.tolist() == pytest.approx([0.9])
+
+
+def test_detr_boxes_and_logits():
+    boxes = np.array([[[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]] + [[0.5, 0.5, 0.1, 0.1]] * 8], np.float32)
+    logits = np.full((1, 10, 4), -5.0, np.float32)
+    logits[0, :, 3] = 5.0                       # "no object"
+    logits[0, 0, 0] = logits[0, 1, 2] = 8.0
+    task = choose_task({"pred_boxes": boxes, "pred_logits": logits}, {"x": np.zeros((1, 3, 32, 32), np.float32)},
+                       TaskOptions())
+    assert task.name == "detect" and task.layout == "detr"
+    q = logits.copy()
+    q[0, 1, 2] = 0.0                           # the second object falls under the no-object class
+    f = _figures(task, [({"pred_boxes": boxes, "pred_logits": logits}, {"pred_boxes": boxes, "pred_logits": q})])
+    assert f["f1"] == pytest.approx(2 / 3) and f["recall"] == 0.5
+
+
+def test_components_and_textmap_boxes():
+    m = np.zeros((40, 60), np.float32)
+    m[5:15, 5:30] = 0.9         # a text line
+    m[25:35, 10:20] = 0.8       # another
+    m[30:33, 40:43] = 0.9       # 3×3: kept (min side 3)
+    m[1, 50] = 0.9              # a speck: dropped
+    labels = components(m > 0.3)
+    assert len(np.unique(labels)) - 1 == 4
+    t = TextMap("p", opts=TaskOptions())
+    assert len(t.boxes(m)) == 3
+    q = m.copy()
+    q[25:35, 10:20] = 0.2       # the second line lost
+    f = _figures(t, [({"p": m[None, None]}, {"p": q[None, None]})])
+    assert f["box_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+    assert f["map_iou"] == pytest.approx((250 + 9 + 1) / (250 + 100 + 9 + 1))
+
+
+def test_ctc_greedy_decode_exact_strings_and_cer():
+    def probs(seq, classes=12):
+        p = np.full((len(seq), classes), 0.01, np.float32)
+        p[np.arange(len(seq)), seq] = 0.9
+        return p
+    assert ctc_decode(probs([0, 3, 3, 0, 3, 4, 0]), 0) == (3, 3, 4)
+    assert edit_distance((1, 2, 3), (1, 3)) == 1 and edit_distance((), (1, 2)) == 2
+    ref = np.stack([probs([3, 0, 4, 5]), probs([6, 6, 0, 7])])      # "3 4 5", "6 7"
+    q = np.stack([probs([3, 0, 4, 4]), probs([6, 6, 0, 7])])        # "3 4",   "6 7"
+    f = _figures(Ctc("s", opts=TaskOptions()), [({"s": ref}, {"s": q})])
+    assert f == {"exact": 0.5, "cer": pytest.approx(1 / 5)}
+    time_first = Ctc("s", opts=TaskOptions(), time_major=True)
+    assert _figures(time_first, [({"s": ref.transpose(1, 0, 2)}, {"s": q.transpose(1, 0, 2)})]) == f
+
+
+def test_segment_pixel_agreement_and_mean_iou():
+    ref = np.zeros((1, 3, 4, 4), np.float32)
+    ref[0, 0, :2], ref[0, 1, 2:] = 1, 1                 # class 0 top half, class 1 bottom
+    q = ref.copy()
+    q[0, 1, 3], q[0, 2, 3] = 0, 2                        # last row → class 2
+    f = _figures(Segment("m", opts=TaskOptions(), classes=3), [({"m": ref}, {"m": q})])
+    assert f["pixel"] == 12 / 16 and f["miou"] == pytest.approx((1.0 + 4 / 8 + 0.0) / 3)
+
+
+def test_user_metric(tmp_path, monkeypatch):
+    (tmp_path / "mymetric.py").write_text("def agree(ref, q):\n    return float((ref['y'] > 0).mean() == (q['y'] > 0).mean())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    t = choose_task({"y": np.ones((1, 4))}, {}, TaskOptions(metric="mymetric:agree"))
+    assert isinstance(t, UserMetric)
+    y = np.ones((1, 4))
+    assert _figures(t, [({"y": y}, {"y": y}), ({"y": y}, {"y": -y})]) == {"metric": 0.5}
+    with pytest.raises(QdqError, match="module:function"):
+        TaskOptions(metric="nocolon") and choose_task({}, {}, TaskOptions(metric="nocolon"))
+    sys.modules.pop("mymetric", None)
+
+
+@pytest.mark.parametrize("outputs,feed,task,words", [
+    ({"logits": RNG.standard_normal((1, 1000))}, {"input": np.zeros((1, 3, 224, 224), np.float32)}, "classify",
+     "one score per class"),
+    ({"sigmoid_0.tmp_0": RNG.uniform(0, 1, (1, 1, 64, 64))}, {"x": np.zeros((1, 3, 64, 64), np.float32)}, "textmap",
+     "probability map"),
+    ({"softmax": np.full((1, 40, 6625), 1 / 6625)}, {"x": np.zeros((1, 3, 48, 320), np.float32)}, "ctc", "40 steps"),
+    ({"seq": np.full((32, 1, 100), 0.01)}, {"x": np.zeros((1, 1, 64, 256), np.float32)}, "ctc", "time first"),
+    ({"embedding": RNG.standard_normal((1, 384))}, {"ids": np.zeros((1, 32), np.int64)}, "none", "no output looks"),
+    ({"y": RNG.standard_normal((1, 16, 16, 16))}, {"x": np.zeros((1, 16, 16, 16), np.float32)}, "none", "no output"),
+])
+def test_auto_detection_says_what_and_why(outputs, feed, task, words):
+    t = choose_task(outputs, feed, TaskOptions())
+    assert t.name == task and words in t.reason
+
+
+def test_yolov8_output_is_not_taken_for_a_sequence():
+    out = _yolov8([(50, 50, 20, 20, 0, .9)], classes=80, anchors=8400)
+    t = choose_task({"output0": out}, {"images": np.zeros((1, 3, 640, 640), np.float32)}, TaskOptions())
+    assert t.name == "detect" and t.layout == "yolov8"
+
+
+def test_interval_is_honest_and_order_free():
+    rows = np.column_stack([RNG.uniform(1, 2, 12), RNG.uniform(0.001, 0.01, 12)])
+    f = sqnr_figure(rows)
+    assert f.low < f.value < f.high and f.samples == 12
+    assert sqnr_figure(rows[::-1]) == f                              # the same samples in another order
+    wide, narrow = sqnr_figure(rows[:6]), sqnr_figure(np.tile(rows, (8, 1)))
+    assert narrow.high - narrow.low < (wide.high - wide.low) / 2
+    same = np.column_stack([np.ones(5), np.zeros(5)])
+    assert sqnr_figure(same).value == sqnr_figure(same).low == float("inf")
+    assert str(f).endswith(", 12 samples)") and " dB (" in str(f)
+    assert resample_sums(rows, resamples=10).shape == (10, 2)
+
+
+def test_task_figures_come_with_intervals():
+    task = Classify("y")
+    rows = np.array([[1, 1, 1, 1]] * 9 + [[1, 0, 1, 2]], np.float64)
+    m = Measurement(np.ones((10, 2)), task, rows)
+    top1 = m.task_figures()["top1"]
+    assert top1.value == 0.9 and top1.low < 0.9 <= top1.high <= 1.0 and top1.samples == 10
+    assert [s["top1"] for s in m.per_sample()] == [1.0] * 9 + [0.0]
