@@ -11,7 +11,8 @@ import pytest
 from onnx import numpy_helper
 
 from qdq.calib.session import run_session, session_for
-from qdq.graph.precision import runnable
+from qdq.graph.precision import remainder_fp16, runnable
+from qdq.trt.backend import pinned_layers
 from qdq.graph.bypass import activations_only, weights_only
 from qdq.measure.comparison import compare
 from qdq.calib.data import Dataset, model_inputs
@@ -43,10 +44,15 @@ def _plant(model, ratio=20.0):
     return m, site.tensor
 
 
-def test_output_metrics_match_numpy(effnet, eff_q):
-    res = compare(effnet.model, eff_q, effnet.val, preprocess=effnet.preprocess, budget=False, quiet=True)
+@pytest.mark.parametrize("remainder", ["fp32", "fp16"])
+def test_output_metrics_match_numpy(effnet, eff_q, remainder):
+    """The figures are numpy's on the file as written (fp32) and on the file as the device runs it
+    (fp16: its remainder in FP16 with its pinned nodes FP32)."""
+    res = compare(effnet.model, eff_q, effnet.val, preprocess=effnet.preprocess, budget=False, quiet=True,
+                  remainder=remainder)
     fm = onnx.load(str(effnet.model))
-    fs, qs = session_for(runnable(fm)), session_for(runnable(eff_q))
+    device = runnable(eff_q) if remainder == "fp32" else remainder_fp16(eff_q, pinned_layers(eff_q))
+    fs, qs = session_for(runnable(fm)), session_for(device)
     refs, qs_out = [], []
     for src, feed in Dataset(effnet.val, model_inputs(fm), effnet.preprocess):
         refs.append(run_session(fs, feed, src)["logits"])

@@ -101,10 +101,10 @@ def test_ctc_greedy_decode_exact_strings_and_cer():
         return p
     assert ctc_decode(probs([0, 3, 3, 0, 3, 4, 0]), 0) == (3, 3, 4)
     assert edit_distance((1, 2, 3), (1, 3)) == 1 and edit_distance((), (1, 2)) == 2
-    ref = np.stack([probs([3, 0, 4, 5]), probs([6, 6, 0, 7])])      # "3 4 5", "6 7"
-    q = np.stack([probs([3, 0, 4, 4]), probs([6, 6, 0, 7])])        # "3 4",   "6 7"
+    ref = np.stack([probs([3, 0, 4, 5]), probs([6, 6, 0, 7]), probs([0, 0, 0, 0])])   # "3 4 5", "6 7", ""
+    q = np.stack([probs([3, 0, 4, 4]), probs([6, 6, 0, 7]), probs([0, 0, 0, 0])])     # "3 4",   "6 7", ""
     f = _figures(Ctc("s", opts=TaskOptions()), [({"s": ref}, {"s": q})])
-    assert f == {"exact": 0.5, "cer": pytest.approx(1 / 5)}
+    assert f == {"exact": 0.5, "cer": pytest.approx(1 / 5)}        # two empty readings are not an agreement
     time_first = Ctc("s", opts=TaskOptions(), time_major=True)
     assert _figures(time_first, [({"s": ref.transpose(1, 0, 2)}, {"s": q.transpose(1, 0, 2)})]) == f
 

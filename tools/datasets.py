@@ -9,7 +9,7 @@ preprocessing that model was trained with.
               val = the 23 other photos + 9 later frames; x = (pixel − 127) / 128, RGB, 224×224.
 - ppocr_det   PP-OCRv4 detector; the demo's sets: text rendered on scikit-image's photos (76 calibration,
               16 held out, from other photos); BGR, (x/255 − .5)/.5.
-- ppocr_rec   PP-OCRv4 recogniser; horizontal text-line strips of the same images at 48×320.
+- ppocr_rec   PP-OCRv4 recogniser; text lines rendered on the same photos (110 calibration, 40 held out), 48×320.
 - ddddocr_det YOLOX-style detector; text images and photos, letterboxed to 416, raw 0–255 BGR.
 - minilm      all-MiniLM-L6-v2 (exported from safetensors); token ids of real English sentences.
 """
@@ -46,12 +46,12 @@ def _root(name: str) -> Path:
     return zoo.cache_dir() / "sets" / name
 
 
-def _done(folder: Path) -> bool:
-    return (folder / ".complete").read_text() == _VERSION if (folder / ".complete").exists() else False
+def _done(folder: Path, version: str = _VERSION) -> bool:
+    return (folder / ".complete").read_text() == version if (folder / ".complete").exists() else False
 
 
-def _mark(folder: Path) -> None:
-    (folder / ".complete").write_text(_VERSION)
+def _mark(folder: Path, version: str = _VERSION) -> None:
+    (folder / ".complete").write_text(version)
 
 
 def _save_images(folder: Path, items) -> Path:
@@ -113,22 +113,17 @@ def ppocr_det() -> Prepared:
 
 
 def ppocr_rec() -> Prepared:
-    from PIL import Image
-
+    """Text lines rendered on scikit-image's photos (tools.photos.rendered_lines): 110 calibration lines
+    on the demo's calibration photos, 40 held-out lines on its other photos; 48×320, BGR, (x/255 − .5)/.5."""
     root = _root("ppocr_rec")
-    if not _done(root):
-        images = samples.text_images()
-        for folder in ("calib", "val"):
-            (root / folder).mkdir(parents=True, exist_ok=True)
-        for j, path in enumerate(images):
-            im = Image.open(path).convert("RGB")
-            w, h = im.size
-            strip_h = max(16, h // 8)
-            for k in range(0, h - strip_h + 1, strip_h):
-                strip = im.crop((0, k, min(w, strip_h * 320 // 48), k + strip_h))
-                dest = "val" if (k // strip_h) % 5 == 4 else "calib"
-                strip.save(root / dest / f"{path.stem}_{k:04d}.png")
-        _mark(root)
+    if not _done(root, "2"):
+        for split, variants in (("calib", 10), ("val", 10)):
+            folder = root / split
+            if folder.exists():
+                for old in folder.glob("*.png"):
+                    old.unlink()
+            _save_images(folder, samples.rendered_lines(split, variants))
+        _mark(root, "2")
     return Prepared(zoo.fetch("ppocr_rec"), root / "calib", root / "val", REC_PRE)
 
 

@@ -77,3 +77,39 @@ def video_frames(indices, path: Path = OPENCV_DATA / "vtest.avi"):
     finally:
         cap.release()
     return [frames[k] for k in sorted(frames)]
+
+
+def rendered_lines(split: str, variants: int, seed: int = 0, size=(48, 320)):
+    """Text-line images for a recogniser (H×W ``size``): one line of 1–4 words in Pillow's bundled font
+    over a strip of one of scikit-image's photos, dark or light, some on a plain label, as PP-OCR's
+    detector crops them.  ``split`` "calib" or "val" uses the demo's calibration or held-out photos;
+    yields ``(name, PIL image)``, the same every time for the same ``seed``."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from qdq.demo.samples import TEXT_BACKGROUNDS, WORDS, skimage_data
+
+    folder = skimage_data()
+    rng = np.random.default_rng(seed + (0 if split == "calib" else 10_000))
+    h, w = size
+    for photo in TEXT_BACKGROUNDS[split]:
+        if folder is None or not (folder / photo).is_file():
+            continue
+        with Image.open(folder / photo) as im:
+            base = im.convert("RGB")
+        for k in range(variants):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5))))
+            font = ImageFont.load_default(size=int(rng.integers(26, 40)))
+            probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+            x1, y1, x2, y2 = probe.textbbox((0, 0), text, font=font)
+            tw, th = x2 - x1 + 16, y2 - y1 + 12
+            sw, sh = max(tw, int(th * w / h)), th        # the strip keeps the recogniser's aspect ratio
+            bx, by = int(rng.integers(0, max(1, base.width - sw))), int(rng.integers(0, max(1, base.height - sh)))
+            strip = base.crop((bx, by, bx + sw, by + sh)).convert("RGBA")
+            draw = ImageDraw.Draw(strip)
+            dark = rng.random() < 0.5
+            if rng.random() < 0.4:   # a label behind the text
+                draw.rectangle((0, 0, sw, sh), fill=(235, 235, 225, 255) if dark else (25, 30, 40, 255))
+            colour = tuple(int(c) for c in (rng.integers(0, 60, 3) if dark else rng.integers(200, 256, 3)))
+            draw.text((8 - x1, 6 - y1), text, font=font, fill=colour + (255,))
+            yield f"{Path(photo).stem}_{k}", strip.convert("RGB")

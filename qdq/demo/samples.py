@@ -50,12 +50,12 @@ def tiles(path: Path, grid: int = 2):
 
 # scikit-image's photos (the grayscale ones become RGB): backgrounds for rendered text.  Calibration
 # and held-out images come from different photos.
-_TEXT_BACKGROUNDS = {
+TEXT_BACKGROUNDS = {
     "calib": ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
               "ihc.png", "camera.png", "brick.png", "grass.png", "moon.png"],
     "val": ["motorcycle_right.png", "retina.jpg", "gravel.png", "coins.png"],
 }
-_WORDS = ("quantize calibrate tensor engine layer output input scale range model vision text detect street "
+WORDS = ("quantize calibrate tensor engine layer output input scale range model vision text detect street "
           "store open closed exit entrance parking station coffee tea menu price total invoice number date "
           "name address phone email order receipt amount paid change cash card thank you welcome north south "
           "east west road avenue bridge river market city park museum library school hospital pharmacy hotel "
@@ -73,7 +73,7 @@ def rendered_text(split: str, variants: int, seed: int = 0, size: int = 640):
     if folder is None:
         return
     rng = np.random.default_rng(seed + (0 if split == "calib" else 10_000))
-    for photo in _TEXT_BACKGROUNDS[split]:
+    for photo in TEXT_BACKGROUNDS[split]:
         path = folder / photo
         if not path.is_file():
             continue
@@ -86,7 +86,7 @@ def rendered_text(split: str, variants: int, seed: int = 0, size: int = 640):
             canvas = base.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
             for _ in range(int(rng.integers(3, 8))):
                 font = ImageFont.load_default(size=int(rng.integers(16, 65)))
-                text = " ".join(rng.choice(_WORDS, size=int(rng.integers(1, 5))))
+                text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5))))
                 layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
                 draw = ImageDraw.Draw(layer)
                 pos = (int(rng.integers(0, size // 2)), int(rng.integers(0, size - 70)))

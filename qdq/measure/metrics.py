@@ -142,6 +142,10 @@ def resample_sums(rows: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -
 
 
 def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The central ``level`` interval of ``values`` (NaN, a figure undefined on a resample, ignored)."""
+    values = np.asarray(values, np.float64)
+    if np.isnan(values).all():
+        return math.nan, math.nan
     lo, hi = np.nanpercentile(values, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 

@@ -17,7 +17,8 @@ first figure of a task is its headline; every figure is "higher is better" excep
   (PaddleOCR's 0.3), and F1 of the boxes of their 4-connected components whose mean probability
   reaches ``box_thresh`` (0.6) at IoU ≥ ``iou``.
 * ``ctc`` — greedy CTC decoding (argmax per step, repeats collapsed, ``blank`` dropped) of
-  ``[N, T, C]`` or ``[T, N, C]``: exact-string agreement and the character error rate
+  ``[N, T, C]`` or ``[T, N, C]``: exact-string agreement over the samples where either model reads
+  text (two empty readings agree trivially and are not counted) and the character error rate
   CER = Σ edit distance / Σ FP32 string length.
 * ``segment`` — ``[N, C, H, W]`` class scores: per-pixel argmax agreement and the mean over classes of
   the IoU of the two argmax maps (classes present in either).
@@ -79,6 +80,7 @@ class Task:
 
 
 def _ratio(num, den, empty=1.0):
+    """num / den, ``empty`` where den is 0 (NaN for a mean over no matched boxes: there is none)."""
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
 
@@ -185,7 +187,7 @@ class Detect(Task):
 
     def figures(self, sums):
         tp, fp, fn = sums[:, 0], sums[:, 1], sums[:, 2]
-        return {"f1": _f1(tp, fp, fn), "mean_iou": _ratio(sums[:, 3], tp), "precision": _ratio(tp, tp + fp),
+        return {"f1": _f1(tp, fp, fn), "mean_iou": _ratio(sums[:, 3], tp, np.nan), "precision": _ratio(tp, tp + fp),
                 "recall": _ratio(tp, tp + fn)}
 
 
@@ -250,7 +252,7 @@ class TextMap(Task):
 
     def figures(self, sums):
         return {"box_f1": _f1(sums[:, 2], sums[:, 3], sums[:, 4]), "map_iou": _ratio(sums[:, 0], sums[:, 1]),
-                "box_iou": _ratio(sums[:, 5], sums[:, 2])}
+                "box_iou": _ratio(sums[:, 5], sums[:, 2], np.nan)}
 
 
 def ctc_decode(probs: np.ndarray, blank: int) -> tuple:
@@ -273,7 +275,7 @@ def edit_distance(a: tuple, b: tuple) -> int:
 
 
 class Ctc(Task):
-    name, columns, figures_of = "ctc", ("strings", "exact", "edits", "chars"), ("exact", "cer")
+    name, columns, figures_of = "ctc", ("read", "exact", "edits", "chars"), ("exact", "cer")
 
     def __init__(self, output, reason="", opts=None, time_major=False):
         super().__init__(output, reason, opts)
@@ -286,7 +288,8 @@ class Ctc(Task):
         out = np.zeros(4)
         for b in range(len(r)):
             a, c = ctc_decode(r[b], self.opts.blank), ctc_decode(s[b], self.opts.blank)
-            out += [1, a == c, edit_distance(a, c), len(a)]
+            read = bool(a or c)
+            out += [read, read and a == c, edit_distance(a, c), len(a)]
         return out
 
     def figures(self, sums):

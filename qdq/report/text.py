@@ -89,6 +89,8 @@ def print_summary(summary, top: int = 12, file=None) -> None:
 def _fig(value, interval, samples=None, unit="dB") -> str:
     """``23.8 dB (21.9–25.1, 12 samples)``, or a share ``96.0% (91.0–99.0%, 12 samples)``."""
     n = f", {samples} samples" if samples else ""
+    if value is None or value != value:
+        return "– (no matched boxes)"
     if unit == "dB":
         one = lambda v: "inf" if v == float("inf") else ("-inf" if v == float("-inf") else f"{v:.1f}")  # noqa: E731
         return f"{one(value)} dB ({one(interval[0])}–{one(interval[1])}{n})"
