@@ -12,6 +12,67 @@ from onnx import version_converter
 from .errors import QdqError
 
 PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: larger models cannot be one serialised protobuf
+SKELETON_BYTES = 1 << 16      # initializers above this many bytes are left out of a model's skeleton
+
+
+def too_large(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is beyond :data:`PROTOBUF_LIMIT` (read at call time: tests lower it to run the
+    external-data paths on small models)."""
+    try:
+        return model.ByteSize() > PROTOBUF_LIMIT
+    except Exception:   # protobuf's C implementation refuses to size a message beyond 2 GiB at all
+        return True
+
+
+def write_external(model: onnx.ModelProto, path: Path, data_name: str) -> None:
+    """``model`` to ``path`` with the bytes of its initializers above 1 KiB in ``data_name`` beside it
+    (each at a 4 KiB-aligned offset, so ONNX Runtime can map it), leaving ``model`` untouched: a header
+    model of external references is written, one tensor's bytes at a time.  (onnx's own writer moves
+    the bytes out of ``model`` and reading them back grows the message's arena by a copy each time.)"""
+    from onnx import numpy_helper
+
+    header = onnx.ModelProto()
+    _copy_fields(model, header, skip="graph")
+    _copy_fields(model.graph, header.graph, skip="initializer")
+    with open(path.with_name(data_name), "wb") as data:
+        for t in model.graph.initializer:
+            if values_bytes(t) <= 1024 or t.data_location == onnx.TensorProto.EXTERNAL:
+                header.graph.initializer.append(t)
+                continue
+            raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+            data.write(b"\0" * (-data.tell() % 4096))
+            ref = header.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
+                                               data_location=onnx.TensorProto.EXTERNAL)
+            for k, v in (("location", data_name), ("offset", str(data.tell())), ("length", str(len(raw)))):
+                ref.external_data.add(key=k, value=v)
+            data.write(raw)
+            del raw
+    onnx.save_model(header, str(path))
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """Every set field of protobuf message ``src`` into ``dst`` except the one named ``skip``."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:   # protobuf 7 has only is_repeated, earlier ones only label
+            getattr(dst, field.name).extend(value)
+        elif field.message_type:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def values_bytes(t: onnx.TensorProto) -> int:
+    """Bytes of an initializer's values from its dims and type (reading ``raw_data`` would copy it)."""
+    n = 1
+    for d in t.dims:
+        n *= d
+    try:
+        return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:   # strings and types numpy lacks: counted large
+        return n * 8
 
 
 def load_model(path) -> onnx.ModelProto:
@@ -36,7 +97,7 @@ def load_model(path) -> onnx.ModelProto:
             raise QdqError(f"{path}: external data file {loc!r} of tensor {t.name!r} is missing")
     if any(True for _ in _external_tensors(model)):
         onnx.load_external_data_for_model(model, str(base))
-    if model.ByteSize() <= PROTOBUF_LIMIT:
+    if not too_large(model):
         try:
             onnx.checker.check_model(model)
         except Exception as e:
@@ -94,15 +155,39 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the bytes of its large initializers (above :data:`SKELETON_BYTES`): each becomes
+    a graph input of the same type and shape, which is all inference needs; small ones (shape
+    vectors, axes, scales) keep their values for data propagation.  Nodes keep their positions."""
+    m = onnx.ModelProto()
+    _copy_fields(model, m, skip="graph")
+    _copy_fields(model.graph, m.graph, skip="initializer")
+    src, g = model.graph, m.graph
+    declared = {i.name for i in src.input}
+    for t in src.initializer:
+        if values_bytes(t) <= SKELETON_BYTES:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return m
+
+
 def convert_opset(model: onnx.ModelProto, target: int, source: str = "model") -> onnx.ModelProto:
     """The model at opset ``target`` of the default domain (no-op when already there)."""
     if opset_of(model) == target:
         return model
+    bare = skeleton(model)   # the converter serialises: only the graph goes through it, not the weights
     try:
-        converted = version_converter.convert_version(model, target)
+        converted = version_converter.convert_version(bare, target)
     except Exception as e:
         raise QdqError(f"{source}: cannot convert from opset {opset_of(model)} to {target} "
                        f"({str(e).splitlines()[0][:200]}); re-export the model at opset {target}") from None
+    left_out = {i.name for i in bare.graph.input} - {i.name for i in model.graph.input}
+    if left_out:
+        inputs = [i for i in converted.graph.input if i.name not in left_out]
+        del converted.graph.input[:]
+        converted.graph.input.extend(inputs)
+        converted.graph.initializer.extend(t for t in model.graph.initializer if t.name in left_out)
     name_nodes(converted)
     return converted
 
@@ -163,26 +248,23 @@ def atomic_write_text(path, text: str, overwrite: bool = True) -> Path:
     return _atomic(path, folder, write)
 
 
-def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=(),
-               external_threshold: int = PROTOBUF_LIMIT) -> Path:
-    """Write ``model`` to ``path`` atomically (temp file in the same folder, then rename).
+def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=()) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file in the same folder, then rename); ``model``
+    is left as it was.
 
-    Models larger than ``external_threshold`` bytes (protobuf's 2 GB limit) are written with their
-    tensors in ``<name>.data`` beside the file; the data file is renamed into place first, then the
-    model.  ``protect`` lists paths (e.g. the input model) that must never be replaced.
+    Models beyond the protobuf limit (2 GB) are written with their tensors in ``<name>.data`` beside
+    the file; the data file is renamed into place first, then the model.  ``protect`` lists paths (e.g.
+    the input model) that must never be replaced.
     """
     path = Path(path)
     folder = _check_target(path, overwrite, protect)
-    if model.ByteSize() <= external_threshold:
+    if not too_large(model):
         return _atomic(path, folder, lambda tmp: onnx.save_model(model, tmp))
     data = path.with_name(path.name + ".data")
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=folder) as stage:
         staged = Path(stage) / path.name
         try:
-            m = onnx.ModelProto()
-            m.CopyFrom(model)
-            onnx.save_model(m, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data.name, size_threshold=1024)
+            write_external(model, staged, data.name)
             os.replace(Path(stage) / data.name, data)
             os.replace(staged, path)
         except OSError as e:

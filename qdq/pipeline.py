@@ -30,7 +30,7 @@ from .graph.placement import Placement, calibration_tensors, place, replace
 from .graph.bypass import weights_only
 from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of, remainder_fp16, runnable
 from .graph.rewrite import insert_qdq, set_docs, set_metadata
-from .graph.shapes import weighted_macs
+from .graph.shapes import data_shapes, weighted_macs
 from .graph.surgery import export_graph, import_graph
 from .measure.analysis import analyze
 from .measure.autocast import fp16_plan, raise_floor
@@ -66,6 +66,7 @@ class Summary:
     ranges_import: dict | None = None   # what an imported ranges file applied, and what it could not
     fp32_nodes: dict = field(default_factory=dict)   # trt11: node -> why it stays FP32
     int8_mac_share: float = 0.0                     # share of the weighted layers' MACs in INT8
+    mac_shapes: dict = field(default_factory=dict)  # input -> the shape the MACs were counted at (the data's)
     bias_corrected: int = 0                         # layers whose bias took the mean INT8 error out
     bias_correction: str = "off"                    # full | weights | off, as measured best on held-back data
     float_layers: list = field(default_factory=list)  # mixed precision: [{"node", "op", "mac_share", "cost_db"}]
@@ -127,6 +128,7 @@ class Options:
     remainder: str = "fp16"                 # how the held-back check runs the non-INT8 layers: fp16 | fp32
     task: TaskOptions = field(default_factory=TaskOptions)
     max_task_loss: float | None = None      # keep layers in float until the task agreement is within this of FP32
+    int8_deconv: bool = False               # quantize ungrouped ConvTranspose (TensorRT 8.x/10.x)
 
     def __post_init__(self):
         if self.method not in METHODS + ("auto",):
@@ -192,6 +194,7 @@ class _Run:
         self.cal, self.split, self.analysis, self.check, self.choice = calibration or Calibration(), None, None, None, None
         self.fp16, self.bias, self.bias_mode, self.int8, self.warnings = None, {}, "off", None, []
         self.method, self.method_scores, self.accuracy, self._computed = opts.method, {}, None, {}
+        self.none_held, self.mac_shapes, self.macs = False, {}, {}
 
     def prepare(self) -> None:
         """The target's float model, equalized if asked, indexed and placed."""
@@ -208,7 +211,7 @@ class _Run:
         self.float_model = self._equalized(fm)
         self.idx = GraphIndex.build(self.float_model)
         force = tuple(self.imported.amax) if self.imported is not None and o.force_ranges else ()
-        self.plan = place(self.idx, o.exclude, force=force)
+        self.plan = place(self.idx, o.exclude, force=force, int8_deconv=o.int8_deconv)
         if not self.plan.quantized_layers:
             raise QdqError(f"{self.source}: no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul with float inputs"
                            f"{' left after --exclude' if o.exclude else ''})")
@@ -258,7 +261,15 @@ class _Run:
                     pass
             if len(self.split.held) < MIN_HELD_BACK:
                 self._use_all_samples(inputs, tensors, range_only)
-        self.macs = weighted_macs(self.float_model)
+        first = (self.split.kept or self.split.held or [None])[0] if self.split is not None else None
+        self.mac_shapes = data_shapes(first) if first is not None else {}
+        macs = weighted_macs(self.float_model, self.mac_shapes or None)
+        unknown = [self.idx.labels[p] for p, m in macs.items() if m is None]
+        if unknown:
+            self.warnings.append(f"the MACs of {len(unknown)} weighted layers could not be computed at the input shapes "
+                                 f"{_shape_text(self.mac_shapes) or 'of the model'} (e.g. {unknown[0]!r}): the INT8 share "
+                                 "and the --min-int8-share floor leave them out")
+        self.macs = {p: m or 0 for p, m in macs.items()}
 
     @property
     def fp16_remainder_wanted(self) -> bool:
@@ -266,15 +277,18 @@ class _Run:
         return self.opts.target == "trt11" or self.opts.remainder == "fp16"
 
     def _use_all_samples(self, inputs, tensors, range_only) -> None:
-        """Too few samples to set some aside: calibrate on them too, and measure on calibration samples."""
+        """Too few samples to set some aside: calibrate on them too, and measure on (up to 16 + the few
+        held back of) the calibration samples themselves."""
         split = self.split
+        total = len(split.rest) + len(split.held)
         if self.given_calibration is None and split.held:
-            self.cal.merge(calibrate(self.float_model, Feeds(inputs, split.held), tensors, range_only, 1,
-                                     self.opts.providers, True))
-        split.kept, split.held = (split.kept + split.held)[:6], split.kept + split.held
+            calibrate(self.float_model, Feeds(inputs, split.held), tensors, range_only, 1, self.opts.providers, True,
+                      into=self.cal)
+        split.kept, split.held = (split.kept + split.held)[:6], split.rest + split.held
+        self.none_held = True
         if self.opts.mixed_precision:
-            self.warnings.append(f"only {len(split.held)} samples: none held back, mixed precision was measured on "
-                                 "calibration samples")
+            self.warnings.append(f"only {self.cal.samples} samples: none held back; the file was measured on "
+                                 f"{total} of the calibration samples themselves (20 or more let qdq hold some back)")
 
     def _ranges(self, plan: Placement, method: str | None = None) -> dict:
         """tensor -> Range for every activation of ``plan``: imported where given, else calibrated by
@@ -432,6 +446,7 @@ class _Run:
         w = self.check.ev.measure(weights_only(model))
         self.accuracy = self.check.report(final, w, self.check.robust().measure(model))
         self.accuracy["remainder"] = "fp16" if self.fp16 is not None else "fp32"
+        self.accuracy["held_back"] = not self.none_held
 
     def finish(self) -> QuantizeResult:
         """The file (Q/DQ, FP16 remainder, metadata) and its summary."""
@@ -495,9 +510,14 @@ class _Run:
                      for w, s in plan.weights.items()},
             fp32_nodes=self.fp16.names(idx) if self.fp16 is not None else {},
             int8_mac_share=int8_share, bias_corrected=corrected, bias_correction=self.bias_mode,
+            mac_shapes={k: list(v) for k, v in self.mac_shapes.items()},
             float_layers=[{"node": idx.labels[p], "op": idx.nodes[p].op_type, "mac_share": self.macs.get(p, 0) / total,
                            "cost_db": db} for p, db in (c.float_layers.items() if c else [])],
             accuracy=self._accuracy(), warnings=self.warnings)
+
+
+def _shape_text(shapes: dict) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, v)) if v else 'scalar'}" for k, v in shapes.items())
 
 
 def share_ranges(plan: Placement, ranges: dict, cal: Calibration) -> dict:

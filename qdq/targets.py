@@ -13,6 +13,7 @@ import onnx
 
 from .errors import QdqError
 from .modelio import convert_opset, load_model, opset_of
+from .graph.index import skeleton
 from .graph.precision import cast_graph, opsets_of
 from .graph.surgery import constants_to_initializers, export_graph, fold_batchnorm, import_graph, name_nodes
 
@@ -56,7 +57,11 @@ def prepare(model, target: str = "trt10", source: str = "model", warnings: list 
         source = str(model)
         model = load_model(model)
     model = convert_opset(model, target_opset(model, target), source)
+    stale = _stale_output_shapes(model)
     graph = import_graph(model)
+    for out in graph.outputs:
+        if out.name in stale:   # what the model computes wins over what it declares
+            out.shape = stale[out.name]
     constants_to_initializers(graph)
     renamed = name_nodes(graph)
     fold_batchnorm(graph, fp16_scales=TARGETS[target][2] == np.float16)
@@ -65,12 +70,47 @@ def prepare(model, target: str = "trt10", source: str = "model", warnings: list 
         declared = {t.name: np.float16 for t in graph.inputs + graph.outputs if t.dtype == np.float16}
         cast_graph(graph, opsets_of(model), np.float32, (), declared)
     model = export_graph(graph, model, "preparation")
+    if warnings is not None and stale:
+        warnings.append("declared shapes that disagree with what the model computes were replaced by the inferred ones: "
+                        + ", ".join(f"{k!r} → {_dims(v)}" for k, v in stale.items()))
     if warnings is not None and renamed:
         warnings.append(f"{renamed} nodes shared a name with another node and were renamed (name_1, name_2, …)")
     if warnings is not None and fp16:
         warnings.append("the model is FP16: it is calibrated and quantized in FP32 inside, its inputs and "
                         "outputs stay FP16")
     return model
+
+
+def _stale_output_shapes(model: onnx.ModelProto) -> dict:
+    """output name → the shape inference gives it, for every graph output whose declared
+    shape disagrees with it in rank or in a fixed dim (exporters leave stale ones: ddddocr's recogniser
+    declares [1, seqlen] and computes [T, 1, 8210]).  Inferred on the model's skeleton: no weight copied."""
+    probe = skeleton(model)
+    del probe.graph.value_info[:]
+    for o in probe.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception:
+        return {}
+    got = {o.name: o.type.tensor_type for o in inferred.graph.output}
+    stale = {}
+    for o in model.graph.output:
+        want = o.type.tensor_type
+        have = got.get(o.name)
+        if not want.HasField("shape") or have is None:
+            continue
+        if not have.HasField("shape"):   # inference does not know it either: nothing to disagree with
+            continue
+        new = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in have.shape.dim]
+        old = [d.dim_value if d.HasField("dim_value") else None for d in want.shape.dim]
+        if len(new) != len(old) or any(a and isinstance(b, int) and a != b for a, b in zip(old, new)):
+            stale[o.name] = new
+    return stale
+
+
+def _dims(dims: list) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + "]"
 
 
 def prepared_for(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto) -> onnx.ModelProto:

@@ -109,6 +109,9 @@ def test_demo_runs_without_arguments(tmp_path):
     assert c["samples"] == 16 and doc["summary"]["samples"] + doc["summary"]["accuracy"]["held_back_samples"] == 76
     assert c["output_sqnr_db"] > 15 and c["output_sqnr_db"] >= c["weights_only_db"] - 2 and c["fp16_db"] > 35
     assert len(doc["summary"]["quantized_layers"]) >= 20 and doc["summary"]["int8_mac_share"] >= 0.85
+    assert c["interval_db"][0] < c["output_sqnr_db"] < c["interval_db"][1] and c["task"]["name"] == "textmap"
+    assert c["task"]["figures"]["box_f1"]["value"] > 0.8 and "pinned to FP32" in c["remainder"]
     r = subprocess.run([sys.executable, "-m", "qdq.cli", "demo", "--out-dir", str(tmp_path)], capture_output=True,
                        text=True, env=env, timeout=900)
     assert "meaning:" in r.stdout and "qdq compare" in r.stdout and "qdq check" in r.stdout
+    assert "the two checks" in r.stdout and "box F1" in r.stdout and "samples)" in r.stdout

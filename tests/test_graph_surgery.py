@@ -120,14 +120,15 @@ def test_fp16_source_model_gives_valid_trt10_and_trt8_files(effnet, tmp_path):
 
 def test_weight_read_with_two_layouts_gets_one_copy_per_axis(tmp_path):
     """One weight W (16, 16, 3, 3) read by a Conv (output channels on axis 0) and a ConvTranspose
-    (axis 1): each layer needs its own per-channel DequantizeLinear."""
+    (axis 1), with INT8 deconvolution asked for: each layer needs its own per-channel
+    DequantizeLinear."""
     nodes = [helper.make_node("Conv", ["x", "W"], ["a"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["ar"], name="relu"),
              helper.make_node("ConvTranspose", ["ar", "W"], ["y"], name="deconv", pads=[1, 1, 1, 1])]
     w = (RNG.standard_normal((16, 16, 3, 3)) * np.linspace(0.05, 2, 16)[None, :, None, None]).astype(np.float32)
     m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])], [_init("W", w)])
-    r = quantize(m, _data(tmp_path, "d", (16, 12, 12)), quiet=True)
+    r = quantize(m, _data(tmp_path, "d", (16, 12, 12)), quiet=True, int8_deconv=True)
     dqs = {n.attribute[0].i for n in r.model.graph.node if n.op_type == "DequantizeLinear" and n.attribute}
     assert dqs == {0, 1}
     assert not [f for f in inspect_model(r.model).findings if f.rule == "QDQ005"]

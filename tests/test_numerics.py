@@ -136,9 +136,26 @@ def test_histogram_is_independent_of_batching_and_order():
     for other in (b, c):
         assert other.exp == a.exp and np.array_equal(other.hist, a.hist)
         assert (other.min, other.max) == (a.min, a.max)
-    merged = _stats(np.array_split(x, 2)[:1])
-    merged.merge(_stats(np.array_split(x, 2)[1:]))
-    assert np.array_equal(merged.hist, a.hist)
+
+
+def test_compact_counts_become_wide_before_they_could_overflow(monkeypatch):
+    """uint32 counts (256 KiB a tensor) while fewer values than COMPACT_LIMIT were seen, int64 after:
+    the counts equal the int64 histogram's at every step."""
+    from qdq.calib import stats
+
+    monkeypatch.setattr(stats, "COMPACT_LIMIT", 25_000)
+    rng = np.random.default_rng(5)
+    parts = [(rng.standard_normal(10_000) * (k + 1)).astype(np.float32) for k in range(4)]
+    s = TensorStats("x")
+    assert s.hist.dtype == np.uint32 and s.hist.nbytes == FINE_BINS * 4
+    for k, p in enumerate(parts):
+        s.update(p)
+        wide = np.concatenate(parts[:k + 1])
+        w = s.bin_width
+        direct = np.bincount(np.minimum(np.floor(np.abs(wide) / np.float32(w)).astype(np.int64), FINE_BINS - 1),
+                             minlength=FINE_BINS)
+        assert np.array_equal(direct, s.hist)
+        assert s.hist.dtype == (np.uint32 if wide.size < 25_000 else np.int64)
 
 
 @settings(max_examples=40, deadline=None)

@@ -77,7 +77,7 @@ def test_subgraphs_are_left_alone_and_reported(effnet, tmp_path):
     assert all(n.op_type == "Mul" for a in if_node.attribute for n in a.g.node)
 
 
-def test_external_data_is_read_written_and_confined(effnet, tmp_path):
+def test_external_data_is_read_written_and_confined(effnet, tmp_path, monkeypatch):
     m = onnx.load(str(effnet.model))
     src = tmp_path / "ext" / "model.onnx"
     src.parent.mkdir()
@@ -86,7 +86,10 @@ def test_external_data_is_read_written_and_confined(effnet, tmp_path):
     assert loaded.ByteSize() > 10e6                       # weights came back from model.data
     out = tmp_path / "ext" / "q.onnx"
     r = quantize(src, effnet.calib, preprocess=effnet.preprocess, limit=2, quiet=True)
-    save_model(r.model, out, external_threshold=1 << 20)  # the >2 GB path, exercised at 1 MB
+    monkeypatch.setattr("qdq.modelio.PROTOBUF_LIMIT", 1 << 20)   # the >2 GB path, exercised at 1 MB
+    before = r.model.SerializeToString()
+    save_model(r.model, out)
+    assert r.model.SerializeToString() == before           # the model in memory is left as it was
     assert (tmp_path / "ext" / "q.onnx.data").stat().st_size > 1e6 and out.stat().st_size < 1e6
     back = {t.name: numpy_helper.to_array(t) for t in load_model(out).graph.initializer}
     assert all(np.array_equal(back[t.name], numpy_helper.to_array(t)) for t in r.model.graph.initializer)

@@ -21,7 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# a --memory-child imports qdq from the checkout it is given (an earlier commit's worktree), tools from here
+sys.path[:0] = [sys.argv[sys.argv.index("--memory-child") + 5]] if "--memory-child" in sys.argv else []
+sys.path.insert(1 if "--memory-child" in sys.argv else 0, str(ROOT))
+
+import numpy as np  # noqa: E402
 
 from qdq.errors import QdqError  # noqa: E402
 
@@ -40,13 +44,14 @@ def _child(tool: str, method: str, model: str, n: int, out: str) -> None:
     ds = prepared(model)
     fm = onnx.load(str(ds.model))
     t = time.perf_counter()
-    if tool in ("qdq", "qdq-int8"):   # qdq-int8: every layer INT8, no bias correction (the default before 0.2)
+    if tool in ("qdq", "qdq-int8", "qdq-trt11"):   # qdq-int8: every layer INT8, no bias correction (the default before 0.2)
         from qdq.modelio import save_model
         from qdq.pipeline import quantize
 
         plain = tool == "qdq-int8"
         r = quantize(ds.model, ds.calib, method=method, preprocess=ds.preprocess, limit=n, quiet=True,
-                     mixed_precision=not plain, bias_correction=not plain)
+                     mixed_precision=not plain, bias_correction=not plain,
+                     target="trt11" if tool == "qdq-trt11" else "trt10")
         save_model(r.model, out, overwrite=True)
     elif tool == "onnxruntime":
         from tools.compare_ort import ort_quantize
@@ -149,6 +154,167 @@ def accuracy(models, n: int, work: Path) -> list:
     return rows
 
 
+def device_figures(models, n: int, work: Path) -> list:
+    """Issue 'what qdq reports is what the device will do': per model, qdq's default file (mse), the
+    --method auto file, the trt11 file and ONNX Runtime's MinMax and Percentile files; for qdq's, the
+    held-back figure it printed (interval, samples) beside the figure on held-out data from other
+    photos; for all, the task agreement on that held-out data, the remainder run as the device runs it."""
+    import onnx
+
+    from qdq.measure.comparison import compare
+    from tools.datasets import prepared
+
+    rows = []
+    for model in models:
+        ds = prepared(model)
+        for tool, method in (("qdq", "mse"), ("qdq", "auto"), ("qdq-trt11", "mse"), ("onnxruntime", "MinMax"),
+                             ("onnxruntime", "Percentile")):
+            out = str(work / f"dev-{model}-{tool}-{method}.onnx")
+            row = {"model": model, "tool": tool, "method": method, "n": n, **run_isolated(tool, method, model, n, out)}
+            if "error" not in row:
+                try:
+                    q = onnx.load(out)
+                    meta = {p.key: p.value for p in q.metadata_props}
+                    row["held_back"] = {k: meta.get(f"qdq_heldout_{k}") for k in ("sqnr_db", "interval_db", "samples", "task")}
+                    row["method_used"] = meta.get("qdq_method")
+                    c = compare(ds.model, q, ds.val, preprocess=ds.preprocess, budget=False, quiet=True)
+                    row["held_out"] = {"samples": c.samples, "sqnr": c.sqnr, "remainder": c.remainder,
+                                       "task": c.task["name"], "figures": c.task["figures"]}
+                except QdqError as e:
+                    row["error"] = f"output unusable: {str(e)[:160]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def interval_coverage(total: int = 198, calib: int = 48) -> list:
+    """Does the held-back interval of a ``calib``-image calibration contain the figure measured on the
+    other images from the same source?  EfficientNet-Lite0 on frames of one video (48 / 208), and
+    PP-OCRv4 det on text rendered on the demo's calibration photos (48 / 150, shuffled, seeded)."""
+    import shutil
+
+    from qdq.demo.samples import rendered_text
+    from qdq.measure.comparison import compare
+    from qdq.pipeline import quantize
+    from tools.datasets import prepared
+
+    work = Path(tempfile.mkdtemp(prefix="qdq-cover-"))
+    fr, det = prepared("frames"), prepared("ppocr_det")
+    frames = sorted(fr.calib.glob("*.png"))
+    sets = {"effnet frames": (fr, frames[:calib], frames[calib:])}
+    rendered = work / "rendered"
+    rendered.mkdir()
+    for name, im in rendered_text("calib", -(-total // 11), seed=7):
+        im.save(rendered / f"{name}.png")
+    images = sorted(rendered.glob("*.png"))
+    order = np.random.default_rng(0).permutation(len(images))
+    images = [images[i] for i in order][:total]
+    sets["ppocr_det rendered text"] = (det, images[:calib], images[calib:])
+    rows = []
+    for label, (ds, cal_files, val_files) in sets.items():
+        cal, val = work / f"{label}-cal", work / f"{label}-val"
+        for folder, files in ((cal, cal_files), (val, val_files)):
+            folder.mkdir()
+            for f in files:
+                shutil.copy(f, folder / f.name)
+        r = quantize(ds.model, cal, preprocess=ds.preprocess, quiet=True)
+        acc = r.summary.accuracy
+        c = compare(ds.model, r.model, val, preprocess=ds.preprocess, budget=False, quiet=True)
+        low, high = acc["final_interval_db"]
+        row = {"set": label, "calibration": len(cal_files), "held_back": acc["held_back_samples"],
+               "held_back_db": round(acc["final_db"], 2), "interval_db": [round(low, 2), round(high, 2)],
+               "further": c.samples, "further_db": round(c.sqnr["value"], 2),
+               "contained": bool(low <= c.sqnr["value"] <= high)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+# (hidden, heads, layers, seq): MiniLM's architecture widened past 2.5 GB of weights, and made deep and
+# narrow until it has over 1,000 calibrated tensors
+MEMORY_MODELS = {"wide": (3072, 24, 6, 8), "deep": (64, 4, 128, 32)}
+
+
+def _memory_child(model: str, data: str, target: str, out: str, root: str) -> None:
+    """Runs in a fresh process: ``qdq quantize`` of ``model`` on ``data`` for ``target`` with the qdq
+    found at ``root`` (put first on the path at start-up), written to ``out``."""
+    import qdq
+
+    assert Path(qdq.__file__).resolve().is_relative_to(Path(root).resolve()), qdq.__file__
+    from qdq.modelio import save_model
+    from qdq.pipeline import quantize
+
+    t = time.perf_counter()
+    r = quantize(model, data, target=target, quiet=True)
+    save_model(r.model, out, overwrite=True)
+    print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb": _peak_rss_mb(),
+                      "calibrated": len(r.calibration.stats)}))
+
+
+def _folder_digest(folder: Path) -> str:
+    """SHA-256 over every file's name and bytes: the input folder is untouched if this is unchanged."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _memory_model(kind: str, work: Path) -> tuple[Path, Path, int]:
+    """The float model (external data beside it), 16 samples of random token ids, its weight bytes."""
+    import onnx
+
+    from tools.export_minilm import build, random_weights
+
+    hidden, heads, layers, seq = MEMORY_MODELS[kind]
+    folder, data = work / f"{kind}-model", work / f"{kind}-data"
+    folder.mkdir()
+    data.mkdir()
+    m = build(random_weights(hidden, layers), seq_len=seq, hidden=hidden, heads=heads, layers=layers)
+    weight_bytes = sum(t.ByteSize() for t in m.graph.initializer)
+    onnx.save_model(m, str(folder / "model.onnx"), save_as_external_data=True, location="model.data")
+    del m
+    rng = np.random.default_rng(0)
+    for k in range(16):
+        np.savez(data / f"s{k:02d}.npz", input_ids=rng.integers(0, 1024, (1, seq), dtype=np.int64),
+                 attention_mask=np.ones((1, seq), np.int64))
+    return folder / "model.onnx", data, weight_bytes
+
+
+def memory(kinds, targets, work: Path, root: Path = ROOT) -> list:
+    """Peak RSS of ``qdq quantize`` on each generated model for each target, beside its weight bytes;
+    the output with its external data, and whether the input folder is byte-for-byte unchanged."""
+    rows = []
+    for kind in kinds:
+        model, data, weight_bytes = _memory_model(kind, work)
+        before = _folder_digest(model.parent)
+        for target in targets:
+            out = work / f"{kind}-{target}" / "model.qdq.onnx"
+            out.parent.mkdir()
+            proc = subprocess.run([sys.executable, __file__, "--memory-child", str(model), str(data), target, str(out),
+                                   str(root)], capture_output=True, text=True, cwd=ROOT)
+            row = {"model": kind, "sizes": dict(zip(("hidden", "heads", "layers", "seq"), MEMORY_MODELS[kind])),
+                   "target": target, "qdq": str(root), "weight_mb": round(weight_bytes / 2**20, 1)}
+            if proc.returncode != 0:
+                row["error"] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]
+            else:
+                doc = json.loads(proc.stdout.strip().splitlines()[-1])
+                row |= {"seconds": round(doc["seconds"], 1), "peak_rss_mb": round(doc["peak_rss_mb"], 1),
+                        "rss_per_weight_byte": round(doc["peak_rss_mb"] * 2**20 / weight_bytes, 2),
+                        "calibrated_tensors": doc["calibrated"],
+                        "written": sorted(f.name for f in out.parent.iterdir()),
+                        "input_untouched": _folder_digest(model.parent) == before}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            for f in out.parent.iterdir():
+                f.unlink()
+    return rows
+
+
 def sensitivity_speed(model: str = "effnet", samples: int = 16) -> dict:
     """Seconds for the per-layer sensitivity of ``model`` on ``samples`` held-out images: the
     output-referred analysis (one pass) vs measuring every layer end to end (two runs per layer)."""
@@ -182,13 +348,37 @@ def main(argv=None):
     ap.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of an earlier --json run")
     ap.add_argument("--accuracy", action="store_true",
                     help="the accuracy-by-default table (before/after, ONNX Runtime) and the sensitivity speed-up")
+    ap.add_argument("--device", action="store_true",
+                    help="held-back figures with intervals vs held-out data, task agreement, --method auto, trt11 vs "
+                         "trt10, and whether the interval covers further images of the same source")
+    ap.add_argument("--memory", nargs="*", choices=sorted(MEMORY_MODELS), metavar="MODEL",
+                    help="peak RSS of generated MiniLM-architecture models: 'wide' (> 2.5 GB of weights, external data) "
+                         "and 'deep' (> 1,000 calibrated tensors); all targets")
+    ap.add_argument("--targets", nargs="+", default=["trt8", "trt10", "trt11"], help="targets for --memory")
+    ap.add_argument("--qdq-root", type=Path, default=ROOT, help="the qdq checkout --memory runs (an earlier commit's "
+                                                                 "worktree gives the before figure)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_child:
+        return _memory_child(*args.memory_child)
+    if args.memory is not None:
+        work = Path(tempfile.mkdtemp(prefix="qdq-memory-"))
+        doc = {"memory": memory(args.memory or sorted(MEMORY_MODELS), args.targets, work, args.qdq_root.resolve())}
+        if args.json:
+            args.json.write_text(json.dumps(doc, indent=1))
+        return doc
     if args.markdown:
         return print(markdown(json.loads(args.markdown.read_text())))
     if args.child:
         tool, method, model, n, out = args.child
         return _child(tool, method, model, int(n), out)
+    if args.device:
+        work = Path(tempfile.mkdtemp(prefix="qdq-bench-"))
+        doc = {"device": device_figures(args.models, args.n, work), "coverage": interval_coverage()}
+        if args.json:
+            args.json.write_text(json.dumps(doc, indent=1))
+        return doc
     if args.accuracy:
         work = Path(tempfile.mkdtemp(prefix="qdq-bench-"))
         doc = {"accuracy": accuracy(args.models, args.n, work), "sensitivity": sensitivity_speed()}
@@ -227,8 +417,37 @@ def main(argv=None):
     return rows, scaling
 
 
+def _device_markdown(doc: dict) -> str:
+    head = {"classify": "top1", "textmap": "box_f1", "ctc": "exact", "detect": "f1"}
+    out = ["| model | file | time (s) | held-back (printed) | held-out SQNR (dB) | task on held-out | remainder |",
+           "|---|---|---|---|---|---|---|"]
+    for r in doc["device"]:
+        name = {"qdq": f"qdq --method {r['method']}", "qdq-trt11": "qdq --target trt11"}.get(r["tool"], f"{r['tool']} {r['method']}")
+        if "error" in r:
+            out.append(f"| {r['model']} | {name} | {r.get('seconds', '–')} | – | – | – | {r['error'][:60]} |")
+            continue
+        hb, ho = r.get("held_back") or {}, r["held_out"]
+        printed = f"{float(hb['sqnr_db']):.1f} dB ({hb['interval_db']}, {hb['samples']})" if hb.get("sqnr_db") else "–"
+        if r.get("method_used") and r["method"] == "auto":
+            name += f" → {r['method_used']}"
+        s = ho["sqnr"]
+        key = head.get(ho["task"])
+        task = "–" if key is None else (lambda f: f"{ho['task']} {key} {f['value']:.1%} ({f['low']:.1%}–{f['high']:.1%})")(ho["figures"][key])
+        rem = "FP16 (as written)" if "casts" in ho["remainder"] else ("FP16, pinned" if "pinned" in ho["remainder"] else "FP32")
+        out.append(f"| {r['model']} | {name} | {r['seconds']} | {printed} | {s['value']:.1f} ({s['low']:.1f}–{s['high']:.1f}, "
+                   f"{s['samples']}) | {task} | {rem} |")
+    out += ["", "| images | calibration | held back | held-back dB (90 % interval) | further images | their dB | covered |",
+            "|---|---|---|---|---|---|---|"]
+    for c in doc["coverage"]:
+        out.append(f"| {c['set']} | {c['calibration']} | {c['held_back']} | {c['held_back_db']} ({c['interval_db'][0]}–"
+                   f"{c['interval_db'][1]}) | {c['further']} | {c['further_db']} | {'yes' if c['contained'] else 'no'} |")
+    return "\n".join(out)
+
+
 def markdown(doc: dict) -> str:
     """The tables of a --json run, as Markdown."""
+    if "device" in doc:
+        return _device_markdown(doc)
     if "accuracy" in doc:
         out = ["| model | file | time (s) | SQNR (dB) | weights only (dB) | gap (dB) | INT8 MACs | TensorRT-RTX |",
                "|---|---|---|---|---|---|---|---|"]

@@ -11,6 +11,7 @@ preprocessing that model was trained with.
               16 held out, from other photos); BGR, (x/255 − .5)/.5.
 - ppocr_rec   PP-OCRv4 recogniser; text lines rendered on the same photos (110 calibration, 40 held out), 48×320.
 - ddddocr_det YOLOX-style detector; text images and photos, letterboxed to 416, raw 0–255 BGR.
+- ddddocr_rec CNN + LSTM recogniser (declared output shape stale); ppocr_rec's text lines, grey, 64×416, x/255.
 - minilm      all-MiniLM-L6-v2 (exported from safetensors); token ids of real English sentences.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from qdq.demo.run import DET_PREPROCESS, build_text_sets  # noqa: E402
 EFFNET_PRE = Preprocess(size=(224, 224), mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)
 REC_PRE = Preprocess(size=(48, 320), mean=(0.5,) * 3, std=(0.5,) * 3, scale=1 / 255, color="BGR")
 DDDD_PRE = Preprocess(size=(416, 416), resize="letterbox", scale=1.0, color="BGR")
+DDDD_REC_PRE = Preprocess(size=(64, 416), mean=(0.0,), std=(1.0,), color="GRAY")  # ddddocr: height 64, /255
 _VERSION = "1"  # bump to rebuild cached sets
 
 
@@ -137,6 +139,12 @@ def ddddocr_det() -> Prepared:
     return Prepared(zoo.fetch("ddddocr_det"), root / "calib", root / "val", DDDD_PRE)
 
 
+def ddddocr_rec() -> Prepared:
+    """ddddocr's recogniser on ppocr_rec's rendered text lines (it reads Latin letters and digits)."""
+    rec = ppocr_rec()
+    return Prepared(zoo.fetch("ddddocr_rec"), rec.calib, rec.val, DDDD_REC_PRE)
+
+
 def minilm() -> Prepared:
     root = _root("minilm")
     model = root / "minilm.onnx"
@@ -167,7 +175,7 @@ def _sentences() -> list[str]:
 
 
 MODELS = {"effnet": effnet, "frames": frames, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ddddocr_det": ddddocr_det,
-          "minilm": minilm}
+          "ddddocr_rec": ddddocr_rec, "minilm": minilm}
 
 
 def prepared(name: str) -> Prepared:

@@ -23,8 +23,8 @@ def _weights(path) -> dict:
     return {k.removeprefix("bert."): v for k, v in w.items()}
 
 
-def build(weights: dict, seq_len: int = 32):
-    """The ONNX model of the encoder and its mean pooling."""
+def build(weights: dict, seq_len: int = 32, hidden: int = HIDDEN, heads: int = HEADS, layers: int = LAYERS):
+    """The ONNX model of the encoder and its mean pooling (the architecture's sizes as given)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -49,7 +49,7 @@ def build(weights: dict, seq_len: int = 32):
                                            const(f"{key}.bias", weights[f"{key}.bias"].astype(np.float32))],
                     name, axis=-1, epsilon=EPS)
 
-    d = HIDDEN // HEADS
+    d = hidden // heads
     emb = node("Gather", [const("embeddings.word_embeddings.weight", weights["embeddings.word_embeddings.weight"]),
                           "input_ids"], "/word/Gather")
     position = weights["embeddings.position_embeddings.weight"][:seq_len] + weights["embeddings.token_type_embeddings.weight"][0]
@@ -59,14 +59,14 @@ def build(weights: dict, seq_len: int = 32):
     inv = node("Sub", [const("one", np.array(1.0, np.float32)), mask], "/Sub")
     bias = node("Mul", [inv, const("mask_value", np.array(-10000.0, np.float32))], "/Mul")
     bias = node("Unsqueeze", [bias, const("axes_1_2", np.array([1, 2], np.int64))], "/Unsqueeze")
-    heads = const("shape_heads", np.array([0, 0, HEADS, d], np.int64))
-    merged = const("shape_merged", np.array([0, 0, HIDDEN], np.int64))
-    for i in range(LAYERS):
+    split = const("shape_heads", np.array([0, 0, heads, d], np.int64))
+    merged = const("shape_merged", np.array([0, 0, hidden], np.int64))
+    for i in range(layers):
         p, e = f"/layers.{i}", f"encoder.layer.{i}"
         q, k, v = (linear(x, f"{e}.attention.self.{n}", f"{p}/{n}") for n in ("query", "key", "value"))
-        q = node("Transpose", [node("Reshape", [q, heads], f"{p}/Reshape")], f"{p}/Transpose", perm=[0, 2, 1, 3])
-        k = node("Transpose", [node("Reshape", [k, heads], f"{p}/Reshape_1")], f"{p}/Transpose_1", perm=[0, 2, 3, 1])
-        v = node("Transpose", [node("Reshape", [v, heads], f"{p}/Reshape_2")], f"{p}/Transpose_2", perm=[0, 2, 1, 3])
+        q = node("Transpose", [node("Reshape", [q, split], f"{p}/Reshape")], f"{p}/Transpose", perm=[0, 2, 1, 3])
+        k = node("Transpose", [node("Reshape", [k, split], f"{p}/Reshape_1")], f"{p}/Transpose_1", perm=[0, 2, 3, 1])
+        v = node("Transpose", [node("Reshape", [v, split], f"{p}/Reshape_2")], f"{p}/Transpose_2", perm=[0, 2, 1, 3])
         att = node("MatMul", [q, k], f"{p}/MatMul")
         att = node("Div", [att, const(f"{p}/scale", np.array(d ** 0.5, np.float32))], f"{p}/Div")
         att = node("Softmax", [node("Add", [att, bias], f"{p}/Add")], f"{p}/Softmax", axis=-1)
@@ -89,10 +89,13 @@ def build(weights: dict, seq_len: int = 32):
     graph = helper.make_graph(nodes, "all-MiniLM-L6-v2",
                               [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", seq_len])
                                for n in ("input_ids", "attention_mask")],
-                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", HIDDEN])], inits)
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="qdq tools")
     model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
+    from qdq.modelio import too_large
+
+    if not too_large(model):   # a model beyond 2 GiB is checked once written with its external data
+        onnx.checker.check_model(model, full_check=True)
     return model
 
 
@@ -100,6 +103,32 @@ def export(safetensors_path, out: str, seq_len: int = 32) -> None:
     import onnx
 
     onnx.save(build(_weights(safetensors_path), seq_len), out)
+
+
+def random_weights(hidden: int, layers: int, vocab: int = 1024, positions: int = 64, seed: int = 0) -> dict:
+    """Weights of the same architecture at other sizes (intermediate 4 × hidden), drawn at random:
+    N(0, 0.02²) like BERT's initialisation, LayerNorm γ = 1, β = 0.  For memory benchmarks only."""
+    rng = np.random.default_rng(seed)
+    w = {}
+
+    def normal(*shape):
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02))
+
+    w["embeddings.word_embeddings.weight"] = normal(vocab, hidden)
+    w["embeddings.position_embeddings.weight"] = normal(positions, hidden)
+    w["embeddings.token_type_embeddings.weight"] = normal(2, hidden)
+    norms = ["embeddings.LayerNorm"]
+    for i in range(layers):
+        e = f"encoder.layer.{i}"
+        dense = {f"{e}.attention.self.{n}": (hidden, hidden) for n in ("query", "key", "value")}
+        dense |= {f"{e}.attention.output.dense": (hidden, hidden), f"{e}.intermediate.dense": (4 * hidden, hidden),
+                  f"{e}.output.dense": (hidden, 4 * hidden)}
+        for key, shape in dense.items():
+            w[f"{key}.weight"], w[f"{key}.bias"] = normal(*shape), np.zeros(shape[0], np.float32)
+        norms += [f"{e}.attention.output.LayerNorm", f"{e}.output.LayerNorm"]
+    for key in norms:
+        w[f"{key}.weight"], w[f"{key}.bias"] = np.ones(hidden, np.float32), np.zeros(hidden, np.float32)
+    return w
 
 
 def token_batches(tokenizer_json, sentences, seq_len: int = 32):

@@ -34,6 +34,14 @@ class InputSpec:
     def is_float(self) -> bool:
         return self.dtype.kind == "f"
 
+    @property
+    def group(self) -> int:
+        """Rows of axis 0 that make one sample: the model's fixed batch (e.g. 4), else 1; 0 for a rank-0
+        input (a scalar: a threshold, a timestep), which has no axis 0."""
+        if not self.shape:
+            return 0
+        return self.shape[0] if self.shape[0] else 1
+
 
 def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     inits = {t.name for t in model.graph.initializer}
@@ -172,31 +180,54 @@ class Dataset:
     def count(self) -> int | None:
         """Number of samples when cheap to know (images, one sample per file), else None."""
         if self.kind == "images":
-            n = len(self.files)
+            n = len(self.files) // max(self.inputs[0].group, 1)
             return min(n, self.limit) if self.limit is not None else n
         return None
 
     def _samples(self):
         if self.kind == "images":
-            spec = self.inputs[0]
-            if len(self.inputs) != 1:
-                raise QdqError(f"{self.path}: images feed a single-input model; this one has "
-                               f"{len(self.inputs)} inputs: use .npz")
-            if not spec.is_float:
-                raise QdqError(f"{self.path}: input {spec.name!r} is {spec.dtype}, not an image tensor; use .npz")
-            pre = self.preprocess.resolved(spec)
-            for f in self.files:
-                x = pre.apply(f, spec)
-                yield str(f), {spec.name: self._check(str(f), spec, x)}
+            yield from self._image_samples()
             return
         for f in self.files:
             arrays = self._read(f)
-            sizes = {len(v) for v in arrays.values()}
-            if len(sizes) != 1:
-                raise QdqError(f"{f}: arrays have different sample counts {sorted(sizes)} along axis 0")
-            for i in range(sizes.pop()):
+            counts = {k: self._count(f, k, v) for k, v in arrays.items()}
+            if len(set(counts.values())) != 1:
+                raise QdqError(f"{f}: arrays hold different numbers of samples {counts} (axis 0, in the model's "
+                               "batches)")
+            for i in range(next(iter(counts.values()))):
                 src = f"{f}[{i}]"
-                yield src, {k: self._check(src, self._spec(k), v[i:i + 1]) for k, v in arrays.items()}
+                yield src, {k: self._check(src, self._spec(k), self._take(k, v, i)) for k, v in arrays.items()}
+
+    def _image_samples(self):
+        spec = self.inputs[0]
+        if len(self.inputs) != 1:
+            raise QdqError(f"{self.path}: images feed a single-input model; this one has "
+                           f"{len(self.inputs)} inputs: use .npz")
+        if not spec.is_float:
+            raise QdqError(f"{self.path}: input {spec.name!r} is {spec.dtype}, not an image tensor; use .npz")
+        pre = self.preprocess.resolved(spec)
+        group, pending = max(spec.group, 1), []
+        for f in self.files:   # a model with a fixed batch of B takes B images a sample
+            pending.append(pre.apply(f, spec))
+            if len(pending) == group:
+                yield str(f), {spec.name: self._check(str(f), spec, np.concatenate(pending))}
+                pending = []
+
+    def _count(self, f: Path, name: str, v: np.ndarray) -> int:
+        """Samples array ``v`` holds for input ``name``: rows / the model's batch (values for a scalar)."""
+        group = self._spec(name).group
+        if group == 0:
+            return 1 if v.ndim == 0 else len(v)
+        if len(v) % group:
+            raise QdqError(f"{f}: tensor {name!r} has {len(v)} rows; the model takes batches of {group}: give a "
+                           f"multiple of {group}")
+        return len(v) // group
+
+    def _take(self, name: str, v: np.ndarray, i: int) -> np.ndarray:
+        group = self._spec(name).group
+        if group == 0:
+            return v if v.ndim == 0 else np.asarray(v[i])
+        return v[i * group:(i + 1) * group]
 
     def _spec(self, name: str) -> InputSpec:
         return next(s for s in self.inputs if s.name == name)
@@ -224,6 +255,9 @@ class Dataset:
         out = {}
         for k, v in arrays.items():
             spec = self._spec(k)
+            if spec.group == 0 and v.ndim <= 1:   # a scalar input: one value, or one per sample
+                out[k] = v
+                continue
             if v.ndim == len(spec.shape) - 1:
                 v = v[None]  # one sample without its batch axis
             if v.ndim != len(spec.shape):
@@ -238,7 +272,9 @@ class Dataset:
             raise QdqError(f"{src}: tensor {spec.name!r} has dtype {x.dtype}; expected {spec.dtype}")
         if spec.is_float != (x.dtype.kind == "f"):
             raise QdqError(f"{src}: tensor {spec.name!r} has dtype {x.dtype}; the model expects {spec.dtype}")
-        for i, (d, want) in enumerate(zip(x.shape[1:], spec.shape[1:]), start=1):
+        if x.ndim != len(spec.shape):
+            raise QdqError(f"{src}: tensor {spec.name!r} has shape {x.shape}; the model expects {_fmt_shape(spec.shape)}")
+        for i, (d, want) in enumerate(zip(x.shape, spec.shape)):
             if want is not None and d != want:
                 raise QdqError(f"{src}: tensor {spec.name!r} has shape {x.shape}; the model expects "
                                f"{_fmt_shape(spec.shape)} (dim {i} must be {want})")
@@ -254,24 +290,27 @@ def _fmt_shape(shape) -> str:
 
 class HoldOut:
     """Iterates ``dataset`` for calibration while setting every ``every``-th sample aside (at most
-    ``cap`` of them: ``held``) and copying the first ``keep`` samples it yields (``kept``, for the
-    analysis pass).  The split depends only on sample order, not on batch size."""
+    ``cap`` of them: ``held``), copying the first ``keep`` samples it yields (``kept``, for the analysis
+    pass) and the first ``cap`` it yields (``rest``, for a dataset too small to hold any back).  The
+    split depends only on sample order, not on batch size."""
 
     def __init__(self, dataset, every: int = 5, cap: int = 16, keep: int = 6):
         self.dataset, self.every, self.cap, self.keep = dataset, every, cap, keep
         self.inputs, self.path = dataset.inputs, dataset.path
-        self.held, self.kept = [], []
+        self.held, self.kept, self.rest = [], [], []
 
     def count(self) -> int | None:
         n = self.dataset.count()
         return None if n is None else n - min(n // self.every, self.cap)
 
     def __iter__(self):
-        self.held, self.kept = [], []
+        self.held, self.kept, self.rest = [], [], []
         for i, (source, feed) in enumerate(self.dataset):
             if (i + 1) % self.every == 0 and len(self.held) < self.cap:
                 self.held.append(feed)
                 continue
+            if len(self.rest) < self.cap:
+                self.rest.append(feed)
             if len(self.kept) < self.keep:
                 self.kept.append(feed)
             yield source, feed
@@ -302,14 +341,17 @@ def first_feeds(dataset, n: int) -> list[dict]:
 
 
 def batches(dataset, batch_size: int):
-    """Group consecutive samples of equal shapes into batches of up to ``batch_size`` along axis 0.
+    """Group consecutive samples of equal shapes into batches of up to ``batch_size`` along axis 0
+    (samples with a scalar input or a model's fixed batch run alone).
 
     Yields ``(sources, feed)``.  Statistics do not depend on how samples are batched.
     """
+    if batch_size > 1 and any(s.group != 1 for s in dataset.inputs):
+        batch_size = 1
     pending, sources = [], []
 
     def flush():
-        feed = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        feed = pending[0] if len(pending) == 1 else {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
         return list(sources), feed
 
     for src, feed in dataset:

@@ -8,7 +8,8 @@ width ``2w`` is also an edge of width ``w``, merging gives exactly the histogram
 would have produced directly, so the histogram depends only on the multiset of values seen: not on
 batch size, nor on sample order.  Dividing by a power of two is exact in binary floating point, so
 ``floor(|x| / w)`` assigns every value to the same bin whichever batch it arrived in.  Memory per
-tensor is constant (65536 int64 counts, 512 KB).
+tensor is constant: 65536 uint32 counts (256 KiB) while fewer than 2**32 values have been seen, so
+that no bin can overflow, then int64 counts (512 KiB); the counts are the same either way.
 
 TensorRT's calibrator and pytorch-quantization use ``NUM_BINS`` = 2048 bins over ``[0, max|x|]``
 (their range follows the first batch; here it is the max over all data, i.e. what they compute when
@@ -31,17 +32,25 @@ FINE_BINS = 1 << 16        # stored, power-of-two-width histogram
 _MIN_EXP = -126
 
 
+COMPACT_LIMIT = 1 << 32    # below this many values a uint32 count cannot overflow
+
+
+def _counts_for(values: int) -> type:
+    """The count dtype for a histogram of ``values`` values in all."""
+    return np.uint32 if values < COMPACT_LIMIT else np.int64
+
+
 def _coarsen(hist: np.ndarray, d: int) -> np.ndarray:
     """The same counts at 2**d times the bin width: bins f·j … f·j + f − 1 (f = 2**d) merge into bin j."""
     if d <= 0:
         return hist
     if d >= FINE_BINS.bit_length() - 1:
-        out = np.zeros(FINE_BINS, dtype=np.int64)
-        out[0] = hist.sum()
+        out = np.zeros(FINE_BINS, dtype=hist.dtype)
+        out[0] = hist.sum(dtype=hist.dtype)
         return out
     f = 1 << d
-    merged = hist.reshape(FINE_BINS // f, f).sum(axis=1)
-    return np.concatenate([merged, np.zeros(FINE_BINS - FINE_BINS // f, dtype=np.int64)])
+    merged = hist.reshape(FINE_BINS // f, f).sum(axis=1, dtype=hist.dtype)
+    return np.concatenate([merged, np.zeros(FINE_BINS - FINE_BINS // f, dtype=hist.dtype)])
 
 
 def _exponent_for(amax: float) -> int:
@@ -70,7 +79,7 @@ class TensorStats:
     max: float = -math.inf
     exp: int = _MIN_EXP
     nonfinite: int = 0
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(FINE_BINS, dtype=np.int64))
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(FINE_BINS, dtype=np.uint32))
 
     @property
     def bin_width(self) -> float:
@@ -101,12 +110,13 @@ class TensorStats:
         self.max = max(self.max, hi)
         self.count += x.size
         self._widen(self.amax)
+        self.hist = self.hist.astype(_counts_for(self.count), copy=False)
         a = np.abs(x.reshape(-1))
         a *= a.dtype.type(math.ldexp(1.0, -self.exp))  # exact: a power of two
         # products that round up onto FINE_BINS still belong to the last bin
         np.minimum(a, a.dtype.type(FINE_BINS - 1), out=a)
         idx = a.astype(np.uint16)  # truncation = floor for |x| >= 0; < 65536 fits 16 bits
-        self.hist += np.bincount(idx, minlength=FINE_BINS)
+        np.add(self.hist, np.bincount(idx, minlength=FINE_BINS), out=self.hist, casting="unsafe")  # fits: see above
 
     def _widen(self, amax: float) -> None:
         k = _exponent_for(amax)
@@ -114,17 +124,6 @@ class TensorStats:
             # an empty histogram just takes the new width; a filled one merges 2**(k - exp) bins at once
             self.hist = _coarsen(self.hist, k - self.exp) if self.hist.any() else self.hist
             self.exp = k
-
-    def merge(self, other: "TensorStats") -> None:
-        """Fold another TensorStats of the same tensor into this one (order-independent)."""
-        self.nonfinite += other.nonfinite
-        if other.count == 0:
-            return
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-        self.count += other.count
-        self._widen(self.amax)
-        self.hist = self.hist + _coarsen(other.hist, self.exp - other.exp)
 
     def histogram(self, bins: int = NUM_BINS) -> tuple[np.ndarray, float]:
         """``bins`` counts over ``[0, max|x|]`` (float64, summing to ``count``) and their width.

@@ -42,7 +42,7 @@ def run(args) -> int:
 
 
 def _print(args, res, lint, view) -> None:
-    shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in res.shapes.items())
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v)) if v else 'scalar'}" for k, v in res.shapes.items())
     print(f"{args.model}: {res.backend} {res.version}: parse {'ok' if res.parsed else 'FAILED'}, "
           f"build {'ok' if res.built else 'FAILED' if res.parsed else 'not reached'}"
           + (f" (input shapes {shapes})" if shapes else ""))

@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("qdq: interrupted; no output was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader went away (| head): nothing left to say
+        sys.stderr.close()
+        return 0
     except OSError as e:
         if args.debug:
             raise

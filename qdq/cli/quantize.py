@@ -40,6 +40,8 @@ def add(sub) -> None:
                          "trt11: strongly typed, FP16 remainder, opset 19")
     pl.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
                     help="keep these in float: op types, node names, regexes over node names, or \"depthwise\"")
+    pl.add_argument("--int8-deconv", action="store_true",
+                    help="quantize ungrouped ConvTranspose too (TensorRT 8.x/10.x; TensorRT-RTX builds them in FP32)")
     out = q.add_argument_group("reporting")
     out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     A.add_quiet(out)
@@ -81,7 +83,7 @@ def run(args) -> int:
                       quiet=args.quiet or args.json, mixed_precision=not args.no_fallback, max_loss_db=args.max_loss_db,
                       min_int8_share=args.min_int8_share, bias_correction=not args.no_bias_correction,
                       smoothquant=args.smoothquant, equalize=args.equalize, remainder=args.remainder,
-                      task=A.task_options(args), max_task_loss=args.max_task_loss)
+                      task=A.task_options(args), max_task_loss=args.max_task_loss, int8_deconv=args.int8_deconv)
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
     if not args.no_engine_check:

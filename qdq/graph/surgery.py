@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import QdqError
-from ..modelio import PROTOBUF_LIMIT, unique_names
+from ..modelio import too_large, unique_names, write_external
 from .index import GraphIndex, infer_types
 
 # Smallest normal float16.  Smaller FP16 scales are subnormal or round to 0: TensorRT rejects 0, and
@@ -42,13 +42,23 @@ def gs():
 
 def import_graph(source):
     """A gs.Graph of ``source`` (a ModelProto, or a :class:`qdq.graph.index.GraphIndex` whose typed
-    model is reused: candidates rebuilt from one float model infer its types once) whose tensors carry
-    inferred dtypes and shapes.  ``graph.nodes[i]`` is ``model.graph.node[i]``: node ids of a
+    skeleton is reused: candidates rebuilt from one float model infer its types once) whose tensors
+    carry inferred dtypes and shapes; the weights are the model's own (read lazily, not copied).  ``graph.nodes[i]`` is ``model.graph.node[i]``: node ids of a
     GraphIndex hold in the graph."""
+    model = source.model if isinstance(source, GraphIndex) else source
     typed = source.typed if isinstance(source, GraphIndex) else infer_types(source)
     graph = gs().import_onnx(typed)
     if len(graph.nodes) != len(typed.graph.node):
         raise QdqError("internal error: onnx-graphsurgeon changed the node count on import; please report it")
+    left_out = {t.name for t in typed.graph.input} - {t.name for t in model.graph.input}
+    if left_out:   # the skeleton's large weights, inputs there: constants again, read lazily from the model
+        from onnx_graphsurgeon.ir.tensor import LazyValues
+
+        tensors = graph.tensors()
+        for t in model.graph.initializer:
+            if t.name in left_out:
+                tensors[t.name].to_constant(LazyValues(t))
+        graph.inputs = [t for t in graph.inputs if t.name not in left_out]
     return graph
 
 
@@ -93,16 +103,15 @@ def verify(model: onnx.ModelProto, pass_name: str) -> None:
     """``onnx.checker.check_model(full_check=True)`` (structure, then strict type and shape
     inference); a failure is an internal error naming the pass and, where ONNX says, the node."""
     try:
-        if model.ByteSize() <= PROTOBUF_LIMIT:
+        if not too_large(model):
             onnx.checker.check_model(model, full_check=True)
-        else:  # too large to serialise: check through a file with external data
+        else:  # too large to serialise: check through a file with external data (model left as it was)
             with tempfile.TemporaryDirectory() as d:
-                path = Path(d) / "model.onnx"
-                onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
-                onnx.checker.check_model(str(path), full_check=True)
+                write_external(model, Path(d) / "model.onnx", "model.data")
+                onnx.checker.check_model(str(Path(d) / "model.onnx"), full_check=True)
     except Exception as e:
         msg = _first_line(e)
-        node = re.search(r"node \(([^)]*)\)|Node \(([^)]*)\)|node '([^']*)'|name: \"?([^\"\s]+)", str(e))
+        node = re.search(r"node \(([^)]*)\)|Node \(([^)]*)\)|node '([^']*)'|node name: ([^\s)]+)|name: \"([^\"]+)\"", str(e))
         where = f" at node {next(g for g in node.groups() if g)!r}" if node else ""
         raise QdqError(f"internal error in pass {pass_name!r}{where}: the result fails onnx's full check "
                        f"({msg}); nothing was written, please report it with the model") from None
@@ -182,7 +191,7 @@ def fold_batchnorm(graph, fp16_scales: bool = False) -> int:
         # a weight shared with another layer keeps its values there; this layer gets its own copy
         wname = conv.inputs[1].name if len(conv.inputs[1].outputs) == 1 else f"{conv.inputs[1].name}_{bn.name}"
         conv.inputs[1] = g.Constant(wname, folded_w.astype(conv.inputs[1].values.dtype))
-        new_bias = g.Constant(f"{bn.name}_folded_bias", (b0 * a + b).astype(np.float32))
+        new_bias = g.Constant(f"{bn.name}_folded_bias", (b0 * a + b).astype(conv.inputs[1].values.dtype))
         if len(conv.inputs) > 2:
             conv.inputs[2] = new_bias
         else:

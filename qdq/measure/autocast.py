@@ -28,7 +28,7 @@ from ..graph.surgery import gs, import_graph, taken_names
 from ..modelio import fresh_name
 from ..targets import prepare
 from .evaluate import Evaluator
-from .metrics import ErrorAccumulator
+from .metrics import power_db
 
 _SKIP = ("QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Size", "Identity")
 
@@ -88,10 +88,10 @@ def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None
 
     def fp16_input(t):
         if t.name not in rounded:
-            if isinstance(t, g.Constant):
-                v = np.clip(np.asarray(t.values, np.float64), -FP16_MAX, FP16_MAX)
+            if isinstance(t, g.Constant) and np.abs(np.asarray(t.values)).max(initial=0) > FP16_MAX:
+                v = np.clip(np.asarray(t.values, np.float64), -FP16_MAX, FP16_MAX)   # saturates, as a cast would not
                 rounded[t.name] = g.Constant(f"{t.name}__r", np.asarray(v.astype(np.float16), np.float32))
-            else:
+            else:   # weights too are rounded in the session, not copied: a large model's weights fit once
                 rounded[t.name] = round_trip(t, t.name)
         return rounded[t.name]
 
@@ -106,22 +106,40 @@ def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None
                                   domain=node.domain))
         for k, (t, o) in enumerate(zip(node.outputs, outs)):
             if f.outputs[k] == F16 and idx.dtypes.get(t.name) == onnx.TensorProto.FLOAT:
-                back = round_trip(o, o.name)
-                graph.outputs += [back] + ([] if t in graph.outputs else [t])
-                pairs.append((pos, t.name, back.name))
+                sums = _sums_of_squares(graph, t, round_trip(o, o.name), taken)
+                graph.outputs += sums
+                pairs.append((pos, sums[0].name, sums[1].name))
     graph.toposort()
     aug = g.export_onnx(graph, do_type_check=False)
     aug.ir_version = model.ir_version
-    sess = session_for(aug)   # FP32 inside; its own roundings are explicit
-    acc = {pos: ErrorAccumulator() for pos, _, _ in pairs}
+    sess = session_for(aug, fold=False)   # FP32 inside; its own roundings explicit, not folded into copies
+    power = {(pos, ref): [0.0, 0.0] for pos, ref, _ in pairs}
     for k, feed in enumerate(feeds):
         outs = run_session(sess, feed, f"sample {k}")
-        for pos, ref, dup in pairs:
-            acc[pos].add(outs[ref], outs[dup])
+        for pos, ref, noise in pairs:
+            power[pos, ref][0] += float(outs[ref])
+            power[pos, ref][1] += float(outs[noise])
     out = {}
-    for pos, a in acc.items():
-        out[pos] = min(out.get(pos, math.inf), a.sqnr_db)
+    for (pos, _), (signal, noise) in power.items():
+        db = power_db(signal, noise) if math.isfinite(noise) else -math.inf   # FP16 overflow: Inf or NaN
+        out[pos] = min(out.get(pos, math.inf), db)
     return out
+
+
+def _sums_of_squares(graph, ref, dup, taken) -> list:
+    """Σ ref² and Σ (dup − ref)² of one sample as FP64 scalars computed inside the session (gs
+    Variables appended to ``graph``): only two numbers per node leave ONNX Runtime, not its outputs."""
+    g = gs()
+    f64 = np.dtype(np.float64)
+    a, b, d, rr, nn = (g.Variable(fresh_name(f"{ref.name}__{s}", taken), dtype=f64) for s in ("r64", "q64", "d", "rr", "nn"))
+    graph.nodes += [g.Node("Cast", fresh_name(f"{ref.name}__R64", taken), {"to": onnx.TensorProto.DOUBLE}, [ref], [a]),
+                    g.Node("Cast", fresh_name(f"{ref.name}__Q64", taken), {"to": onnx.TensorProto.DOUBLE}, [dup], [b]),
+                    g.Node("Sub", fresh_name(f"{ref.name}__D", taken), inputs=[b, a], outputs=[d]),
+                    g.Node("ReduceSumSquare", fresh_name(f"{ref.name}__RR", taken), {"keepdims": 0}, [a], [rr]),
+                    g.Node("ReduceSumSquare", fresh_name(f"{ref.name}__NN", taken), {"keepdims": 0}, [d], [nn])]
+    for v in (rr, nn):
+        v.shape = []
+    return [rr, nn]
 
 
 def fp16_plan(model: onnx.ModelProto, extrema: dict, feeds: list, floor_db: float = FP16_OUTPUT_MIN_DB,

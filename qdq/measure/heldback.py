@@ -32,10 +32,11 @@ class HeldBack:
         self._robust = None
 
     def robust(self) -> Evaluator:
-        """An evaluator on the held-back samples with every float input scaled by ROBUST_SCALE."""
+        """An evaluator on the held-back samples with every float data input (rank ≥ 1; not a scalar such
+        as a threshold) scaled by ROBUST_SCALE."""
         if self._robust is None:
-            scaled = [{k: (v * np.asarray(ROBUST_SCALE, v.dtype) if v.dtype.kind == "f" else v) for k, v in f.items()}
-                      for f in self.feeds]
+            scaled = [{k: (np.asarray(v * np.asarray(ROBUST_SCALE, v.dtype)) if v.dtype.kind == "f" and v.ndim else v)
+                       for k, v in f.items()} for f in self.feeds]
             self._robust = Evaluator(self.float_model, scaled, "held-back sample ×1.25", self.task, self.device)
         return self._robust
 

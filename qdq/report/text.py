@@ -10,12 +10,13 @@ import sys
 
 
 def console(file=None):
-    """A rich Console on ``file`` (stdout): the terminal's width, or unlimited lines for pipes and logs."""
+    """A rich Console on ``file`` (stdout): the terminal's width, or unlimited lines for pipes and logs.
+    Markup is off: tensor names and shapes such as ``[p2o.DynamicDimension.0, 1]`` print as they are."""
     from rich.console import Console
 
     file = file or sys.stdout
-    probe = Console(file=file)
-    return probe if probe.is_terminal else Console(file=file, width=100_000, soft_wrap=True)
+    probe = Console(file=file, markup=False, highlight=False)
+    return probe if probe.is_terminal else Console(file=file, width=100_000, soft_wrap=True, markup=False, highlight=False)
 
 
 # columns holding names, paths and sentences: they fold, never end in "…"
@@ -43,9 +44,11 @@ def print_summary(summary, top: int = 12, file=None) -> None:
     """A rich table on ``file`` (stdout): coverage, skipped layers, the widest-clipping tensors."""
     con = console(file)
     n_q, n_all = len(summary.quantized_layers), summary.weighted_layers
-    con.print(f"[bold]{summary.model}[/bold] → target {summary.target}, opset {summary.opset}, "
+    con.print(f"{summary.model} → target {summary.target}, opset {summary.opset}, "
               f"method {summary.method}, {summary.samples} calibration samples")
-    con.print(f"INT8 weighted layers: {n_q}/{n_all} ({summary.int8_mac_share:.1%} of the multiply-accumulates); "
+    at = ", ".join(f"{k}={'x'.join(map(str, v)) if v else 'scalar'}" for k, v in summary.mac_shapes.items())
+    con.print(f"INT8 weighted layers: {n_q}/{n_all} ({summary.int8_mac_share:.1%} of the multiply-accumulates"
+              + (f" at the data's shapes {at}" if at else "") + "); "
               f"Q/DQ pairs: {len(summary.activations)} activations, {len(summary.weights)} weights (per-channel); "
               f"bias correction: {summary.bias_correction} ({summary.bias_corrected} layers)")
     if summary.accuracy:
@@ -81,9 +84,9 @@ def print_summary(summary, top: int = 12, file=None) -> None:
         con.print(f"as TensorRT builds it: {e['int8_layers']}/{e['weighted_layers']} weighted layers in INT8 "
                   f"({e['int8_mac_share']:.1%} of their MACs); {len(e['findings'])} findings (qdq check --layers)")
     for w in summary.warnings:
-        con.print(f"[yellow]warning:[/yellow] {w}")
+        con.print(f"warning: {w}", style="yellow")
     if summary.output:
-        con.print(f"wrote [bold]{summary.output}[/bold]")
+        con.print(f"wrote {summary.output}", style="bold")
 
 
 def _fig(value, interval, samples=None, unit="dB") -> str:
@@ -126,7 +129,9 @@ def print_held_back(con, summary) -> None:
     """The held-back check: the file, its weights alone, the task, the data ×1.25, and what it means."""
     acc = summary.accuracy
     n = acc["held_back_samples"]
-    con.print(f"held-back check ({n} samples set aside from the calibration data; {_remainder_text(summary)}):")
+    where = "samples set aside from the calibration data" if acc.get("held_back", True) else \
+        "calibration samples: too few to hold any back"
+    con.print(f"held-back check ({n} {where}; {_remainder_text(summary)}):")
     reach = "" if acc.get("reached") is None else (f"; within {acc['max_loss_db']:g} dB of it: "
                                                    + ("yes" if acc["reached"] else "no") + " (lower end of the interval)")
     con.print(f"  this file {_fig(acc['final_db'], acc['final_interval_db'], n)}; its weights alone "
@@ -182,7 +187,7 @@ def print_compare(result, top: int = 15, file=None) -> None:
                       f"{r.clipped:.3%}", f"{r.levels_used:.0%}")
         con.print(w)
         if result.first_below:
-            con.print(f"first tensor below {result.threshold_db:g} dB (accumulated): [bold]{result.first_below}[/bold]")
+            con.print(f"first tensor below {result.threshold_db:g} dB (accumulated): {result.first_below}")
 
 
 def _outputs_table(con, result) -> None:
@@ -267,6 +272,6 @@ def print_engine_view(view, file=None) -> None:
     con.print("engine constants: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(sizes["by_datatype"].items(),
                                                                                        key=lambda kv: -kv[1])))
     for f in view.findings:
-        con.print(f"[yellow]{f['kind']}:[/yellow] {f['node']}: {f['message']}")
+        con.print(f"{f['kind']}: {f['node']}: {f['message']}", style="yellow")
     if not view.findings:
         con.print("every weighted layer runs in the precision the file asks for; every Q/DQ is fused")

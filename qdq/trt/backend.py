@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import onnx
 
 from ..errors import QdqError
 from ..measure.autocast import fp16_model
-from ..modelio import load_model, save_model
+from ..modelio import load_model, save_model, too_large, write_external
 from .cuda import cudart
 from .layers import EngineLogError, engine_view, parse_log
 
@@ -145,7 +146,12 @@ def _parse(b: Backend, model: onnx.ModelProto, logger):
     builder = trt.Builder(logger)
     network = builder.create_network(b.network_flags())
     parser = trt.OnnxParser(network, logger)
-    ok = bool(parser.parse(model.SerializeToString()))
+    if too_large(model):   # beyond protobuf's 2 GB: the parser reads a file with external data
+        with tempfile.TemporaryDirectory() as d:
+            write_external(model, Path(d) / "model.onnx", "model.data")
+            ok = bool(parser.parse_from_file(str(Path(d) / "model.onnx")))
+    else:
+        ok = bool(parser.parse(model.SerializeToString()))
     errors = []
     for i in range(parser.num_errors):
         e = parser.get_error(i)
