@@ -34,6 +34,7 @@ from .graph.shapes import data_shapes, weighted_macs
 from .graph.surgery import export_graph, import_graph
 from .measure.analysis import analyze
 from .measure.autocast import fp16_plan, raise_floor
+from .measure.comparison import compare
 from .measure.heldback import HeldBack
 from .measure.mixed_precision import GROUPS, candidates, choose
 from .measure.tasks import TaskOptions
@@ -64,6 +65,7 @@ class Summary:
     warnings: list = field(default_factory=list)
     output: str | None = None
     ranges_import: dict | None = None   # what an imported ranges file applied, and what it could not
+    diagnosis: list = field(default_factory=list)   # with imported ranges: causes of the loss (qdq.measure.diagnosis)
     fp32_nodes: dict = field(default_factory=dict)   # trt11: node -> why it stays FP32
     int8_mac_share: float = 0.0                     # share of the weighted layers' MACs in INT8
     mac_shapes: dict = field(default_factory=dict)  # input -> the shape the MACs were counted at (the data's)
@@ -129,6 +131,7 @@ class Options:
     task: TaskOptions = field(default_factory=TaskOptions)
     max_task_loss: float | None = None      # keep layers in float until the task agreement is within this of FP32
     int8_deconv: bool = False               # quantize ungrouped ConvTranspose (TensorRT 8.x/10.x)
+    fallback_imported: bool = False         # let mixed precision float layers that read imported ranges
 
     def __post_init__(self):
         if self.method not in METHODS + ("auto",):
@@ -211,7 +214,7 @@ class _Run:
         self.float_model = self._equalized(fm)
         self.idx = GraphIndex.build(self.float_model)
         force = tuple(self.imported.amax) if self.imported is not None and o.force_ranges else ()
-        self.plan = place(self.idx, o.exclude, force=force, int8_deconv=o.int8_deconv)
+        self.plan = self.placed = place(self.idx, o.exclude, force=force, int8_deconv=o.int8_deconv)
         if not self.plan.quantized_layers:
             raise QdqError(f"{self.source}: no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul with float inputs"
                            f"{' left after --exclude' if o.exclude else ''})")
@@ -357,6 +360,12 @@ class _Run:
         """A trt10 candidate for evaluation (not written)."""
         return build_model(self.float_model, self.idx, plan, ranges, "trt10", bias=bias, check=check)[0]
 
+    def _weights_view(self, plan: Placement) -> onnx.ModelProto:
+        """``plan``'s file with only its weights quantized, its biases correcting the weights' error alone
+        (a correction of the activations' error would be a stale shift without them)."""
+        bias = self.analysis.weight_bias if self.bias_mode == "full" and self.analysis is not None else self.bias
+        return weights_only(self.build(plan, self._ranges(plan), bias))
+
     def correct_bias(self) -> None:
         """Full, weight-only or no bias correction: whichever measures best on the held-back samples."""
         a = self.analysis
@@ -381,14 +390,14 @@ class _Run:
         if not o.mixed_precision or self.check is None or self.analysis is None:
             return
 
-        def build(float_layers):
+        def build(float_layers, weights=False):
             p = replace(self.idx, self.plan, {q: "float" for q in float_layers})
-            return self.build(p, self._ranges(p), self.bias)
+            return self._weights_view(p) if weights else self.build(p, self._ranges(p), self.bias)
 
-        cands = candidates(self.analysis, self.plan.quantized_layers, self.bias_mode == "full")
+        cands = self._imported_stay(candidates(self.analysis, self.plan.quantized_layers, self.bias_mode == "full"))
         self.choice = c = choose(cands, {p: self.macs.get(p, 0) for p in self.plan.quantized_layers}, build,
                                  self.check.ev, o.max_loss_db, o.min_int8_share, total_macs=sum(self.macs.values()),
-                                 int8=self.int8, task_ok=self._task_ok())
+                                 int8=self.int8, task_ok=self._task_ok(), weights=lambda fl: build(fl, True))
         if c.float_layers:
             self.plan = replace(self.idx, self.plan, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
                                                       for p, db in c.float_layers.items()})
@@ -399,6 +408,21 @@ class _Run:
             what += "" if c.task_reached else f", task agreement not within {o.max_task_loss:g} of FP32"
             self.warnings.append(f"mixed precision: {what}, with {c.int8_mac_share:.1%} of the MACs in INT8 "
                                  f"(floor {o.min_int8_share:.0%})")
+
+    def _imported_stay(self, cands: dict) -> dict:
+        """Imported ranges are the user's decision: the layers reading them leave the candidates (unless
+        ``fallback_imported``), and the user hears it when one of them is the costliest."""
+        imp = self.imported
+        if imp is None or self.opts.fallback_imported:
+            return cands
+        held = {p for t in imp.amax if t in self.plan.activations for p, _ in self.plan.activations[t]} & set(cands)
+        if held and max(cands, key=cands.get) in held:
+            costly = sorted(held, key=lambda p: -cands[p])[:3]
+            self.warnings.append(f"the layers costing most in INT8 read your imported ranges "
+                                 f"({', '.join(self.idx.labels[p] for p in costly)}); mixed precision keeps them in "
+                                 "INT8 with your ranges (--fallback-imported lets it float them; the diagnosis says "
+                                 "what each range costs)")
+        return {p: c for p, c in cands.items() if p not in held}
 
     def _task_ok(self):
         """``max_task_loss`` as a test on a measurement: the lower end of the task's headline interval
@@ -443,7 +467,7 @@ class _Run:
         floor = min(max(final.sqnr().value + 10, FP16_OUTPUT_MIN_DB), 50.0)
         if self.fp16 is not None and raise_floor(self.fp16, self.float_model, floor):
             final = self.check.ev.measure(model)
-        w = self.check.ev.measure(weights_only(model))
+        w = self.check.ev.measure(self._weights_view(self.plan))
         self.accuracy = self.check.report(final, w, self.check.robust().measure(model))
         self.accuracy["remainder"] = "fp16" if self.fp16 is not None else "fp32"
         self.accuracy["held_back"] = not self.none_held
@@ -458,8 +482,19 @@ class _Run:
         int8_share = sum(self.macs.get(p, 0) for p in plan.quantized_layers) / total
         set_metadata(qmodel, self._metadata(int8_share, len(used_bias)))
         summary = self._summary(qmodel, notes, int8_share, len(used_bias), total)
+        summary.diagnosis = self._diagnosis(qmodel)
         return QuantizeResult(qmodel, summary, self.ranges, plan, self.cal, self.float_model, idx, self.fp16,
                               self.analysis, used_bias, self.macs)
+
+    def _diagnosis(self, qmodel: onnx.ModelProto) -> list:
+        """With imported ranges: what they cost, from a layer-by-layer comparison on the held-back samples
+        (the calibration samples when none are held back)."""
+        if self.imported is None or self.split is None or not (self.split.held or self.split.kept) \
+                or not self.plan.activations:
+            return []
+        feeds = Feeds(model_inputs(self.float_model), self.split.held or self.split.kept, "held-back samples")
+        return compare(self.float_model, qmodel, feeds, layerwise=True, budget=False, quiet=True, task=self.opts.task,
+                       remainder=self.opts.remainder).diagnosis
 
     def _metadata(self, int8_share: float, corrected: int) -> dict:
         """The ONNX metadata: how the file was made, its held-back figures, and the FP16 plan's FP32 nodes
@@ -473,6 +508,8 @@ class _Run:
                 "qdq_remainder": "fp16" if self.fp16 is not None else "fp32"}
         if self.fp16 is not None:
             meta["qdq_fp32_nodes"] = ",".join(self.fp16.names(self.idx))
+        if self.imported is not None and self.imported.path:
+            meta["qdq_ranges_file"] = Path(self.imported.path).name   # the diagnosis names it
         if c is not None:
             meta["qdq_float_layers"] = ", ".join(self.idx.labels[p] for p in c.float_layers)
         if acc is not None:
@@ -499,7 +536,7 @@ class _Run:
     def _summary(self, qmodel, notes, int8_share: float, corrected: int, total: int) -> Summary:
         o, plan, idx, c = self.opts, self.plan, self.idx, self.choice
         return Summary(
-            ranges_import=_import_report(self.imported, plan, idx),
+            ranges_import=_import_report(self.imported, self.placed, plan, idx),
             model=self.source, target=o.target, method=self.method, opset=opset_of(qmodel), samples=self.cal.samples,
             quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
             weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
@@ -555,13 +592,23 @@ def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, 
     return qmodel, notes
 
 
-def _import_report(imported: RangeFile | None, plan: Placement, idx: GraphIndex) -> dict | None:
+def _import_report(imported: RangeFile | None, placed: Placement, plan: Placement, idx: GraphIndex) -> dict | None:
+    """What an imported ranges file did: entries applied, and each entry not applied with its true
+    reason (``placed``: the placement rules' plan, ``plan``: the file's, after mixed precision)."""
     if imported is None:
         return None
     known = set(idx.dtypes) | set(idx.producer) | set(idx.inputs)
-    applied = [t for t in imported.amax if t in plan.activations]
-    return {"file": imported.path, "kind": imported.kind, "header": imported.header, "applied": len(applied),
-            "unused": sorted(t for t in imported.amax if t in known and t not in plan.activations),
+    unused = []
+    for t in sorted(t for t in imported.amax if t in known and t not in plan.activations):
+        if t in placed.activations:
+            layers = ", ".join(idx.labels[p] for p, _ in placed.activations[t])
+            why = f"mixed precision kept its consumers ({layers}) in float (--fallback-imported)"
+        else:
+            users = ", ".join(f"{n.op_type} {n.name!r}" for n, _ in idx.consumer_nodes(t)[:3]) or "no node"
+            why = f"the placement rules put no Q/DQ there (read by {users}); --force-ranges applies it"
+        unused.append({"tensor": t, "reason": why})
+    return {"file": imported.path, "kind": imported.kind, "header": imported.header,
+            "applied": sum(t in plan.activations for t in imported.amax), "unused": unused,
             "not_in_model": sorted(t for t in imported.amax if t not in known),
             "zero": sorted(imported.zero), "asymmetric": sorted(imported.asymmetric)}
 

@@ -55,6 +55,20 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def _per_channel(values, default: float, channels, flag: str, name: str) -> tuple:
+    """``values`` (None, one value, or one per channel) as one value per channel of the input."""
+    n = channels or 3
+    if values is None:
+        return (default,) * n
+    values = tuple(values)
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise QdqError(f"{flag} has {len(values)} values but input {name!r} has {n} channel{'s' * (n != 1)}; "
+                       f"give {n} value{'s' * (n != 1)} or one for all")
+    return values
+
+
 @dataclass
 class Preprocess:
     """How images become tensors: ``x = (pixel · scale − mean) / std`` per channel.
@@ -66,8 +80,8 @@ class Preprocess:
 
     size: tuple | None = None
     resize: str = "stretch"
-    mean: tuple = (0.0, 0.0, 0.0)
-    std: tuple = (1.0, 1.0, 1.0)
+    mean: tuple | None = None      # one value per channel, or one for all (default 0)
+    std: tuple | None = None       # the same (default 1)
     scale: float = 1.0 / 255.0
     color: str = "RGB"
     layout: str | None = None
@@ -83,7 +97,11 @@ class Preprocess:
         ch = spec.shape[1] if layout == "NCHW" else spec.shape[3]
         size = self.size or tuple(d if d else DEFAULT_DYNAMIC_SIZE for d in hw)
         color = "GRAY" if ch == 1 else self.color
-        return Preprocess(size=tuple(size), resize=self.resize, mean=self.mean, std=self.std, scale=self.scale,
+        if color == "GRAY" and ch not in (1, None):
+            raise QdqError(f"--color GRAY gives 1 channel, but input {spec.name!r} takes {ch}")
+        mean, std = (_per_channel(v, d, ch, flag, spec.name) for v, d, flag in
+                     ((self.mean, 0.0, "--mean"), (self.std, 1.0, "--std")))
+        return Preprocess(size=tuple(size), resize=self.resize, mean=mean, std=std, scale=self.scale,
                           color=color, layout=layout, pad_value=self.pad_value)
 
     def apply(self, path: Path, spec: InputSpec) -> np.ndarray:

@@ -47,10 +47,11 @@ def add_preprocess(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=size, help="HxW to resize to (default: the model's input dims; 640 if dynamic)")
     g.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch",
                    help="stretch to the size, or keep the aspect ratio and pad (letterbox)")
-    g.add_argument("--mean", type=floats, default=(0.0, 0.0, 0.0), help="per-channel mean, after scaling (default 0)")
-    g.add_argument("--std", type=floats, default=(1.0, 1.0, 1.0), help="per-channel std, after scaling (default 1)")
+    g.add_argument("--mean", type=floats, help="mean after scaling: one value per channel, or one for all (default 0)")
+    g.add_argument("--std", type=floats, help="std after scaling: one value per channel, or one for all (default 1)")
     g.add_argument("--scale", type=float, default=1 / 255, help="pixel multiplier applied first (default 1/255)")
-    g.add_argument("--color", choices=("RGB", "BGR"), default="RGB", help="channel order the model expects")
+    g.add_argument("--color", choices=("RGB", "BGR", "GRAY"), default="RGB",
+                   help="channel order the model expects; GRAY (one channel) is chosen by itself for a 1-channel input")
     g.add_argument("--layout", choices=("NCHW", "NHWC"), help="default: read from the model's input shape")
 
 

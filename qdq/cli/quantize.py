@@ -60,6 +60,8 @@ def _add_accuracy(q) -> None:
     mp.add_argument("--min-int8-share", type=float, default=0.85,
                     help="never let the INT8 share of multiply-accumulates fall below this (default 0.85)")
     mp.add_argument("--no-fallback", action="store_true", help="write the all-INT8 file: no layer kept in float")
+    mp.add_argument("--fallback-imported", action="store_true", help="let mixed precision keep layers that read "
+                    "imported ranges in float (by default your ranges are applied and the diagnosis says what they cost)")
     mp.add_argument("--no-bias-correction", action="store_true",
                     help="do not fold the mean INT8 error into the biases (default: folded where it helps)")
     mp.add_argument("--smoothquant", action="store_true",
@@ -83,7 +85,8 @@ def run(args) -> int:
                       quiet=args.quiet or args.json, mixed_precision=not args.no_fallback, max_loss_db=args.max_loss_db,
                       min_int8_share=args.min_int8_share, bias_correction=not args.no_bias_correction,
                       smoothquant=args.smoothquant, equalize=args.equalize, remainder=args.remainder,
-                      task=A.task_options(args), max_task_loss=args.max_task_loss, int8_deconv=args.int8_deconv)
+                      task=A.task_options(args), max_task_loss=args.max_task_loss, int8_deconv=args.int8_deconv,
+                      fallback_imported=args.fallback_imported)
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
     if not args.no_engine_check:

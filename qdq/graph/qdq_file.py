@@ -22,13 +22,21 @@ MIXED_FLOAT = "float (mixed precision)"   # the file precision of a layer mixed 
 
 @dataclass
 class QdqSite:
-    """An activation QuantizeLinear: the tensor it reads, its scale and where it sits."""
+    """An activation QuantizeLinear: the tensor it reads, its scale and where it sits; ``dequantized``
+    names its DequantizeLinear's output (the tensor its consumers read), ``method`` how the range was
+    set as qdq recorded it ("imported (qdq-json)", "mse", …; "" for a file qdq did not write)."""
 
     tensor: str
     scale: float
     node: str
     consumers: list
     position: int
+    dequantized: str = ""
+    method: str = ""
+
+    @property
+    def imported(self) -> bool:
+        return self.method.startswith("imported")
 
     @property
     def amax(self) -> float:
@@ -47,7 +55,12 @@ def qdq_sites(model: onnx.ModelProto) -> list[QdqSite]:
             continue
         users = [idx.labels[c] for q_out in n.output for dq, _ in idx.consumers.get(q_out, [])
                  for dq_out in idx.nodes[dq].output for c, _ in idx.consumers.get(dq_out, [])]
-        sites.append(QdqSite(n.input[0], float(np.asarray(scale).reshape(-1)[0]), n.name, users, pos))
+        dq = [idx.nodes[d].output[0] for q_out in n.output for d, _ in idx.consumers.get(q_out, [])
+              if idx.nodes[d].op_type == "DequantizeLinear"]
+        # qdq writes "amax=… scale=… method=…" last, and a method may hold spaces: "imported (qdq-json)"
+        method = n.doc_string.split("method=", 1)[1] if "method=" in n.doc_string else ""
+        sites.append(QdqSite(n.input[0], float(np.asarray(scale).reshape(-1)[0]), n.name, users, pos,
+                             dq[0] if dq else "", method))
     return sites
 
 
@@ -91,4 +104,10 @@ def _float_reason(idx: GraphIndex, node, missing: int, mixed: bool) -> str:
         rule = skip_reason(idx, node, w)
         if rule:
             return rule
-    return f"input {missing} ({node.input[missing]!r}) has no DequantizeLinear right before the layer"
+    t = node.input[missing]
+    paired = [c.name for q, _ in idx.consumer_nodes(t) if q.op_type == "QuantizeLinear"
+              for dq, _ in idx.consumer_nodes(q.output[0]) for c, _ in idx.consumer_nodes(dq.output[0])]
+    if paired:   # the tensor has a Q/DQ pair, but this layer reads it before the pair
+        return (f"input {missing} ({t!r}) is read in float: its Q/DQ pair feeds only "
+                f"{', '.join(repr(n) for n in paired[:3])}")
+    return f"input {missing} ({t!r}) has no DequantizeLinear right before the layer"

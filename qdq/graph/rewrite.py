@@ -22,7 +22,7 @@ from ..calib.ranges import QMAX
 from ..modelio import fresh_name
 from . import bias_correction
 from .placement import Placement
-from .surgery import FP16_MIN_SCALE, gs, taken_names
+from .surgery import FP16_MIN_SCALE, export_graph, gs, import_graph, taken_names
 
 FP16_SUBNORMAL = 2.0 ** -24  # smallest positive float16
 
@@ -154,3 +154,29 @@ def set_metadata(model: onnx.ModelProto, props: dict) -> None:
             existing[k].value = str(v)
         else:
             model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
+
+
+def with_ranges(model: onnx.ModelProto, amax: dict, method: str, biases: dict | None = None) -> onnx.ModelProto:
+    """A checked copy of the Q/DQ file ``model`` whose activation Q/DQ on each tensor of ``amax``
+    (tensor → amax) takes scale = amax / 127 (its Q and every DQ after it), recorded as ``method``
+    in their doc_strings, and whose layers named in ``biases`` (node name → bias array) take that
+    bias; every other doc_string is kept.  ``model`` is not changed."""
+    graph = import_graph(model)
+    docs, names = {n.name: n.doc_string for n in model.graph.node if n.doc_string}, taken_names(graph)
+    for q in graph.nodes:
+        t = q.inputs[0] if q.op == "QuantizeLinear" else None
+        if t is None or t.name not in amax or isinstance(t, gs().Constant):
+            continue
+        dtype = q.inputs[1].values.dtype if isinstance(q.inputs[1], gs().Constant) else np.float32
+        scale, _ = safe_scale(amax[t.name], dtype)
+        const = gs().Constant(fresh_name(f"{t.name}_scale", names), np.asarray(scale, dtype).reshape(q.inputs[1].shape or ()))
+        for n in [q] + [dq for dq in q.outputs[0].outputs if dq.op == "DequantizeLinear"]:
+            n.inputs[1] = const
+            docs[n.name] = f"amax={amax[t.name]:.6g} scale={float(scale):.6g} method={method}"
+    for n in graph.nodes:
+        if n.name in (biases or {}) and len(n.inputs) > 2:
+            old = n.inputs[2]
+            n.inputs[2] = gs().Constant(fresh_name(f"{n.name}_bias", names), np.asarray(biases[n.name], old.dtype or np.float32))
+    out = export_graph(graph, model, "range replacement")
+    set_docs(out, docs)
+    return out

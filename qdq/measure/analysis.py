@@ -20,7 +20,8 @@ per-channel sums), so each sample returns a few numbers per site.  Per site:
 * per layer with a weight, the mean error per output channel of the raw layer output with both
   inputs quantized, and with only the weight quantized: the two bias corrections;
 * per *group* of activation sites (runs in graph order, ``groups``), the noise at the model's outputs
-  with only that group quantized: a copy of the whole graph per group in the same session.  It tells
+  with only that group quantized (and centred: each output channel's mean error removed, the shift a
+  bias correction takes out): a copy of the whole graph per group in the same session.  It tells
   how much of the local noise reaches the output (:mod:`qdq.measure.mixed_precision`).
 """
 from __future__ import annotations
@@ -224,44 +225,50 @@ def _other_plans(aug: _Augmented) -> list:
     return plans
 
 
-def _group_plans(aug: _Augmented, groups: int) -> list:
-    """``groups`` runs of activation sites in graph order, each alone at the model's outputs: a copy
-    of everything downstream of the run, with the run's inputs fake-quantized."""
+def _group_plans(aug: _Augmented, groups) -> list:
+    """``groups`` runs of activation sites in graph order (or the given runs: lists of tensors), each
+    alone at the model's outputs: a copy of everything downstream of the run, with the run's inputs
+    fake-quantized.  Returns [(run, [(SiteError of one output, its reduction names)])]; an output of
+    known rank is reduced per channel (axis 1) too, for its centred noise."""
     plan, idx = aug.plan, aug.idx
     order = sorted(plan.activations, key=lambda t: min(p for p, _ in plan.activations[t]))
-    runs = [order[k * len(order) // groups:(k + 1) * len(order) // groups] for k in range(groups)] if groups else []
+    runs = groups if not isinstance(groups, int) else \
+        [order[k * len(order) // groups:(k + 1) * len(order) // groups] for k in range(groups)] if groups else []
     out = []
     for j, run in enumerate(r for r in runs if r):
         edges = {(p, i) for t in run for p, i in plan.activations[t]}
         mapping = aug.copy(_downstream(idx, {p for p, _ in edges}), {}, f"G{j}", edges)
-        names = [aug.reduce(o, mapping[o], 0, None, f"G{j}o{k}", True) for k, o in enumerate(idx.outputs)
-                 if o in mapping and idx.is_float(o)]
-        out.append((run, SiteError("group", f"group {j}", -1), names))
+        parts = []
+        for k, o in enumerate(idx.outputs):
+            if o in mapping and idx.is_float(o):
+                rank = aug.rank(o)
+                parts.append((SiteError("group", f"group {j} {o}", -1),
+                              aug.reduce(o, mapping[o], 1, rank if rank and rank >= 2 else None, f"G{j}o{k}", True)))
+        out.append((run, parts))
     return out
 
 
 def analyze(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, feeds: list,
-            quiet: bool = True, groups: int = 0) -> Analysis:
+            quiet: bool = True, groups=0) -> Analysis:
     """Measure every site of ``plan`` with ``ranges`` (tensor -> Range) on ``feeds`` (input dicts),
-    and ``groups`` runs of its activation sites at the model's outputs; ``idx`` indexes ``float_model``."""
+    and ``groups`` runs of its activation sites at the model's outputs (a count of equal runs in graph
+    order, or the runs themselves: lists of tensors); ``idx`` indexes ``float_model``."""
     aug = _Augmented(idx, plan, ranges)
-    plans = _layer_plans(aug) + _other_plans(aug)
     group_plans = _group_plans(aug, groups)
+    plans = _layer_plans(aug) + _other_plans(aug) + [(site, names, True) for _, parts in group_plans
+                                                     for site, names in parts]
     sess = aug.session(float_model)
     chan_sum, chan_n = {}, {}
     result = Analysis()
     with progress("analysing", len(feeds), quiet) as advance:
         for k, feed in enumerate(feeds):
-            out = run_session(sess, feed, f"sample {k}")
-            _accumulate(out, plans, chan_sum, chan_n)
-            for _, site, names in group_plans:
-                for n in names:
-                    site.noise += float(out[n["noise"]])
-                    site.signal += float(out[n["signal"]])
+            _accumulate(run_session(sess, feed, f"sample {k}"), plans, chan_sum, chan_n)
             result.samples += 1
             advance()
     _finish(result, plans, chan_sum, chan_n)
-    result.groups = [(run, site) for run, site, _ in group_plans]
+    for j, (run, parts) in enumerate(group_plans):   # a group's figures: its outputs' sums
+        result.groups.append((run, SiteError("group", f"group {j}", -1, sum(p.signal for p, _ in parts),
+                                             sum(p.noise for p, _ in parts), sum(p.centred for p, _ in parts))))
     return result
 
 
@@ -284,14 +291,14 @@ def _finish(result: Analysis, plans: list, chan_sum: dict, chan_n: dict) -> None
     """Sites of one layer share its output's signal (measured once, on the first copy); mean errors per
     channel become the bias corrections and the centred noise."""
     by_layer_signal = {site.consumer: site.signal for site, _, has_signal in plans if not isinstance(site, tuple)
-                       and has_signal and site.kind not in ("residual", "passthrough")}
+                       and has_signal and site.kind not in ("residual", "passthrough", "group")}
     for site, _, _ in plans:
         if isinstance(site, tuple):
             kind, layer = site
             if site in chan_sum and chan_n.get(site):
                 (result.bias if kind == "layer" else result.weight_bias)[layer] = chan_sum[site] / chan_n[site]
             continue
-        if site.kind not in ("residual", "passthrough"):
+        if site.kind not in ("residual", "passthrough", "group"):
             site.signal = by_layer_signal.get(site.consumer, site.signal)
         mean = chan_sum[id(site)] / chan_n[id(site)] if id(site) in chan_sum and chan_n.get(id(site)) else None
         site.centred = max(site.noise - (float((mean ** 2).sum()) * chan_n[id(site)] if mean is not None else 0.0), 0.0)

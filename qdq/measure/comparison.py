@@ -4,12 +4,14 @@ inputs, per graph output and tensor by tensor.
 * Outputs: SQNR, cosine, max/mean |error|, bias (shift) and gain (scale), top-1/top-5 agreement when
   an output looks like class scores (rank 2, ≥ 10 columns).
 * Layer by layer (``layerwise``): for every tensor that carries an activation Q/DQ, the *accumulated*
-  SQNR (quantized model's tensor vs the reference model's), the *local* SQNR (the reference tensor
+  SQNR (the quantized model's tensor after its own Q/DQ, as its consumers read it, vs the reference
+  model's tensor: bounded by the noise of every Q/DQ up to there, its own included), the *local* SQNR (the reference tensor
   fake-quantized with that Q/DQ's scale, nothing else quantized), the SQNR that Q/DQ alone leaves *at
   its consumer's output* (after the bias and activation TensorRT fuses; :mod:`qdq.measure.analysis`), the share
   of values clipped and of the 256 INT8 levels used by the values reaching that Q in the quantized
-  model.  Tensors are ranked by the consumer-output figure: noise on a depthwise conv's input looks
-  small on the tensor and large where it lands.
+  model, and the amax calibration (``mse``, :mod:`qdq.calib.ranges`) would give on the same data.
+  Tensors are ranked by the consumer-output figure: noise on a depthwise conv's input looks small on
+  the tensor and large where it lands.  :mod:`qdq.measure.diagnosis` turns these into causes.
 * Budget: output SQNR with only the weights quantized (activation Q/DQ bypassed), only the
   activations (weights float, taken from the float model), and both.
 
@@ -24,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from ..calib.data import Dataset, Preprocess, batches, first_feeds, model_inputs
-from ..calib.ranges import QMAX, Range, fake_quant
+from ..calib.data import Dataset, Feeds, Preprocess, batches, first_feeds, model_inputs
+from ..calib.ranges import QMAX, Range, compute_range, fake_quant
 from ..calib.session import run_session, session_for
 from ..calib.stats import TensorStats
 from ..errors import QdqError
@@ -39,6 +41,7 @@ from ..progress import progress
 from ..targets import prepared_for
 from .analysis import analyze
 from .autocast import fp16_keep_names, fp16_model
+from .diagnosis import CHECK_SAMPLES, Evidence, diagnose
 from .evaluate import Measurement, signal_noise
 from .metrics import ErrorAccumulator, json_safe
 from .tasks import TaskOptions, choose_task
@@ -65,6 +68,9 @@ class LayerReport:
     clipped: float
     levels_used: float
     output_sqnr_db: float = math.inf   # what this Q/DQ alone leaves at its consumer's output (worst consumer)
+    method: str = ""                   # how the file's range was set, as qdq recorded it ("imported (…)", "mse", …)
+    calibrated_amax: float = 0.0       # what calibration (mse) measures on the compared data
+    gain: float = 1.0                  # accumulated: least-squares slope of the quantized tensor on the reference
     hist: list = field(default_factory=list, repr=False)  # |x| counts of the reference tensor, 2048 bins over [0, max]
     bin_width: float = 0.0
 
@@ -82,6 +88,7 @@ class CompareResult:
     task: dict | None = None                       # {"name", "reason", "figures", "per_sample"} (qdq.measure.tasks)
     sqnr: dict | None = None                       # all outputs pooled: {"value", "low", "high", "samples"}
     remainder: str = "fp32"                        # how the quantized file's non-INT8 layers ran
+    diagnosis: list = field(default_factory=list)  # causes, most recoverable first (qdq.measure.diagnosis.Cause)
 
     def to_dict(self, histograms: bool = False) -> dict:
         d = asdict(self)
@@ -101,10 +108,12 @@ class _LayerAcc:
         self.levels = np.zeros(256, dtype=bool)
         self.stats = TensorStats(site.tensor)
 
-    def add(self, ref: np.ndarray, q: np.ndarray) -> None:
+    def add(self, ref: np.ndarray, q: np.ndarray, dq: np.ndarray) -> None:
+        """``ref``: the reference tensor; ``q``: the quantized model's tensor entering the Q; ``dq``: the
+        same after its DequantizeLinear."""
         s = self.site.scale
         ref64, q64 = ref.astype(np.float64), q.astype(np.float64)
-        self.acc.add(ref64, q64)
+        self.acc.add(ref64, dq.astype(np.float64))
         # local: this tensor's own Q/DQ on the reference values, nothing else quantized
         self.local.add(ref64, fake_quant(ref64, s))
         codes = np.rint(q64 / s)
@@ -117,15 +126,17 @@ class _LayerAcc:
         s = self.site
         counts, width = self.stats.histogram()
         return LayerReport(s.tensor, s.consumers, s.position, s.amax, s.scale, self.acc.sqnr_db, self.local.sqnr_db,
-                           self.clipped / max(self.count, 1), float(self.levels.mean()),
-                           hist=[round(c) for c in counts], bin_width=width)
+                           self.clipped / max(self.count, 1), float(self.levels.mean()), method=s.method,
+                           calibrated_amax=compute_range(self.stats, "mse").amax if self.count else 0.0,
+                           gain=self.acc.gain, hist=[round(c) for c in counts], bin_width=width)
 
 
 def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwise: bool = False,
             threshold_db: float = 20.0, budget: bool = True, preprocess: Preprocess | None = None,
             limit: int | None = None, batch_size: int = 1, quiet: bool = False, task: TaskOptions | None = None,
             remainder: str = "fp16") -> CompareResult:
-    """Run float/FP16 reference and quantized models on ``data`` and measure where they differ: per
+    """Run float/FP16 reference and quantized models on ``data`` (a path, or samples already fed:
+    :class:`qdq.calib.data.Feeds`) and measure where they differ: per
     output, pooled over samples with a 90 % interval, and by the task's agreement (``task``,
     :mod:`qdq.measure.tasks`).  ``remainder="fp16"`` runs a file with an FP32 remainder (trt8/trt10)
     as TensorRT does with ``--int8 --fp16``: its non-INT8 layers in FP16 except the ones it pins."""
@@ -138,10 +149,10 @@ def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwis
         raise QdqError(f"the models' outputs differ ({f_out} vs {[o.name for o in qmodel.graph.output]}); "
                        "compare a model with its own Q/DQ version")
     inputs = model_inputs(fmodel)
-    dataset = Dataset(data, inputs, preprocess or Preprocess(), limit=limit)
+    dataset = data if isinstance(data, Feeds) else Dataset(data, inputs, preprocess or Preprocess(), limit=limit)
     sites = _sites(fmodel, qmodel, inputs) if layerwise else []
     device, how = _device_view(fmodel, qmodel, dataset, remainder, quiet)
-    runs = _sessions(fmodel, qmodel, dataset, reference, budget, [s.tensor for s in sites], quiet, device)
+    runs = _sessions(fmodel, qmodel, dataset, reference, budget, sites, quiet, device)
     acc = _Accumulators(f_out, reference == "fp16", budget, sites, task or TaskOptions())
     with progress("comparing", dataset.count(), quiet) as advance:
         for sources, feed in batches(dataset, batch_size):
@@ -151,7 +162,7 @@ def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwis
     result = acc.result(reference, threshold_db)
     result.remainder = how
     if layerwise:
-        _layerwise(result, acc, fmodel, qmodel, sites, dataset, threshold_db)
+        _layerwise(result, acc, fmodel, qmodel, sites, dataset, threshold_db, device)
     return result
 
 
@@ -181,14 +192,14 @@ def _device_view(fmodel, qmodel, dataset, remainder: str, quiet: bool):
     return (lambda m: remainder_fp16(m, keep)), how
 
 
-def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, tensors: list, quiet: bool, device) -> dict:
+def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list, quiet: bool, device) -> dict:
     """ONNX Runtime sessions by role: ref (FP32 or FP16), quant, and fp32 / weights_only /
     activations_only where asked (the quantized ones through ``device``); ref and quant also
-    return ``tensors``."""
-    inner = [t for t in tensors if t not in {i.name for i in dataset.inputs}]
+    return the ``sites``' tensors, quant their dequantized tensors too."""
+    inner = [s.tensor for s in sites if s.tensor not in {i.name for i in dataset.inputs}]
     ref = fp16_model(fmodel, dataset, quiet) if reference == "fp16" else fmodel
     runs = {"ref": session_for(runnable(ref), extra_outputs=inner),
-            "quant": session_for(device(qmodel), extra_outputs=inner)}
+            "quant": session_for(device(qmodel), extra_outputs=inner + [s.dequantized for s in sites if s.dequantized])}
     if reference == "fp16":
         runs["fp32"] = session_for(runnable(fmodel))
     if budget:
@@ -227,7 +238,7 @@ class _Accumulators:
                 self.top[o][1] += int((top5 == r1[:, None]).any(1).sum())
                 self.top[o][2] += ref.shape[0]
         for t, la in self.layers.items():
-            la.add(res["ref"][t], res["quant"][t])
+            la.add(res["ref"][t], res["quant"][t], res["quant"][la.site.dequantized or t])
         self._add_rows(res["ref"], res["quant"], feed, samples)
         self.samples += samples
 
@@ -266,22 +277,35 @@ class _Accumulators:
         return result
 
 
-def _layerwise(result, acc: _Accumulators, fmodel, qmodel, sites: list, dataset, threshold_db: float) -> None:
+def _layerwise(result, acc: _Accumulators, fmodel, qmodel, sites: list, dataset, threshold_db: float,
+               device=None, samples: int = 8) -> None:
+    """Layer reports in graph order with their output-referred figures, the first tensor below
+    ``threshold_db`` (accumulated), the ranking, and the diagnosis (:mod:`qdq.measure.diagnosis`)."""
     reports = sorted((la.report() for la in acc.layers.values()), key=lambda r: r.position)
-    at_output = _output_referred(fmodel, qmodel, sites, dataset)
+    fm = prepared_for(fmodel, qmodel)
+    idx = GraphIndex.build(fm)
+    plan, ranges = _file_plan(idx, qmodel, sites)
+    feeds = first_feeds(dataset, max(samples, CHECK_SAMPLES))
+    at_output = {}
+    if plan.activations:
+        for site in analyze(fm, idx, plan, ranges, feeds[:samples]).sites:
+            at_output[site.tensor] = min(at_output.get(site.tensor, math.inf), site.sqnr_db)
     for r in reports:
         r.output_sqnr_db = at_output.get(r.tensor, math.inf)
     result.layers = reports
     result.first_below = next((r.tensor for r in reports if r.accumulated_sqnr_db < threshold_db), None)
     result.ranked = [r.tensor for r in sorted(reports, key=lambda r: (r.output_sqnr_db, r.local_sqnr_db))]
+    meta = {p.key: p.value for p in qmodel.metadata_props}
+    ev = Evidence(reports, result.outputs, result.sqnr["value"], fm, idx, plan, feeds[:2 * samples],
+                  meta.get("qdq_ranges_file", ""))
+    causes = diagnose(ev, qmodel, device, acc.task, check_feeds=feeds)
+    result.diagnosis = [asdict(c) for c in causes]
 
 
-def _output_referred(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto, sites: list, dataset, samples: int = 8) -> dict:
-    """tensor -> SQNR that its Q/DQ alone leaves at its consumer's output (worst consumer), from
-    :mod:`qdq.measure.analysis` on the float model with the file's own Q/DQ sites and scales.  Consumers are
-    found by name: the float model as qdq prepared it shares the file's node names."""
-    fm = prepared_for(fmodel, qmodel)
-    idx = GraphIndex.build(fm)
+def _file_plan(idx: GraphIndex, qmodel: onnx.ModelProto, sites: list) -> tuple[Placement, dict]:
+    """The file's own activation Q/DQ sites as a placement on the float model ``idx`` indexes (with
+    their ranges): consumers are found by name, as the float model qdq prepared shares the file's node
+    names."""
     by_name = {n.name: i for i, n in enumerate(idx.nodes) if n.name}
     qidx = GraphIndex.build(qmodel, infer_shapes=False)
     plan, ranges = Placement(), {}
@@ -296,10 +320,4 @@ def _output_referred(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto, sites: li
                     plan.quantized_layers.append(pos)
         if s.tensor in plan.activations:
             ranges[s.tensor] = Range(s.amax, "file", None)
-    if not plan.activations:
-        return {}
-    a = analyze(fm, idx, plan, ranges, first_feeds(dataset, samples))
-    out = {}
-    for site in a.sites:
-        out[site.tensor] = min(out.get(site.tensor, math.inf), site.sqnr_db)
-    return out
+    return plan, ranges

@@ -83,19 +83,21 @@ def candidates(analysis, layers, centred: bool = True) -> dict:
 
 def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: float = 2.0,
            min_int8_share: float = 0.85, total_macs: int | None = None, int8: Measurement | None = None,
-           task_ok=None) -> Choice:
+           task_ok=None, weights=None) -> Choice:
     """``candidates``: layer id -> estimated contribution of its INT8 input to the output noise
     (see :func:`propagation_gains`); ``macs``: layer id -> MACs of every quantized layer;
     ``total_macs``: of all weighted layers, those in float by the placement rules included;
     ``build(float_layers) -> model`` builds the file with those layers in float; ``int8`` is the
-    all-INT8 file's measurement when already made.  The target is reached when the lower end of the
+    all-INT8 file's measurement when already made; ``weights(float_layers) -> model`` its weights-only
+    view (default: :func:`qdq.graph.bypass.weights_only` of ``build``'s file; a file whose biases
+    correct activation errors needs its weight-only correction there).  The target is reached when the lower end of the
     interval of (file − weights-only) is within ``max_loss_db``; then, if ``task_ok(measurement)`` says
     the task agreement is not yet enough, layers are added in the same order until it is."""
     total, int8_macs = total_macs or sum(macs.values()) or 1, sum(macs.values())
+    weights = weights or (lambda fl: weights_only(build(fl)))
     out = Choice()
-    full = build(set())
-    out.int8 = m = int8 if int8 is not None else ev.measure(full)
-    w = ev.measure(weights_only(full))
+    out.int8 = m = int8 if int8 is not None else ev.measure(build(set()))
+    w = ev.measure(weights(set()))
     out.int8_db, out.weights_only_db = m.sqnr().value, w.sqnr().value
     out.steps.append((0, out.int8_db, out.weights_only_db))
     ranked = sorted((p for p in candidates if macs.get(p)), key=lambda p: -candidates[p] / macs[p])
@@ -109,13 +111,13 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
         added = _add_until(ranked, chosen, candidates, alpha, _noise(m.sqnr().value), target, fits)
         if not added:
             break
-        m, w = _measure_step(build(set(chosen)), ev, w, max_loss_db)
+        m, w = _measure_step(build, weights, set(chosen), ev, w, max_loss_db)
         out.steps.append((len(chosen), m.sqnr().value, w.sqnr().value))
         left = sum(candidates[p] for p in ranked if p not in chosen) or 1.0
         alpha = max(_noise(m.sqnr().value) - _noise(w.sqnr().value), 0.0) / left
     out.reached = m.gap_low(w) >= -max_loss_db
     if task_ok is not None:
-        m, w = _task_stage(ranked, chosen, fits, build, ev, m, w, task_ok, out, max_loss_db)
+        m, w = _task_stage(ranked, chosen, fits, (build, weights), ev, m, w, task_ok, out, max_loss_db)
     out.final, out.final_weights_only = m, w
     out.final_db, out.final_weights_only_db = m.sqnr().value, w.sqnr().value
     out.int8_mac_share = (int8_macs - sum(macs[q] for q in chosen)) / total
@@ -147,15 +149,15 @@ def _add_until(ranked, chosen, candidates, alpha, estimate, target, fits) -> boo
     return added
 
 
-def _measure_step(model, ev, w, max_loss_db):
+def _measure_step(build, weights, float_layers: set, ev, w, max_loss_db):
     """The candidate's measurement, and its own weights-only one once it reaches the last one's."""
-    m = ev.measure(model)
+    m = ev.measure(build(float_layers))
     if m.gap_low(w) >= -max_loss_db:
-        w = ev.measure(weights_only(model))
+        w = ev.measure(weights(float_layers))
     return m, w
 
 
-def _task_stage(ranked, chosen, fits, build, ev, m, w, task_ok, out, max_loss_db):
+def _task_stage(ranked, chosen, fits, builders, ev, m, w, task_ok, out, max_loss_db):
     """More layers in float, doubling the batch, until ``task_ok`` or the MAC floor."""
     batch = 1
     while not task_ok(m):
@@ -166,7 +168,7 @@ def _task_stage(ranked, chosen, fits, build, ev, m, w, task_ok, out, max_loss_db
         if not more:
             break
         chosen += more
-        m, w = _measure_step(build(set(chosen)), ev, w, max_loss_db)
+        m, w = _measure_step(*builders, set(chosen), ev, w, max_loss_db)
         out.steps.append((len(chosen), m.sqnr().value, w.sqnr().value))
         batch *= 2
     out.task_reached = task_ok(m)

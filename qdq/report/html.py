@@ -125,6 +125,14 @@ def _agreement(result) -> str:
     return "".join(out)
 
 
+def _diagnosis(causes: list) -> str:
+    """The causes, most recoverable first, as an ordered list (empty when there are none)."""
+    if not causes:
+        return ""
+    items = "".join(f"<li>{_e(c['text'])}</li>" for c in causes)
+    return f"<h2>Diagnosis</h2><ol class='diagnosis'>{items}</ol>"
+
+
 def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None) -> str:
     """The report of :class:`qdq.measure.comparison.CompareResult` as one HTML document; ``engine``, a
     :class:`qdq.trt.layers.EngineView` of the quantized file, adds the precision strip."""
@@ -132,6 +140,7 @@ def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None
            f"<h1>{_e(quant_name)} vs {_e(float_name)}</h1>",
            f"<p class='note'>reference: {result.reference.upper()}, {result.samples} samples. SQNR = 10·log10(Σ‖ref‖²/Σ‖q−ref‖²); "
            "bias = mean(q−ref)/std(ref); gain = least-squares slope of q on ref.</p>",
+           _diagnosis(result.diagnosis),
            _agreement(result),
            "<h2>Outputs</h2><table><tr><th>output</th><th>SQNR dB</th><th>cosine</th><th>max |err|</th>"
            "<th>mean |err|</th><th>bias</th><th>gain</th><th>top-1</th><th>top-5</th><th>FP16 vs FP32 dB</th></tr>"]
@@ -142,6 +151,11 @@ def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None
                    f"<td>{'' if o.top1 is None else f'{o.top1:.1%}'}</td><td>{'' if o.top5 is None else f'{o.top5:.1%}'}</td>"
                    f"<td>{'' if o.fp16_vs_fp32 is None else _db(o.fp16_vs_fp32['sqnr_db'])}</td></tr>")
     out.append("</table>")
+    empty = [why for col, why in (("top1", "top-1/top-5 only for outputs shaped [N, classes] with 10 or more classes"),
+                                  ("fp16_vs_fp32", "FP16 vs FP32 only with --reference fp16"))
+             if any(getattr(o, col) is None for o in result.outputs)]
+    if empty:
+        out.append(f"<p class='note'>Empty cells: {_e('; '.join(empty))}.</p>")
     if result.budget:
         out.append("<h2>Where the loss lives (output SQNR, dB)</h2><table><tr><th>output</th><th>weights only</th>"
                    "<th>activations only</th><th>both</th></tr>")

@@ -74,15 +74,18 @@ def print_summary(summary, top: int = 12, file=None) -> None:
     imp = summary.ranges_import
     if imp:
         con.print(f"ranges from {imp['file']} ({imp['kind']}): {imp['applied']} applied, "
-                  f"{len(imp['unused'])} unused (placement puts no Q/DQ there; --force-ranges applies them), "
-                  f"{len(imp['not_in_model'])} not in the model, {len(imp['zero'])} zero entries")
-        for label, key in (("unused", "unused"), ("not in the model", "not_in_model"), ("zero", "zero")):
+                  f"{len(imp['unused'])} not applied, {len(imp['not_in_model'])} not in the model, "
+                  f"{len(imp['zero'])} zero entries")
+        for u in imp["unused"]:
+            con.print(f"  not applied: {u['tensor']}: {u['reason']}")
+        for label, key in (("not in the model", "not_in_model"), ("zero", "zero")):
             if imp[key]:
                 con.print(f"  {label}: {', '.join(imp[key][:8])}" + (" …" if len(imp[key]) > 8 else ""))
     if summary.engine:
         e = summary.engine
         con.print(f"as TensorRT builds it: {e['int8_layers']}/{e['weighted_layers']} weighted layers in INT8 "
                   f"({e['int8_mac_share']:.1%} of their MACs); {len(e['findings'])} findings (qdq check --layers)")
+    diagnosis_lines(con, summary.diagnosis)
     for w in summary.warnings:
         con.print(f"warning: {w}", style="yellow")
     if summary.output:
@@ -162,6 +165,14 @@ def _db(v: float) -> str:
     return "inf" if v == float("inf") else ("-inf" if v == float("-inf") else f"{v:.2f}")
 
 
+def diagnosis_lines(con, causes: list) -> None:
+    """The diagnosis (:mod:`qdq.measure.diagnosis`): one numbered line per cause."""
+    if causes:
+        con.print("diagnosis: what costs most, and the fix", style="bold")
+        for k, c in enumerate(causes, 1):
+            con.print(f" {k}. {c['text']}", soft_wrap=True)
+
+
 def print_compare(result, top: int = 15, file=None) -> None:
     """Output metrics, the task's agreement, the loss budget and the worst Q/DQ tensors."""
     con = console(file)
@@ -172,6 +183,7 @@ def print_compare(result, top: int = 15, file=None) -> None:
         con.print(f"task {result.task['name']} ({result.task['reason']}): {task_line(result.task, result.samples)}")
     elif result.task is not None:
         con.print(f"task: none ({result.task['reason']})")
+    diagnosis_lines(con, result.diagnosis)
     _outputs_table(con, result)
     if result.budget:
         b = table("where the loss lives (output SQNR dB)", ("output", "weights only", "activations only", "both"))
@@ -181,7 +193,9 @@ def print_compare(result, top: int = 15, file=None) -> None:
     if result.layers:
         by_name = {r.tensor: r for r in result.layers}
         w = table(f"Q/DQ tensors, most noise at their consumer's output first (top {top})", ("tensor", "at consumer dB", "local dB", "accumulated dB", "amax", "clipped", "levels used"))
-        for name in result.ranked[:top]:
+        shown = result.ranked[:top] + ([result.first_below] if result.first_below and result.first_below
+                                       not in result.ranked[:top] else [])   # the line below names it: show it
+        for name in shown:
             r = by_name[name]
             w.add_row(name, _db(r.output_sqnr_db), _db(r.local_sqnr_db), _db(r.accumulated_sqnr_db), f"{r.amax:.4g}",
                       f"{r.clipped:.3%}", f"{r.levels_used:.0%}")

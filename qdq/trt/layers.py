@@ -224,15 +224,28 @@ class EngineView:
     def size_note(self) -> str:
         """Where the engine's bytes are: weights of the compute layers, and Int8 constants elsewhere,
         which TensorRT-RTX adds to run each INT8 depthwise conv as a 4-channels-per-group conv (a zero
-        block of C×3×H×W bytes per layer)."""
-        weights = sum(c.bytes for x in self.layers if x.type in COMPUTE for c in x.constants)
-        padding = sum(c.bytes for x in self.layers if x.type not in COMPUTE for c in x.constants if c.dtype == "Int8")
-        other = sum(x.constant_bytes for x in self.layers) - weights - padding
+        block of C×3×H×W bytes per layer).  A constant several layers list is counted once.  When the
+        listed constants exceed the engine, the note says why the two do not add up."""
+        seen, weights, padding, other = set(), 0, 0, 0
+        for x in self.layers:
+            for c in x.constants:
+                if (c.name, c.dtype) in seen:
+                    continue
+                seen.add((c.name, c.dtype))
+                if x.type in COMPUTE:
+                    weights += c.bytes
+                elif c.dtype == "Int8":
+                    padding += c.bytes
+                else:
+                    other += c.bytes
         note = (f"{self.engine_bytes / 1e6:.1f} MB engine: {weights / 1e6:.1f} MB layer weights, "
                 f"{other / 1e6:.1f} MB other constants")
         if padding:
             note += (f", {padding / 1e6:.1f} MB Int8 constants outside conv/GEMM layers (the zero padding TensorRT-RTX "
                      f"adds to run the {self.depthwise_int8} INT8 depthwise convs; --exclude depthwise keeps them FP16)")
+        if self.engine_bytes and weights + other + padding > self.engine_bytes:
+            note += (" — the layer list gives constants in the types the network declares them (FP32 before the "
+                     "builder converts them), so they exceed what the engine stores; compare engine sizes, not these")
         return note
 
     def to_dict(self) -> dict:
