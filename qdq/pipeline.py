@@ -26,7 +26,7 @@ from .calib.ranges import DEFAULT_METHOD, METHODS, Range, clipped_fraction, comp
 from .errors import QdqError
 from .graph.equalize import cross_layer_equalization, smooth_quant
 from .graph.index import GraphIndex
-from .graph.placement import Placement, calibration_tensors, place, replace
+from .graph.placement import Placement, attention_units, calibration_tensors, place, replace
 from .graph.bypass import weights_only
 from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of, remainder_fp16, runnable
 from .graph.rewrite import insert_qdq, set_docs, set_metadata
@@ -36,7 +36,7 @@ from .measure.analysis import analyze
 from .measure.autocast import fp16_plan, raise_floor
 from .measure.comparison import compare
 from .measure.heldback import HeldBack
-from .measure.mixed_precision import GROUPS, candidates, choose
+from .measure.mixed_precision import GROUPS, by_unit, candidates, choose
 from .measure.tasks import TaskOptions
 from .modelio import atomic_write_text, opset_of
 from .targets import TRT85_UNSUPPORTED, check_target, prepare
@@ -390,14 +390,21 @@ class _Run:
         if not o.mixed_precision or self.check is None or self.analysis is None:
             return
 
-        def build(float_layers, weights=False):
-            p = replace(self.idx, self.plan, {q: "float" for q in float_layers})
+        units = [u for u in attention_units(self.idx) if set(u) <= set(self.plan.quantized_layers)]
+        every = candidates(self.analysis, self.plan.quantized_layers, self.bias_mode == "full")
+        kept = self._imported_stay(every)
+        held = set(every) - set(kept)   # a block with one MatMul reading imported ranges stays INT8 whole
+        kept = {p: v for p, v in kept.items() if not any(p in u and held & set(u) for u in units)}
+        cands, macs, expand = by_unit(kept, {p: self.macs.get(p, 0) for p in self.plan.quantized_layers}, units)
+
+        def build(float_layers, weights=False):   # an attention block moves as a whole
+            p = replace(self.idx, self.plan, {q: "float" for q in expand(float_layers)})
             return self._weights_view(p) if weights else self.build(p, self._ranges(p), self.bias)
 
-        cands = self._imported_stay(candidates(self.analysis, self.plan.quantized_layers, self.bias_mode == "full"))
-        self.choice = c = choose(cands, {p: self.macs.get(p, 0) for p in self.plan.quantized_layers}, build,
-                                 self.check.ev, o.max_loss_db, o.min_int8_share, total_macs=sum(self.macs.values()),
-                                 int8=self.int8, task_ok=self._task_ok(), weights=lambda fl: build(fl, True))
+        self.choice = c = choose(cands, macs, build, self.check.ev, o.max_loss_db, o.min_int8_share,
+                                 total_macs=sum(self.macs.values()), int8=self.int8, task_ok=self._task_ok(),
+                                 weights=lambda fl: build(fl, True))
+        c.float_layers = {q: db for p, db in c.float_layers.items() for q in sorted(expand({p}))}
         if c.float_layers:
             self.plan = replace(self.idx, self.plan, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
                                                       for p, db in c.float_layers.items()})

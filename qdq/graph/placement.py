@@ -325,6 +325,48 @@ def _propagate(idx: GraphIndex, plan: Placement, ex: Excluder) -> None:
     plan.groups = [g for g in groups.groups() if len(g) > 1]
 
 
+_SCORE_OPS = ("Mul", "Div", "Add", "Sub", "Where", "Cast")   # scale and mask between Q·Kᵀ and Softmax
+_PROBS_OPS = ("Cast", "Dropout", "Identity", "QuantizeLinear", "DequantizeLinear")   # between Softmax and ·V
+
+
+def _activation_matmul(idx: GraphIndex, pos) -> bool:
+    n = idx.nodes[pos] if pos is not None else None
+    return n is not None and n.op_type == "MatMul" and all(idx.constant(t) is None for t in n.input[:2])
+
+
+def _scores_matmul(idx: GraphIndex, tensor: str, depth: int = 4):
+    """The activation×activation MatMul ``tensor`` comes from through scale/mask ops, or None."""
+    pos = idx.producer.get(tensor)
+    if _activation_matmul(idx, pos):
+        return pos
+    if depth == 0 or pos is None or idx.nodes[pos].op_type not in _SCORE_OPS:
+        return None
+    found = (_scores_matmul(idx, t, depth - 1) for t in idx.nodes[pos].input if t and idx.constant(t) is None)
+    return next((f for f in found if f is not None), None)
+
+
+def attention_units(idx: GraphIndex) -> list[tuple[int, int]]:
+    """(Q·Kᵀ MatMul, ·V MatMul) node ids of every attention block: a Softmax fed by a MatMul of two
+    activations through scale/mask ops (Mul, Div, Add, Sub, Where, Cast; as PyTorch and TensorFlow
+    converters export them), whose output (through Cast/Dropout/Identity, or its Q/DQ in a Q/DQ file)
+    is the first input of a
+    MatMul of two activations.  TensorRT fuses such a block only as a whole, so placement decisions
+    take both MatMuls together."""
+    units = []
+    for s in (p for p, n in enumerate(idx.nodes) if n.op_type == "Softmax"):
+        qk = _scores_matmul(idx, idx.nodes[s].input[0])
+        probs, hops = idx.nodes[s].output[0], 0
+        while hops < 3:
+            users = idx.consumers.get(probs, [])
+            av = next((p for p, i in users if i == 0 and _activation_matmul(idx, p)), None)
+            if av is not None or len(users) != 1 or idx.nodes[users[0][0]].op_type not in _PROBS_OPS:
+                break
+            probs, hops = idx.nodes[users[0][0]].output[0], hops + 1
+        if qk is not None and av is not None:
+            units.append((qk, av))
+    return units
+
+
 def calibration_tensors(idx: GraphIndex, plan: Placement) -> list[str]:
     """Tensors to gather statistics for: the placement's, plus every float input of a residual Add
     (keeping a layer in float can move the shortcut Q/DQ to the Add's other input)."""

@@ -81,6 +81,24 @@ def candidates(analysis, layers, centred: bool = True) -> dict:
     return out
 
 
+def by_unit(candidates: dict, macs: dict, units: list):
+    """``candidates`` and ``macs`` (layer id → value) with each unit (a tuple of layer ids that move
+    together: an attention block's two MatMuls, which TensorRT fuses only as a whole) merged into its
+    first layer, values added; and ``expand(layers) -> set`` naming every member of the units given."""
+    head = {m: u[0] for u in units for m in u}
+    members = {u[0]: set(u) for u in units}
+    merged = []
+    for values in (candidates, macs):
+        out = {}
+        for p, v in values.items():
+            out[head.get(p, p)] = out.get(head.get(p, p), 0) + v
+        merged.append(out)
+
+    def expand(layers) -> set:
+        return {m for p in layers for m in members.get(p, {p})}
+    return merged[0], merged[1], expand
+
+
 def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: float = 2.0,
            min_int8_share: float = 0.85, total_macs: int | None = None, int8: Measurement | None = None,
            task_ok=None, weights=None) -> Choice:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from ..calib.ranges import QMAX
-from ..graph.placement import WEIGHTED, weight_axis
+from ..graph.placement import WEIGHTED, attention_units, weight_axis
 from ..graph.qdq_file import layer_precisions
 from ..graph.shapes import static_shapes
 
@@ -25,6 +25,7 @@ RULES = {
     "QDQ007": (ERROR, "a QuantizeLinear without a DequantizeLinear consumer"),
     "QDQ008": (ERROR, "zero-point is not INT8 (TensorRT takes symmetric INT8 only)"),
     "QDQ009": (ERROR, "DequantizeLinear of an INT32 tensor (e.g. a quantized bias): TensorRT's parser rejects it"),
+    "QDQ010": (WARNING, "an attention block half INT8 (TensorRT fuses Q·Kᵀ → Softmax → ·V only as a whole)"),
 }
 
 
@@ -70,6 +71,7 @@ def inspect_model(model: onnx.ModelProto, target: str | None = None, shapes: dic
         elif n.op_type == "Concat":
             ins.findings += _lint_concat(idx, n)
     layers = layer_precisions(model, idx=idx)
+    ins.findings += _lint_attention(idx, layers)
     known = [r for r in layers if r["macs"] is not None]
     total = sum(r["macs"] for r in known)
     int8 = sum(r["macs"] for r in known if r["int8"])
@@ -81,6 +83,19 @@ def inspect_model(model: onnx.ModelProto, target: str | None = None, shapes: dic
                     "activation_pairs": sum(p["kind"] == "activation" for p in ins.pairs),
                     "weight_pairs": sum(p["kind"] == "weight" for p in ins.pairs)}
     return ins
+
+
+def _lint_attention(idx, layers: list) -> list:
+    """QDQ010: attention blocks whose two MatMuls the file puts in different precisions."""
+    int8 = {r["node"]: r["int8"] for r in layers}
+    out = []
+    for qk, av in attention_units(idx):
+        a, b = idx.nodes[qk].name, idx.nodes[av].name
+        if int8.get(a) != int8.get(b):
+            out.append(Finding("QDQ010", a, f"attention block {a!r} → {b!r}: {a!r} is "
+                               f"{'INT8' if int8.get(a) else 'float'}, {b!r} {'INT8' if int8.get(b) else 'float'}; "
+                               "quantize both or neither"))
+    return out
 
 
 def _const(idx, name):
