@@ -125,7 +125,7 @@ class Options:
     max_loss_db: float = 2.0
     min_int8_share: float = 0.85
     bias_correction: bool = True
-    smoothquant: bool = False
+    smoothquant: str = "auto"               # auto: LayerNorm → MatMul only | all | off (qdq.graph.equalize)
     equalize: bool = False
     remainder: str = "fp16"                 # how the held-back check runs the non-INT8 layers: fp16 | fp32
     task: TaskOptions = field(default_factory=TaskOptions)
@@ -136,6 +136,8 @@ class Options:
     def __post_init__(self):
         if self.method not in METHODS + ("auto",):
             raise QdqError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS + ('auto',))}")
+        if self.smoothquant not in ("auto", "all", "off"):
+            raise QdqError(f"--smoothquant must be auto, all or off, got {self.smoothquant!r}")
         if self.remainder not in ("fp16", "fp32"):
             raise QdqError(f"--remainder must be fp16 or fp32, got {self.remainder!r}")
         if self.max_task_loss is not None and not 0.0 <= self.max_task_loss <= 1.0:
@@ -197,7 +199,7 @@ class _Run:
         self.cal, self.split, self.analysis, self.check, self.choice = calibration or Calibration(), None, None, None, None
         self.fp16, self.bias, self.bias_mode, self.int8, self.warnings = None, {}, "off", None, []
         self.method, self.method_scores, self.accuracy, self._computed = opts.method, {}, None, {}
-        self.none_held, self.mac_shapes, self.macs = False, {}, {}
+        self.none_held, self.mac_shapes, self.macs, self.tensor_methods = False, {}, {}, {}
 
     def prepare(self) -> None:
         """The target's float model, equalized if asked, indexed and placed."""
@@ -226,11 +228,14 @@ class _Run:
             fm, n = cross_layer_equalization(fm)
             if n:
                 self.warnings.append(f"cross-layer equalization rescaled {n} Conv pairs")
-        if o.smoothquant and self.calib_path is not None:
+        if o.smoothquant != "off" and self.calib_path is not None and _smoothable(fm, o.smoothquant):
             feeds = first_feeds(Dataset(self.calib_path, model_inputs(fm), o.preprocess or Preprocess(), limit=o.limit), 16)
-            fm, n = smooth_quant(fm, feeds)
-            if n:
-                self.warnings.append(f"SmoothQuant moved the channel ranges of {n} activations into the next layers' weights")
+            fm, smoothed = smooth_quant(fm, feeds, layernorm_only=o.smoothquant == "auto")
+            self.tensor_methods = {t: m for t, m in smoothed.items() if m}   # chosen with the smoothing
+            if smoothed:
+                self.warnings.append(f"SmoothQuant moved the channel ranges of {len(smoothed)} activations into the next layers' "
+                                     "weights" + (" (LayerNorm scale and bias; --smoothquant off to skip)"
+                                                  if o.smoothquant == "auto" else ""))
         return fm
 
     def _check_range_sources(self) -> None:
@@ -302,9 +307,9 @@ class _Run:
                 a = imp.amax[t]
                 out[t] = Range(a, f"imported ({imp.kind})", clipped_fraction(self.cal.stats[t], a) if t in self.cal.stats else None)
             else:   # candidates re-place the same tensors: each range is computed once
-                key = (t, method)
+                key = (t, self.tensor_methods.get(t, method))
                 if key not in self._computed:
-                    self._computed[key] = compute_range(self.cal.stats[t], method, self.opts.percentile)
+                    self._computed[key] = compute_range(self.cal.stats[t], key[1], self.opts.percentile)
                 out[t] = self._computed[key]
         return share_ranges(plan, out, self.cal)
 
@@ -558,6 +563,12 @@ class _Run:
             float_layers=[{"node": idx.labels[p], "op": idx.nodes[p].op_type, "mac_share": self.macs.get(p, 0) / total,
                            "cost_db": db} for p, db in (c.float_layers.items() if c else [])],
             accuracy=self._accuracy(), warnings=self.warnings)
+
+
+def _smoothable(model: onnx.ModelProto, mode: str) -> bool:
+    """Worth a calibration pass: any MatMul/Gemm (``all``), or any LayerNormalization (``auto``)."""
+    ops = {n.op_type for n in model.graph.node}
+    return bool(ops & {"MatMul", "Gemm"}) and (mode == "all" or "LayerNormalization" in ops)
 
 
 def _shape_text(shapes: dict) -> str:

@@ -64,8 +64,9 @@ def _add_accuracy(q) -> None:
                     "imported ranges in float (by default your ranges are applied and the diagnosis says what they cost)")
     mp.add_argument("--no-bias-correction", action="store_true",
                     help="do not fold the mean INT8 error into the biases (default: folded where it helps)")
-    mp.add_argument("--smoothquant", action="store_true",
-                    help="SmoothQuant: move activation channel ranges into MatMul/Gemm weights (off by default)")
+    mp.add_argument("--smoothquant", nargs="?", const="all", default="auto", choices=("auto", "all", "off"),
+                    help="move activation channel ranges into MatMul/Gemm weights, strength chosen per tensor: auto "
+                         "(default) where a LayerNorm's scale and bias take it exactly, all (a Mul elsewhere), off")
     mp.add_argument("--equalize", action="store_true",
                     help="cross-layer equalization of Conv→ReLU→Conv pairs (off by default)")
     mp.add_argument("--max-task-loss", type=float, metavar="X",
