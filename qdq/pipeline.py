@@ -22,7 +22,7 @@ import onnx
 from .calib.calibrate import Calibration, calibrate
 from .calib.data import Dataset, Feeds, HoldOut, Preprocess, first_feeds, model_inputs
 from .calib.range_files import RangeFile, qdq_json_text, read_ranges
-from .calib.ranges import DEFAULT_METHOD, METHODS, Range, clipped_fraction, compute_range
+from .calib.ranges import DEFAULT_METHOD, MASSIVE_RATIO, METHODS, Range, clipped_fraction, compute_range, massive
 from .errors import QdqError
 from .graph.equalize import cross_layer_equalization, smooth_quant
 from .graph.index import GraphIndex
@@ -177,6 +177,7 @@ def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None 
     run = _Run(model, Options(**options), calib, ranges, calibration)
     run.prepare()
     run.calibrate()
+    run.find_massive()
     run.fp16_remainder()
     run.held_back()
     run.choose_method()
@@ -200,6 +201,7 @@ class _Run:
         self.fp16, self.bias, self.bias_mode, self.int8, self.warnings = None, {}, "off", None, []
         self.method, self.method_scores, self.accuracy, self._computed = opts.method, {}, None, {}
         self.none_held, self.mac_shapes, self.macs, self.tensor_methods = False, {}, {}, {}
+        self.massive = {}
 
     def prepare(self) -> None:
         """The target's float model, equalized if asked, indexed and placed."""
@@ -278,6 +280,18 @@ class _Run:
                                  f"{_shape_text(self.mac_shapes) or 'of the model'} (e.g. {unknown[0]!r}): the INT8 share "
                                  "and the --min-int8-share floor leave them out")
         self.macs = {p: m or 0 for p, m in macs.items()}
+
+    def find_massive(self) -> None:
+        """Tensors whose largest values stand orders of magnitude above the rest (max|x| ≥ 100 × the 99th
+        percentile): said, and their consumers made one decision for mixed precision."""
+        self.massive = {t: r for t in self.plan.activations if t in self.cal.stats
+                        and (r := massive(self.cal.stats[t])) >= MASSIVE_RATIO}
+        if self.massive:
+            top = sorted(self.massive, key=self.massive.get, reverse=True)[:4]
+            self.warnings.append("massive activations: " + ", ".join(f"{t!r} (max {self.massive[t]:.0f}x its 99th "
+                                 "percentile)" for t in top) + (" …" if len(self.massive) > 4 else "") +
+                                 ": a few tokens or channels carry values orders of magnitude above the rest; "
+                                 "mixed precision decides on their consumers together")
 
     @property
     def fp16_remainder_wanted(self) -> bool:
@@ -396,6 +410,9 @@ class _Run:
             return
 
         units = [u for u in attention_units(self.idx) if set(u) <= set(self.plan.quantized_layers)]
+        readers = tuple(sorted({p for t in self.massive for p, _ in self.plan.activations[t]
+                                if p in self.plan.quantized_layers}))
+        units += [readers] if len(readers) > 1 else []
         every = candidates(self.analysis, self.plan.quantized_layers, self.bias_mode == "full")
         kept = self._imported_stay(every)
         held = set(every) - set(kept)   # a block with one MatMul reading imported ranges stays INT8 whole

@@ -158,3 +158,17 @@ def _mse_amax(bins: np.ndarray, width: float) -> float:
         if err[j] < best_err:
             best, best_err = int(i[j]), float(err[j])
     return u[best] * width
+
+
+MASSIVE_RATIO = 100.0   # max|x| over the 99th percentile of |x|: a few values orders of magnitude above the rest
+
+
+def massive(stats: TensorStats) -> float:
+    """max|x| / (99th percentile of |x|) of one calibrated tensor: about 2 for Gaussian or Laplacian
+    values, ≥ :data:`MASSIVE_RATIO` when a few tokens or channels carry values orders of magnitude
+    above the rest ("massive activations", high-norm tokens).  0 for an all-zero tensor."""
+    if stats.amax == 0.0:
+        return 0.0
+    counts, width = stats.histogram()
+    p99 = _percentile_amax(counts, 99.0) * width
+    return stats.amax / p99 if p99 > 0 else math.inf

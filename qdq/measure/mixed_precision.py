@@ -83,10 +83,16 @@ def candidates(analysis, layers, centred: bool = True) -> dict:
 
 def by_unit(candidates: dict, macs: dict, units: list):
     """``candidates`` and ``macs`` (layer id → value) with each unit (a tuple of layer ids that move
-    together: an attention block's two MatMuls, which TensorRT fuses only as a whole) merged into its
-    first layer, values added; and ``expand(layers) -> set`` naming every member of the units given."""
-    head = {m: u[0] for u in units for m in u}
-    members = {u[0]: set(u) for u in units}
+    together: an attention block's two MatMuls, which TensorRT fuses only as a whole; overlapping units
+    join) merged into its first layer, values added; and ``expand(layers) -> set`` naming every member of the units given."""
+    merged_units = []
+    for u in map(set, units):   # overlapping units (a block reading a massive tensor) become one
+        for other in [m for m in merged_units if m & u]:
+            merged_units.remove(other)
+            u |= other
+        merged_units.append(u)
+    head = {m: min(u) for u in merged_units for m in u}
+    members = {min(u): u for u in merged_units}
     merged = []
     for values in (candidates, macs):
         out = {}
