@@ -373,15 +373,10 @@ def main(argv=None):
     if args.child:
         tool, method, model, n, out = args.child
         return _child(tool, method, model, int(n), out)
-    if args.device:
+    if args.device or args.accuracy:
         work = Path(tempfile.mkdtemp(prefix="qdq-bench-"))
-        doc = {"device": device_figures(args.models, args.n, work), "coverage": interval_coverage()}
-        if args.json:
-            args.json.write_text(json.dumps(doc, indent=1))
-        return doc
-    if args.accuracy:
-        work = Path(tempfile.mkdtemp(prefix="qdq-bench-"))
-        doc = {"accuracy": accuracy(args.models, args.n, work), "sensitivity": sensitivity_speed()}
+        doc = {"device": device_figures(args.models, args.n, work), "coverage": interval_coverage()} if args.device \
+            else {"accuracy": accuracy(args.models, args.n, work), "sensitivity": sensitivity_speed()}
         if args.json:
             args.json.write_text(json.dumps(doc, indent=1))
         return doc
