@@ -137,6 +137,16 @@ def _layer_weights(nodes, layers) -> list:
     return out
 
 
+def _absorbs(idx: GraphIndex, tensor: str, layers: list) -> bool:
+    """``tensor`` comes from a LayerNormalization that can take 1/s exactly (see :func:`_layernorm_of`)."""
+    pos = idx.producer.get(tensor)
+    ln = idx.nodes[pos] if pos is not None else None
+    return (ln is not None and ln.op_type == "LayerNormalization"
+            and next((a.i for a in ln.attribute if a.name == "axis"), -1) == -1
+            and all(idx.constant(t) is not None for t in ln.input[1:] if t)
+            and {p for p, _ in idx.consumers.get(tensor, [])} == set(layers))
+
+
 def _layernorm_of(g, src, nodes, layers):
     """The LayerNormalization producing ``src`` when its scale and bias can take 1/s exactly (last
     axis, constants, nothing but ``layers`` reading it), else None."""
@@ -154,13 +164,13 @@ def smooth_quant(model: onnx.ModelProto, feeds: list, alpha: float | None = None
     choice was made with (None with a fixed ``alpha``)."""
     idx = GraphIndex.build(model)
     targets = _smooth_targets(idx)
+    if layernorm_only:
+        targets = {t: ls for t, ls in targets.items() if _absorbs(idx, t, ls)}
+    if not targets:   # before importing the graph: a large model is not copied for nothing
+        return model, {}
     g = gs()
     graph = import_graph(model)
     nodes, tensors, taken = list(graph.nodes), graph.tensors(), taken_names(graph)
-    if layernorm_only:
-        targets = {t: ls for t, ls in targets.items() if _layernorm_of(g, tensors[t], nodes, ls) is not None}
-    if not targets:
-        return model, {}
     stats = channel_absmax(model, list(targets), feeds, rows=ROWS)
     done = {}
     for t, layers in targets.items():
