@@ -24,7 +24,8 @@ def add(sub) -> None:
     an = c.add_argument_group("analysis")
     an.add_argument("--reference", choices=("fp32", "fp16"), default="fp32",
                     help="fp16: the FP16 cast of the float model (what a TensorRT FP16 engine computes)")
-    an.add_argument("--layerwise", action="store_true", help="compare every tensor that carries a Q/DQ")
+    an.add_argument("--layerwise", action="store_true", help="compare every tensor that carries a Q/DQ and diagnose "
+                    "the loss (implied by --report)")
     an.add_argument("--threshold-db", type=float, default=20.0, help="name the first tensor below this accumulated SQNR")
     an.add_argument("--no-budget", action="store_true", help="skip the weights-only / activations-only runs")
     an.add_argument("--fail-below-db", type=float, help="exit code 1 when an output's SQNR is below this")
@@ -42,7 +43,7 @@ def add(sub) -> None:
 def run(args) -> int:
     A.check_reports(args.json, args.report)
     result = compare(args.float_model, args.quant_model, args.data, reference=args.reference,
-                     layerwise=args.layerwise, threshold_db=args.threshold_db, budget=not args.no_budget,
+                     layerwise=args.layerwise or bool(args.report), threshold_db=args.threshold_db, budget=not args.no_budget,
                      preprocess=A.preprocess(args), limit=args.limit, batch_size=args.batch_size,
                      quiet=args.quiet or args.json == "-", task=A.task_options(args), remainder=args.remainder)
     if args.json:

@@ -184,6 +184,10 @@ def print_compare(result, top: int = 15, file=None) -> None:
     elif result.task is not None:
         con.print(f"task: none ({result.task['reason']})")
     diagnosis_lines(con, result.diagnosis)
+    if result.layers is None:
+        con.print("diagnosis: run with --layerwise to name the tensors and ranges that cost most")
+    elif not result.diagnosis:
+        con.print("diagnosis: no imported range, range far from calibration, output gain or single Q/DQ stands out")
     _outputs_table(con, result)
     if result.budget:
         b = table("where the loss lives (output SQNR dB)", ("output", "weights only", "activations only", "both"))
