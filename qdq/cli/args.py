@@ -99,8 +99,9 @@ def add_shapes(g, help_text: str) -> None:
     g.add_argument("--shapes", nargs="+", default=[], metavar="NAME:DIMS", help=help_text)
 
 
-def shapes(specs) -> dict:
-    """``--shapes NAME:DIMS …`` as {name: dims}."""
+def shapes(specs, inputs=None) -> dict:
+    """``--shapes NAME:DIMS …`` as {name: dims}; with ``inputs`` (the model's input names) a name
+    that is not one of them is an error (a typo would build at the default shape)."""
     out = {}
     for s in specs:
         name, sep, dims = s.rpartition(":")
@@ -110,6 +111,9 @@ def shapes(specs) -> dict:
             name = ""
         if not sep or not name:
             raise QdqError(f"--shapes {s!r}: expected NAME:DIMS such as input:1x3x224x224")
+        if inputs is not None and name not in inputs:
+            raise QdqError(f"--shapes names {name!r}, which is not an input of the model; its inputs: "
+                           f"{', '.join(inputs)}")
     return out
 
 

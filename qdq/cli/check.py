@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..calib.data import model_inputs
 from ..modelio import load_model
 from ..report.inspection import inspect_model
 from ..report.text import print_engine_view
@@ -27,7 +28,7 @@ def add(sub) -> None:
 def run(args) -> int:
     model = load_model(args.model)
     lint = inspect_model(model, args.target)
-    res = check_model(model, A.shapes(args.shapes), verbose=args.layers)
+    res = check_model(model, A.shapes(args.shapes, [i.name for i in model_inputs(model)]), verbose=args.layers)
     view = engine_view(model, parse_log(res.log), len(res.engine)) if args.layers and res.ok else None
     doc = {"model": str(args.model), "backend": f"{res.backend} {res.version}", "parsed": res.parsed,
            "built": res.built, "shapes": {k: list(v) for k, v in res.shapes.items()}, "errors": res.errors,

@@ -35,7 +35,8 @@ def run(args) -> int:
     A.check_reports(args.json)
     dataset = Dataset(args.data, model_inputs(load_model(args.float_model)), A.preprocess(args), limit=args.limit)
     quiet = args.quiet or args.json == "-"
-    engines = build_engines(args.float_model, args.quant_model, dataset, args.workdir, A.shapes(args.shapes) or None,
+    engines = build_engines(args.float_model, args.quant_model, dataset, args.workdir,
+                            A.shapes(args.shapes, [i.name for i in dataset.inputs]) or None,
                             quiet=quiet)
     doc = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(engines).items()}
     if args.trt_command == "compare":

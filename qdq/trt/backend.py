@@ -214,7 +214,6 @@ def build(model: onnx.ModelProto, precision: str = "int8", shapes: dict | None =
     :func:`pinned_layers`) the layers kept FP32 there; strongly typed APIs take the precision from the
     graph.  ``shapes`` maps dynamic inputs to the shape to build for.  With ``verbose`` the result
     keeps every builder message (the engine's layer list among them)."""
-    _check_shape_names(model, shapes)
     b = backend or load_backend()
     trt = b.module
     logger = logger_for(trt, verbose)
@@ -241,16 +240,6 @@ def build(model: onnx.ModelProto, precision: str = "int8", shapes: dict | None =
     if cache is not None:
         timing_cache.write_bytes(bytes(cache.serialize()))
     return result
-
-
-def _check_shape_names(model: onnx.ModelProto, shapes: dict | None) -> None:
-    """Every name in ``shapes`` is an input of ``model`` (a typo would build at the default shape)."""
-    consts = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in consts]
-    unknown = sorted(set(shapes or {}) - set(names))
-    if unknown:
-        raise QdqError(f"--shapes names {unknown[0]!r}, which is not an input of the model; its inputs: "
-                       f"{', '.join(names)}")
 
 
 def check_model(model: onnx.ModelProto, shapes: dict | None = None, backend: Backend | None = None,
