@@ -30,7 +30,7 @@ from .graph.placement import Placement, attention_units, calibration_tensors, pl
 from .graph.bypass import weights_only
 from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of, remainder_fp16, runnable
 from .graph.rewrite import insert_qdq, set_docs, set_metadata
-from .graph.shapes import data_shapes, weighted_macs
+from .graph.shapes import data_shapes, shape_text, weighted_macs
 from .graph.surgery import export_graph, import_graph
 from .measure.analysis import analyze
 from .measure.autocast import fp16_plan, raise_floor
@@ -277,7 +277,7 @@ class _Run:
         unknown = [self.idx.labels[p] for p, m in macs.items() if m is None]
         if unknown:
             self.warnings.append(f"the MACs of {len(unknown)} weighted layers could not be computed at the input shapes "
-                                 f"{_shape_text(self.mac_shapes) or 'of the model'} (e.g. {unknown[0]!r}): the INT8 share "
+                                 f"{shape_text(self.mac_shapes) or 'of the model'} (e.g. {unknown[0]!r}): the INT8 share "
                                  "and the --min-int8-share floor leave them out")
         self.macs = {p: m or 0 for p, m in macs.items()}
 
@@ -586,10 +586,6 @@ def _smoothable(model: onnx.ModelProto, mode: str) -> bool:
     """Worth a calibration pass: any MatMul/Gemm (``all``), or any LayerNormalization (``auto``)."""
     ops = {n.op_type for n in model.graph.node}
     return bool(ops & {"MatMul", "Gemm"}) and (mode == "all" or "LayerNormalization" in ops)
-
-
-def _shape_text(shapes: dict) -> str:
-    return ", ".join(f"{k}={'x'.join(map(str, v)) if v else 'scalar'}" for k, v in shapes.items())
 
 
 def share_ranges(plan: Placement, ranges: dict, cal: Calibration) -> dict:

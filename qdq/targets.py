@@ -12,8 +12,7 @@ import numpy as np
 import onnx
 
 from .errors import QdqError
-from .modelio import convert_opset, load_model, opset_of
-from .graph.index import skeleton
+from .modelio import convert_opset, load_model, opset_of, skeleton
 from .graph.precision import cast_graph, opsets_of
 from .graph.surgery import constants_to_initializers, export_graph, fold_batchnorm, import_graph, name_nodes
 

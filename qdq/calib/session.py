@@ -62,11 +62,11 @@ def with_extrema(model: onnx.ModelProto, names, outputs=()) -> tuple[onnx.ModelP
     m.CopyFrom(model)
     present = {o.name for o in m.graph.output}
     m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(outputs) if t not in present)
+    if not names:
+        return m, {}
     typed = {v.name: v.type.tensor_type.elem_type for v in
              list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
     taken = {o for n in m.graph.node for o in n.output} | set(typed) | {i.name for i in m.graph.initializer}
-    if not names:
-        return m, {}
     pre = "qdq_extrema"
     while any(t.startswith(pre) for t in taken):
         pre += "_"

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..calib.data import model_inputs
+from ..graph.shapes import shape_text
 from ..modelio import load_model
 from ..report.inspection import inspect_model
 from ..report.text import print_engine_view
@@ -43,7 +44,7 @@ def run(args) -> int:
 
 
 def _print(args, res, lint, view) -> None:
-    shapes = ", ".join(f"{k}={'x'.join(map(str, v)) if v else 'scalar'}" for k, v in res.shapes.items())
+    shapes = shape_text(res.shapes)
     print(f"{args.model}: {res.backend} {res.version}: parse {'ok' if res.parsed else 'FAILED'}, "
           f"build {'ok' if res.built else 'FAILED' if res.parsed else 'not reached'}"
           + (f" (input shapes {shapes})" if shapes else ""))

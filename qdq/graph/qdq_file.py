@@ -36,11 +36,16 @@ class QdqSite:
 
     @property
     def imported(self) -> bool:
-        return self.method.startswith("imported")
+        return is_imported(self.method)
 
     @property
     def amax(self) -> float:
         return self.scale * QMAX
+
+
+def is_imported(method: str) -> bool:
+    """Whether a range ``method`` qdq recorded says the user imported it ("imported (json)", …)."""
+    return method.startswith("imported")
 
 
 def qdq_sites(model: onnx.ModelProto) -> list[QdqSite]:

@@ -63,6 +63,11 @@ def weighted_macs(model: onnx.ModelProto, shapes: dict | None = None) -> dict:
     return {i: layer_macs(sidx, n) for i, n in enumerate(sidx.nodes) if n.op_type in WEIGHTED}
 
 
+def shape_text(shapes: dict) -> str:
+    """``x=1x3x640x640, t=scalar``: input shapes as the summary, ``qdq check`` and warnings print them."""
+    return ", ".join(f"{k}={'x'.join(map(str, v)) if v else 'scalar'}" for k, v in shapes.items())
+
+
 def data_shapes(feed: dict) -> dict:
     """input name → the shape of one sample (``feed``: input name → array), for :func:`weighted_macs`."""
     return {k: tuple(int(d) for d in v.shape) for k, v in feed.items()}

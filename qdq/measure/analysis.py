@@ -233,7 +233,7 @@ def _group_plans(aug: _Augmented, groups) -> list:
     plan, idx = aug.plan, aug.idx
     order = sorted(plan.activations, key=lambda t: min(p for p, _ in plan.activations[t]))
     runs = groups if not isinstance(groups, int) else \
-        [order[k * len(order) // groups:(k + 1) * len(order) // groups] for k in range(groups)] if groups else []
+        [order[k * len(order) // groups:(k + 1) * len(order) // groups] for k in range(groups)]
     out = []
     for j, run in enumerate(r for r in runs if r):
         edges = {(p, i) for t in run for p, i in plan.activations[t]}

@@ -28,6 +28,7 @@ import onnx
 
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement
+from ..graph.qdq_file import is_imported
 from ..graph.rewrite import with_ranges
 from .evaluate import Evaluator
 
@@ -88,7 +89,7 @@ def _suspects(layers: list) -> list:
         if r.calibrated_amax <= 0 or r.amax <= 0:
             continue
         ratio = r.amax / r.calibrated_amax
-        imported = r.method.startswith("imported")
+        imported = is_imported(r.method)
         if (imported and (r.clipped > CLIP_SHARE or ratio > WASTE_RATIO)) or not 1 / FAR_RATIO <= ratio <= FAR_RATIO:
             out.append(r)
     return sorted(out, key=lambda r: -abs(math.log(r.amax / r.calibrated_amax)))[:MAX_SUSPECTS]
@@ -103,7 +104,7 @@ def _range_causes(ev: Evidence, qmodel: onnx.ModelProto, device, task) -> list:
     causes = []
     for r in sus:
         est = ev.sqnr_db + quick.sqnr(_fixed(ev, qmodel, r.tensor, r.calibrated_amax)) - now
-        imported = r.method.startswith("imported")
+        imported = is_imported(r.method)
         if not imported and est - ev.sqnr_db < MIN_RECOVERY_DB:
             continue
         causes.append(Cause("imported range" if imported else "range", r.tensor, _range_text(r, est - ev.sqnr_db, ev),
@@ -130,7 +131,7 @@ def _range_text(r, gain_db: float, ev: Evidence) -> str:
     effect = f"calibrated amax {r.calibrated_amax:.3g} would recover ≈ {gain_db:.1f} dB at the output" \
         if gain_db >= MIN_RECOVERY_DB else \
         f"calibrated amax {r.calibrated_amax:.3g} changes the output by ≈ {gain_db:+.1f} dB (it costs little here)"
-    if r.method.startswith("imported"):
+    if is_imported(r.method):
         src = ev.ranges_file or "your ranges file"
         return (f"your range for '{r.tensor}' (±{r.amax:.3g}, imported from {src}) {does}; {effect}: "
                 f"drop '{r.tensor}' from {src} (or set it to {r.calibrated_amax:.3g}) and quantize again")
@@ -145,15 +146,12 @@ def _check(cause: Cause, ev: Evidence, qmodel: onnx.ModelProto, device, task, fe
     evaluator = Evaluator(ev.float_model, feeds[:CHECK_SAMPLES], "diagnosis sample", task, device)
     before, after = evaluator.measure(qmodel), evaluator.measure(fixed)
     cause.measured = {"before": before.sqnr().to_dict(), "after": after.sqnr().to_dict(), "samples": before.samples}
-    tf_b, tf_a = before.task_figures(), after.task_figures()
+    tf_b, tf_a, task = before.task_figures(), after.task_figures(), ""
     if tf_b:
         head = next(iter(tf_b))
         cause.measured["task"] = {"figure": head, "before": tf_b[head].to_dict(), "after": tf_a[head].to_dict()}
+        task = f"; {before.task.name} {head} {_share(tf_a[head].value)} against {_share(tf_b[head].value)}"
     b, a = cause.measured["before"], cause.measured["after"]
-    task = ""
-    if tf_b:
-        fb, fa = tf_b[head], tf_a[head]
-        task = f"; {before.task.name} {head} {_share(fa.value)} against {_share(fb.value)}"
     cause.text += (f" [checked: the fixed file measures {a['value']:.2f} dB ({a['low']:.2f}–{a['high']:.2f}) against "
                    f"{b['value']:.2f} dB ({b['low']:.2f}–{b['high']:.2f}) now{task}, {before.samples} samples]")
 

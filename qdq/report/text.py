@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ..graph.shapes import shape_text
+
 
 def console(file=None):
     """A rich Console on ``file`` (stdout): the terminal's width, or unlimited lines for pipes and logs.
@@ -46,7 +48,7 @@ def print_summary(summary, top: int = 12, file=None) -> None:
     n_q, n_all = len(summary.quantized_layers), summary.weighted_layers
     con.print(f"{summary.model} → target {summary.target}, opset {summary.opset}, "
               f"method {summary.method}, {summary.samples} calibration samples")
-    at = ", ".join(f"{k}={'x'.join(map(str, v)) if v else 'scalar'}" for k, v in summary.mac_shapes.items())
+    at = shape_text(summary.mac_shapes)
     con.print(f"INT8 weighted layers: {n_q}/{n_all} ({summary.int8_mac_share:.1%} of the multiply-accumulates"
               + (f" at the data's shapes {at}" if at else "") + "); "
               f"Q/DQ pairs: {len(summary.activations)} activations, {len(summary.weights)} weights (per-channel); "
