@@ -4,7 +4,8 @@
 way: :mod:`qdq.calib` → :mod:`qdq.graph` → :mod:`qdq.measure`):
 
 1. *prepare* (:func:`qdq.targets.prepare`), optional equalization, *place* (:mod:`qdq.graph.placement`);
-2. *calibrate* (:mod:`qdq.calib.calibrate`), every 5th sample (up to 16) held back;
+2. *calibrate* (:mod:`qdq.calib.calibrate`), a seeded random fifth of the samples (up to 16, spread over
+   sub-folders: :class:`qdq.calib.data.HoldOut`) held back;
 3. *analyse* each site at its consumer's output (:mod:`qdq.measure.analysis`);
 4. *bias correction*, kept where it measurably helps on the held-back samples;
 5. *mixed precision* (:mod:`qdq.measure.mixed_precision`);
@@ -30,7 +31,7 @@ from .graph.placement import Placement, attention_units, calibration_tensors, pl
 from .graph.bypass import weights_only
 from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of, remainder_fp16, runnable
 from .graph.rewrite import insert_qdq, set_docs, set_metadata
-from .graph.shapes import data_shapes, shape_text, weighted_macs
+from .graph.shapes import data_shapes, layer_tensors, measured_macs, shape_text, weighted_macs
 from .graph.surgery import export_graph, import_graph
 from .measure.analysis import analyze
 from .measure.autocast import fp16_plan, raise_floor
@@ -69,6 +70,8 @@ class Summary:
     fp32_nodes: dict = field(default_factory=dict)   # trt11: node -> why it stays FP32
     int8_mac_share: float = 0.0                     # share of the weighted layers' MACs in INT8
     mac_shapes: dict = field(default_factory=dict)  # input -> the shape the MACs were counted at (the data's)
+    mac_source: str = "shape inference"             # where the layers' dims came from: data | shape inference
+    mac_unknown: list = field(default_factory=list)  # layers whose MACs are unknown (left out of the share)
     bias_corrected: int = 0                         # layers whose bias took the mean INT8 error out
     bias_correction: str = "off"                    # full | weights | off, as measured best on held-back data
     float_layers: list = field(default_factory=list)  # mixed precision: [{"node", "op", "mac_share", "cost_db"}]
@@ -162,8 +165,8 @@ def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None 
     ``options`` (:class:`Options`): ``method`` (mse, percentile, entropy, max, or auto: whichever of
     mse, percentile and max measures best on the held-back samples and on them scaled by 1.25), ``percentile``,
     ``batch_size``, ``target`` (trt10, trt8, trt11), ``exclude`` patterns, ``preprocess``, ``limit``,
-    ``providers``, ``quiet``, ``force_ranges``, and the accuracy passes: with calibration data every
-    5th sample (up to 16) is held back from range fitting; :mod:`qdq.measure.analysis` measures each
+    ``providers``, ``quiet``, ``force_ranges``, and the accuracy passes: with calibration data a seeded
+    random fifth of the samples (up to 16, spread over sub-folders) is held back from range fitting; :mod:`qdq.measure.analysis` measures each
     site at its consumer's output on 6 of the others; ``bias_correction`` folds each layer's mean INT8
     error into its bias; ``mixed_precision`` keeps the layers whose INT8 costs most per MAC in float
     until the held-back output SQNR is within ``max_loss_db`` of the weights-only figure, the INT8 share
@@ -201,6 +204,7 @@ class _Run:
         self.fp16, self.bias, self.bias_mode, self.int8, self.warnings = None, {}, "off", None, []
         self.method, self.method_scores, self.accuracy, self._computed = opts.method, {}, None, {}
         self.none_held, self.mac_shapes, self.macs, self.tensor_methods = False, {}, {}, {}
+        self.mac_unknown, self.mac_source = [], "shape inference"
         self.massive = {}
 
     def prepare(self) -> None:
@@ -253,7 +257,7 @@ class _Run:
                            + (f" in {imp.path}" if imp else "") + ": pass --calib DATA to calibrate them")
 
     def calibrate(self) -> None:
-        """One streaming pass; every 5th sample held back (all samples used when too few)."""
+        """One streaming pass; a seeded random fifth of the samples held back (all used when too few)."""
         o = self.opts
         if self.calib_path is not None:
             inputs = model_inputs(self.float_model)
@@ -265,21 +269,31 @@ class _Run:
             range_only = [t for t in self.idx.dtypes if self.idx.is_float(t) and t not in self.idx.constants] \
                 if self.fp16_remainder_wanted else ()
             if self.given_calibration is None:
-                self.cal = calibrate(self.float_model, self.split, tensors, range_only, batch, o.providers, o.quiet)
+                self.cal = calibrate(self.float_model, self.split, tensors, range_only, batch, o.providers, o.quiet,
+                                     shapes=layer_tensors(self.idx))
             else:
                 for _ in self.split:   # the samples are needed, not their statistics
                     pass
             if len(self.split.held) < MIN_HELD_BACK:
                 self._use_all_samples(inputs, tensors, range_only)
+        self._count_macs()
+
+    def _count_macs(self) -> None:
+        """Each weighted layer's MACs at the dims calibration ran it with (shape inference without data);
+        a layer still unknown is named, never counted as 0."""
         first = (self.split.kept or self.split.held or [None])[0] if self.split is not None else None
         self.mac_shapes = data_shapes(first) if first is not None else {}
-        macs = weighted_macs(self.float_model, self.mac_shapes or None)
-        unknown = [self.idx.labels[p] for p, m in macs.items() if m is None]
-        if unknown:
-            self.warnings.append(f"the MACs of {len(unknown)} weighted layers could not be computed at the input shapes "
-                                 f"{shape_text(self.mac_shapes) or 'of the model'} (e.g. {unknown[0]!r}): the INT8 share "
-                                 "and the --min-int8-share floor leave them out")
-        self.macs = {p: m or 0 for p, m in macs.items()}
+        if self.cal.shapes:
+            macs, self.mac_source = measured_macs(self.idx, self.cal.shapes, self.cal.shape_samples), "data"
+        else:
+            macs, self.mac_source = weighted_macs(self.float_model, self.mac_shapes or None), "shape inference"
+        self.mac_unknown = [self.idx.labels[p] for p, m in macs.items() if m is None]
+        if self.mac_unknown:
+            self.warnings.append(f"the MACs of {len(self.mac_unknown)} weighted layers are unknown at the input shapes "
+                                 f"{shape_text(self.mac_shapes) or 'of the model'} ({', '.join(self.mac_unknown[:3])}"
+                                 f"{' …' if len(self.mac_unknown) > 3 else ''}; pass --calib DATA to measure them): "
+                                 "the INT8 share counts the known layers only")
+        self.macs = {p: m for p, m in macs.items() if m is not None}
 
     def find_massive(self) -> None:
         """Tensors whose largest values stand orders of magnitude above the rest (max|x| ≥ 100 × the 99th
@@ -459,6 +473,10 @@ class _Run:
         o, task = self.opts, self.check.task if self.check else None
         if o.max_task_loss is None or task is None or task.name == "none":
             return None
+        if task.detected and not o.task.confirmed:   # a guess never decides unseen
+            self.warnings.append(f"--max-task-loss did not act: the task {task.name} was inferred ({task.reason}); "
+                                 f"name it (--task {task.name}, or --task auto to accept the inference)")
+            return None
         head = task.figures_of[0]
         best = self.check.ev.measure(self.float_model).task_figures()[head].value   # FP32 against itself
         return lambda m: m.task_figures()[head].low >= best - o.max_task_loss
@@ -500,6 +518,7 @@ class _Run:
         self.accuracy = self.check.report(final, w, self.check.robust().measure(model))
         self.accuracy["remainder"] = "fp16" if self.fp16 is not None else "fp32"
         self.accuracy["held_back"] = not self.none_held
+        self.accuracy["held_back_sources"] = [] if self.none_held else list(self.split.held_sources)
 
     def finish(self) -> QuantizeResult:
         """The file (Q/DQ, FP16 remainder, metadata) and its summary."""
@@ -576,7 +595,8 @@ class _Run:
                      for w, s in plan.weights.items()},
             fp32_nodes=self.fp16.names(idx) if self.fp16 is not None else {},
             int8_mac_share=int8_share, bias_corrected=corrected, bias_correction=self.bias_mode,
-            mac_shapes={k: list(v) for k, v in self.mac_shapes.items()},
+            mac_shapes={k: list(v) for k, v in self.mac_shapes.items()}, mac_source=self.mac_source,
+            mac_unknown=self.mac_unknown,
             float_layers=[{"node": idx.labels[p], "op": idx.nodes[p].op_type, "mac_share": self.macs.get(p, 0) / total,
                            "cost_db": db} for p, db in (c.float_layers.items() if c else [])],
             accuracy=self._accuracy(), warnings=self.warnings)

@@ -130,19 +130,89 @@ def test_user_metric(tmp_path, monkeypatch):
     sys.modules.pop("mymetric", None)
 
 
-@pytest.mark.parametrize("outputs,feed,task,words", [
-    ({"logits": RNG.standard_normal((1, 1000))}, {"input": np.zeros((1, 3, 224, 224), np.float32)}, "classify",
-     "one score per class"),
-    ({"sigmoid_0.tmp_0": RNG.uniform(0, 1, (1, 1, 64, 64))}, {"x": np.zeros((1, 3, 64, 64), np.float32)}, "textmap",
-     "probability map"),
-    ({"softmax": np.full((1, 40, 6625), 1 / 6625)}, {"x": np.zeros((1, 3, 48, 320), np.float32)}, "ctc", "40 steps"),
-    ({"seq": np.full((32, 1, 100), 0.01)}, {"x": np.zeros((1, 1, 64, 256), np.float32)}, "ctc", "time first"),
-    ({"embedding": RNG.standard_normal((1, 384))}, {"ids": np.zeros((1, 32), np.int64)}, "none", "no output looks"),
-    ({"y": RNG.standard_normal((1, 16, 16, 16))}, {"x": np.zeros((1, 16, 16, 16), np.float32)}, "none", "no output"),
-])
-def test_auto_detection_says_what_and_why(outputs, feed, task, words):
+def _softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def _ctc(steps, classes, reading, time_major=False, probs=True):
+    """Scores of a CTC sequence reading ``reading`` (class ids), blank 0 elsewhere."""
+    x = RNG.normal(0, 1, (steps, classes))
+    x[:, 0] += 6
+    for k, c in enumerate(reading):
+        x[2 + 3 * k, c] += 12
+    x = _softmax(x) if probs else x
+    return (x[:, None] if time_major else x[None]).astype(np.float32)
+
+
+def _db_map(h=64, w=64):
+    m = np.full((1, 1, h, w), 0.01, np.float32)
+    m[0, 0, 10:20, 8:40] = 0.97
+    m[0, 0, 9, 8:40] = m[0, 0, 20, 8:40] = 0.5     # a soft edge
+    return m
+
+
+def _blob(h=64, w=64):
+    yy, xx = np.mgrid[:h, :w]
+    return np.exp(-((yy - 30) ** 2 + (xx - 30) ** 2) / 400.0)[None, None].astype(np.float32)
+
+
+def _pixel_yolo(anchors, classes, v8):
+    box = np.column_stack([RNG.uniform(0, 640, anchors), RNG.uniform(0, 640, anchors), RNG.uniform(4, 200, anchors),
+                           RNG.uniform(4, 200, anchors)])
+    scores = RNG.uniform(0, 0.05, (anchors, classes + (0 if v8 else 1)))
+    scores[:3] = 0.9
+    a = np.concatenate([box, scores], 1).astype(np.float32)
+    return (a.T if v8 else a)[None]
+
+
+IMG64, IMG640 = {"x": np.zeros((1, 3, 64, 64), np.float32)}, {"images": np.zeros((1, 3, 640, 640), np.float32)}
+AUDIO = {"audio": np.zeros((1, 16000), np.float32)}
+TABLE = [   # (outputs, feed, expected task, words in the reason): 24 outputs, real shapes, synthetic values
+    ({"logits": RNG.standard_normal((1, 1000))}, IMG64, "classify", "named like class scores"),
+    ({"output": _softmax(RNG.standard_normal((1, 2)))}, IMG64, "classify", "2 probabilities"),    # 2 classes
+    ({"y": _softmax(RNG.standard_normal((1, 4)))}, IMG64, "classify", "4 probabilities"),
+    ({"scores": RNG.standard_normal((1, 3, 1, 1))}, IMG64, "classify", "named like class scores"),
+    ({"keypoints": RNG.uniform(0, 64, (1, 24))}, IMG64, "none", "not probabilities"),
+    ({"output": RNG.standard_normal((1, 24))}, IMG64, "none", "not probabilities"),
+    ({"embedding": RNG.standard_normal((1, 384))}, {"ids": np.zeros((1, 32), np.int64)}, "none", "embedding"),
+    ({"last_hidden_state": RNG.standard_normal((1, 128, 384))}, {"ids": np.zeros((1, 128), np.int64)}, "none",
+     "embedding, hidden state"),
+    ({"output": RNG.uniform(0, 1, (1, 1)), "stateN": RNG.standard_normal((2, 1, 128))},
+     {"input": np.zeros((1, 512), np.float32), "state": np.zeros((2, 1, 128), np.float32)}, "none", "fed back"),
+    ({"cache_out": RNG.standard_normal((1, 8, 64))}, {"ids": np.zeros((1, 8), np.int64)}, "none", "recurrent state"),
+    ({"out": RNG.standard_normal((2, 1, 128))}, {"h0": np.zeros((2, 1, 128), np.float32)}, "none", "fed back"),
+    ({"features": RNG.standard_normal((1, 50, 80))}, AUDIO, "none", "embedding"),
+    ({"y": RNG.standard_normal((1, 50, 80))}, AUDIO, "none", "not a CTC sequence"),
+    ({"onsets": RNG.uniform(0, 1, (1, 172, 88))}, AUDIO, "none", "reads no image"),            # a piano roll
+    ({"softmax": _ctc(40, 6625, [5, 9, 9, 30])}, {"x": np.zeros((1, 3, 48, 320), np.float32)}, "ctc", "40 steps"),
+    ({"seq": _ctc(32, 100, [3, 4], time_major=True)}, {"x": np.zeros((1, 1, 64, 256), np.float32)}, "ctc",
+     "time first"),
+    ({"out": _ctc(26, 37, [1, 2, 3], probs=False)}, {"x": np.zeros((1, 1, 64, 416), np.float32)}, "ctc", "blank 0 on"),
+    ({"sigmoid_0.tmp_0": _db_map()}, IMG64, "textmap", "DB text detector"),
+    ({"focus": _blob()}, IMG64, "none", "not a DB text map"),                              # a smooth saliency map
+    ({"p": RNG.uniform(0, 1, (1, 1, 64, 64)).astype(np.float32)}, IMG64, "none", "not a DB text map"),
+    ({"image": RNG.uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)}, IMG64, "none", "not probabilities"),  # RGB out
+    ({"out": _softmax(RNG.standard_normal((1, 21, 64, 64)), 1)}, IMG64, "segment", "probabilities over the channels"),
+    ({"seg_logits": RNG.standard_normal((1, 5, 64, 64))}, IMG64, "segment", "named like class scores"),
+    ({"output0": _pixel_yolo(8400, 80, True)}, IMG640, "detect", "YOLOv8"),
+    ({"output": _pixel_yolo(25200, 80, False)}, IMG640, "detect", "YOLOv5/YOLOX pixel boxes"),
+]
+
+
+@pytest.mark.parametrize("outputs,feed,task,words", TABLE)
+def test_auto_detection_needs_positive_evidence(outputs, feed, task, words):
     t = choose_task(outputs, feed, TaskOptions())
-    assert t.name == task and words in t.reason
+    assert t.name == task and words in t.reason, t.reason
+    assert t.detected == (task != "none")
+
+
+def test_forced_task_takes_the_shape_alone():
+    """--task names what the user knows: the shape is enough, and the task is not marked as inferred."""
+    t = choose_task({"keypoints": RNG.standard_normal((1, 24))}, IMG64, TaskOptions(task="classify"))
+    assert t.name == "classify" and t.reason.startswith("--task classify") and not t.detected
+    with pytest.raises(QdqError, match="--task ctc"):
+        choose_task({"y": RNG.standard_normal((1, 24))}, IMG64, TaskOptions(task="ctc"))
 
 
 def test_yolov8_output_is_not_taken_for_a_sequence():

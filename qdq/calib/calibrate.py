@@ -22,13 +22,17 @@ class Calibration:
     stats: dict = field(default_factory=dict)
     extrema: dict = field(default_factory=dict)
     samples: int = 0
+    shapes: dict = field(default_factory=dict)   # tensor -> its dims in the first batch the pass ran
+    shape_samples: int = 1                       # samples in that batch
 
 
 def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_size: int = 1,
               providers=None, quiet: bool = False, threads: int | None = None,
-              into: Calibration | None = None) -> Calibration:
+              into: Calibration | None = None, shapes=()) -> Calibration:
     """One streaming pass over ``dataset``; histograms for ``tensors``, min/max for ``range_only``
-    (float tensors, NaN ignored, reduced inside ONNX Runtime: see :func:`with_extrema`).
+    (float tensors, NaN ignored, reduced inside ONNX Runtime: see :func:`with_extrema`), and the dims
+    of each tensor in ``shapes`` in the first batch (``Calibration.shapes``, of ``shape_samples``
+    samples; read in-graph by a Shape node, so the tensor itself never leaves ONNX Runtime).
 
     Graph inputs among ``tensors`` are read from the feed directly.  With ``into`` the pass folds
     into that calibration (the same statistics as merging a new one, without a second set of
@@ -37,7 +41,9 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
     tensors = list(dict.fromkeys(tensors))
     range_only = [t for t in dict.fromkeys(range_only) if t not in tensors]
     inputs = {i.name for i in dataset.inputs}
-    reduced, extrema_of = with_extrema(model, range_only, [t for t in tensors if t not in inputs])
+    want_shapes, shapes = bool(shapes), [t for t in dict.fromkeys(shapes) if t not in inputs]
+    reduced, extrema_of = with_extrema(model, range_only, [t for t in tensors if t not in inputs], shapes)
+    shape_of = extrema_of.pop("shapes", {})
     sess = session_for(reduced, providers, threads=threads)
     del reduced   # ONNX Runtime holds its own copy
     cal = into if into is not None else Calibration()
@@ -64,6 +70,10 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
         for sources, feed in prefetch(batches(dataset, batch_size)):
             outs = run_session(sess, feed, sources[0] if len(sources) == 1 else f"{sources[0]}…")
             outs.update(feed)
+            if want_shapes and not cal.shapes:
+                cal.shapes = {t: [int(d) for d in outs[o]] for t, o in shape_of.items()}
+                cal.shapes.update({k: list(v.shape) for k, v in feed.items()})
+                cal.shape_samples = len(sources)
             if pending is not None:
                 pending.result()
             pending = pool.submit(fold, outs, sources)
@@ -72,3 +82,4 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
         if pending is not None:
             pending.result()
     return cal
+

@@ -6,8 +6,10 @@ Files are read lazily, one at a time, so memory does not grow with the number of
 """
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
+import zipfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,8 +167,9 @@ class Dataset:
 
     def _discover(self):
         p = self.path
-        if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        if p.is_dir():   # sub-folders too (a recording, a source, a class each): the held-back choice spreads over them
+            files = sorted(f for f in p.rglob("*") if f.is_file()
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
             npz = [f for f in files if f.suffix == ".npz"]
             images = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
             if npz:
@@ -201,6 +204,35 @@ class Dataset:
             n = len(self.files) // max(self.inputs[0].group, 1)
             return min(n, self.limit) if self.limit is not None else n
         return None
+
+    def sources(self) -> list:
+        """The name of every sample iteration yields, in order, read from file names and array headers
+        only (no pixel or array data is loaded)."""
+        if self.kind == "images":
+            group = max(self.inputs[0].group, 1)
+            names = [str(f) for f in self.files[group - 1::group]]
+        else:
+            names = [f"{f}[{i}]" for f in self.files for i in range(self._rows(f))]
+        return names[:self.limit] if self.limit is not None else names
+
+    def _rows(self, f: Path) -> int:
+        """Samples in file ``f`` by the header of its first array that is an input (as :meth:`_count`)."""
+        try:
+            if f.suffix == ".npy":
+                shapes = {self.inputs[0].name: np.load(f, mmap_mode="r", allow_pickle=False).shape}
+            else:
+                shapes = _npz_shapes(f)
+        except Exception as e:
+            raise QdqError(f"{f}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
+        for k, shape in shapes.items():
+            spec = next((s for s in self.inputs if s.name == k), None)
+            if spec is None:
+                continue
+            if spec.group == 0:
+                return 1 if len(shape) == 0 else shape[0]
+            rows = 1 if len(shape) == len(spec.shape) - 1 else (shape[0] if shape else 1)
+            return rows // spec.group
+        return 0
 
     def _samples(self):
         if self.kind == "images":
@@ -302,36 +334,83 @@ class Dataset:
         return x
 
 
+def _npz_shapes(f: Path) -> dict:
+    """array name → shape of each array of the .npz ``f``, from the .npy headers alone."""
+    out = {}
+    with zipfile.ZipFile(f) as z:
+        for member in z.namelist():
+            with z.open(member) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                out[member[:-4] if member.endswith(".npy") else member] = read(fh)[0]
+    return out
+
+
 def _fmt_shape(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
 class HoldOut:
-    """Iterates ``dataset`` for calibration while setting every ``every``-th sample aside (at most
-    ``cap`` of them: ``held``), copying the first ``keep`` samples it yields (``kept``, for the analysis
-    pass) and the first ``cap`` it yields (``rest``, for a dataset too small to hold any back).  The
-    split depends only on sample order, not on batch size."""
+    """Iterates ``dataset`` for calibration while setting a seeded random choice of its samples aside
+    (``held``, their names in ``held_sources``), copying the first ``keep`` samples it yields (``kept``,
+    for the analysis pass) and the first ``cap`` it yields (``rest``, for a dataset too small to hold
+    any back).
 
-    def __init__(self, dataset, every: int = 5, cap: int = 16, keep: int = 6):
-        self.dataset, self.every, self.cap, self.keep = dataset, every, cap, keep
+    The choice (:func:`choose_held`): ``min(n // every, cap)`` of the ``n`` samples, spread over the
+    folder's sub-folders in turn, each taking its samples in the order of a seeded hash of their names.
+    It depends on the set of sample names and the seed only: not on file order, batch size, or where a
+    recording starts."""
+
+    def __init__(self, dataset, every: int = 5, cap: int = 16, keep: int = 6, seed: int = 0):
+        self.dataset, self.every, self.cap, self.keep, self.seed = dataset, every, cap, keep, seed
         self.inputs, self.path = dataset.inputs, dataset.path
-        self.held, self.kept, self.rest = [], [], []
+        self.held, self.kept, self.rest, self.held_sources = [], [], [], []
+        self._chosen = None
+
+    def chosen(self) -> set:
+        if self._chosen is None:
+            names = self.dataset.sources()
+            self._chosen = choose_held(names, min(len(names) // self.every, self.cap), self.seed)
+        return self._chosen
 
     def count(self) -> int | None:
         n = self.dataset.count()
-        return None if n is None else n - min(n // self.every, self.cap)
+        return None if n is None else n - len(self.chosen())
 
     def __iter__(self):
-        self.held, self.kept, self.rest = [], [], []
-        for i, (source, feed) in enumerate(self.dataset):
-            if (i + 1) % self.every == 0 and len(self.held) < self.cap:
+        chosen = self.chosen()
+        self.held, self.kept, self.rest, self.held_sources = [], [], [], []
+        for source, feed in self.dataset:
+            if source in chosen:
                 self.held.append(feed)
+                self.held_sources.append(source)
                 continue
             if len(self.rest) < self.cap:
                 self.rest.append(feed)
             if len(self.kept) < self.keep:
                 self.kept.append(feed)
             yield source, feed
+
+
+def _unit(name: str, seed: int) -> float:
+    """A seeded hash of ``name`` in [0, 1): the same on every machine and Python run."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+
+
+def choose_held(names: list, count: int, seed: int = 0) -> set:
+    """``count`` of the sample ``names`` (``path`` or ``path[i]``), one sub-folder after another (the
+    folders in the order of their first hash, round after round), each folder's names in the order of
+    their seeded hash."""
+    groups: dict = {}
+    for n in names:
+        groups.setdefault(str(Path(n.split("[")[0]).parent), []).append(n)
+    queues = sorted((sorted(g, key=lambda n: _unit(n, seed)) for g in groups.values()), key=lambda q: _unit(q[0], seed))
+    out: list = []
+    while len(out) < count and any(queues):
+        for q in queues:
+            if q and len(out) < count:
+                out.append(q.pop(0))
+    return set(out)
 
 
 class Feeds:

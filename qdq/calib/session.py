@@ -47,9 +47,10 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
         raise QdqError(f"ONNX Runtime cannot load the model: {msg}") from None
 
 
-def with_extrema(model: onnx.ModelProto, names, outputs=()) -> tuple[onnx.ModelProto, dict]:
-    """A copy of ``model`` that also outputs the tensors ``outputs`` and, for each float tensor in
-    ``names``, its min and max as
+def with_extrema(model: onnx.ModelProto, names, outputs=(), shapes=()) -> tuple[onnx.ModelProto, dict]:
+    """A copy of ``model`` that also outputs the tensors ``outputs``, for each tensor in ``shapes`` its
+    shape (int64 vector, output ``{tensor: name}`` under the key ``"shapes"`` of the returned map) and,
+    for each float tensor in ``names``, its min and max as
     FP32 scalars with NaN ignored (an all-NaN or empty tensor gives min +inf, max −inf); returns it and
     ``{tensor: (min output, max output)}``.  The tensors themselves never leave ONNX Runtime, so a
     pass over every float tensor of a model holds one sample's activations, not all of them at once.
@@ -62,7 +63,7 @@ def with_extrema(model: onnx.ModelProto, names, outputs=()) -> tuple[onnx.ModelP
     m.CopyFrom(model)
     present = {o.name for o in m.graph.output}
     m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(outputs) if t not in present)
-    if not names:
+    if not names and not shapes:
         return m, {}
     typed = {v.name: v.type.tensor_type.elem_type for v in
              list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
@@ -88,6 +89,11 @@ def with_extrema(model: onnx.ModelProto, names, outputs=()) -> tuple[onnx.ModelP
         m.graph.output.extend([helper.make_tensor_value_info(lo, TensorProto.FLOAT, []),
                                helper.make_tensor_value_info(hi, TensorProto.FLOAT, [])])
         out[t] = (lo, hi)
+    if shapes:
+        out["shapes"] = {t: f"{pre}_shape{k}" for k, t in enumerate(dict.fromkeys(shapes))}
+        for t, o in out["shapes"].items():
+            m.graph.node.append(helper.make_node("Shape", [t], [o]))
+            m.graph.output.append(helper.make_tensor_value_info(o, TensorProto.INT64, [None]))
     return m, out
 
 

@@ -63,10 +63,11 @@ def preprocess(args) -> Preprocess:
 def add_task(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task agreement (what you judge the model by)",
                              "agreement of the quantized outputs with the FP32 outputs, per sample and pooled; "
-                             "auto-detected from the output shapes, with one line saying why")
-    g.add_argument("--task", choices=TASKS, default="auto",
+                             "inferred only from positive evidence in the outputs, with one line saying why")
+    g.add_argument("--task", choices=TASKS, default=None,
                    help="classify: top-1/top-5; detect: box F1 at IoU 0.5; textmap: DB map IoU and box F1; "
-                        "ctc: exact strings and CER; segment: pixel agreement and mean IoU")
+                        "ctc: exact strings and CER; segment: pixel agreement and mean IoU; auto: the inferred task, "
+                        "confirmed (so --max-task-loss may act on it) (default: inferred, reported only)")
     g.add_argument("--metric", metavar="MODULE:FUNCTION",
                    help="your own metric, called with (FP32 outputs, quantized outputs) per sample, higher is better")
     g.add_argument("--blank", type=int, default=0, help="ctc: the blank class index (PaddleOCR: 0)")
@@ -77,7 +78,7 @@ def add_task(p: argparse.ArgumentParser) -> None:
 
 
 def task_options(args) -> TaskOptions:
-    return TaskOptions(task=args.task, blank=args.blank, score=args.score_threshold, nms=args.nms_iou,
+    return TaskOptions(task=args.task or "auto", confirmed=args.task is not None, blank=args.blank, score=args.score_threshold, nms=args.nms_iou,
                        map_thresh=args.map_threshold, box_thresh=args.box_threshold, metric=args.metric)
 
 

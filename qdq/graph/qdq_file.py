@@ -96,7 +96,7 @@ def layer_precisions(model: onnx.ModelProto, shapes: dict | None = None, idx: Gr
                    or p.op_type != "DequantizeLinear"]
         int8 = not missing
         reason = None if int8 else _float_reason(idx, n, missing[0], n.name in mixed)
-        rows.append({"node": n.name, "op": n.op_type, "int8": int8, "reason": reason, "macs": layer_macs(idx, n),
+        rows.append({"node": n.name, "op": n.op_type, "int8": int8, "reason": reason, "macs": layer_macs(idx.shapes, n),
                      "file": "int8" if int8 else (MIXED_FLOAT if n.name in mixed else "float")})
     return rows
 

@@ -37,6 +37,12 @@ from ..errors import QdqError
 
 TASKS = ("auto", "classify", "detect", "textmap", "ctc", "segment", "none")
 _EMBEDDING_WORDS = ("embed", "hidden", "feature", "pool", "vector", "token", "encod")
+_STATE_WORDS = ("state", "cache", "past", "present", "memory")
+_CLASS_WORDS = ("logit", "score", "prob", "softmax", "class", "cls")
+# a DB map is near binary: of its pixels above 0.1, at least this share is above 0.7
+DB_BINARY_SHARE = 0.5
+# a CTC sequence: its blank is the argmax of at least this share of the steps
+CTC_BLANK_SHARE = 0.3
 
 
 @dataclass
@@ -51,6 +57,7 @@ class TaskOptions:
     map_thresh: float = 0.3     # DB probability map binarisation (PaddleOCR's thresh)
     box_thresh: float = 0.6     # DB box score (PaddleOCR's box_thresh)
     metric: str | None = None   # module:function
+    confirmed: bool = False     # the user named the task (--task, --task auto included): it may drive decisions
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -66,6 +73,7 @@ class Task:
 
     def __init__(self, output: str | None = None, reason: str = "", opts: TaskOptions | None = None):
         self.output, self.reason, self.opts = output, reason, opts or TaskOptions()
+        self.detected = False    # inferred by qdq (not named by the user): --max-task-loss needs it confirmed
 
     def row(self, ref: dict, q: dict, feed: dict) -> np.ndarray:
         raise NotImplementedError
@@ -360,18 +368,19 @@ def load_metric(spec: str):
 
 def choose_task(outputs: dict, feed: dict, opts: TaskOptions) -> Task:
     """The task to judge agreement by: the user's metric, the forced ``opts.task``, or the one the FP32
-    outputs of one sample (``outputs``, name → array) look like; ``reason`` says why in one line."""
+    outputs of one sample (``outputs``, name → array) show positive evidence of (see :func:`evidence`);
+    ``reason`` says why in one line, and ``detected`` is True when qdq inferred it."""
     if opts.metric:
         return UserMetric(opts.metric, opts)
     if opts.task == "none":
         return Task(None, "--task none", opts)
-    found = _detect_all(outputs, feed, opts, strict=opts.task == "auto")
+    found, rejected = _detect_all(outputs, feed, opts, strict=opts.task == "auto")
     if opts.task == "auto":
         if found:
+            found[0].detected = True
             return found[0]
-        shapes = ", ".join(f"{k!r} {list(v.shape)}" for k, v in outputs.items())
-        return Task(None, f"no output looks like class scores, boxes, a probability map, class maps or a sequence "
-                          f"({shapes}); pass --task or --metric", opts)
+        return Task(None, "no output shows evidence of a task (" + "; ".join(rejected) + "); pass --task or --metric",
+                    opts)
     match_ = [t for t in found if t.name == opts.task]
     if not match_:
         shapes = ", ".join(f"{k!r} {list(v.shape)}" for k, v in outputs.items())
@@ -401,15 +410,42 @@ def _image_input(feed: dict) -> bool:
     return False
 
 
-def _detect_all(outputs: dict, feed: dict, opts: TaskOptions, strict: bool = True) -> list:
-    """Every task an output fits, in order of preference (DETR pairs first, then output order).
-    ``strict`` (auto-detection) also asks maps to be the image's size; a forced task needs the shape only."""
+def _words(name: str, words: tuple) -> bool:
+    low = name.lower()
+    return any(w in low for w in words)
+
+
+def not_a_task(name: str, v: np.ndarray, feed: dict) -> str | None:
+    """Why output ``name`` is no task's output whatever its values, or None: a state the caller feeds
+    back (named so, or shaped like a float input of the model) or an embedding / hidden-state / feature
+    tensor (named so)."""
+    if _words(name, _EMBEDDING_WORDS):
+        return "named like an embedding, hidden state or features"
+    same = [k for k, x in feed.items() if getattr(x, "dtype", np.dtype("O")).kind == "f" and x.ndim >= 2
+            and tuple(x.shape) == tuple(v.shape) and x.ndim != 4]
+    if same:
+        return f"shaped like input {same[0]!r}: a state fed back"
+    if _words(name, _STATE_WORDS):
+        return "named like a recurrent state or cache"
+    return None
+
+
+def _detect_all(outputs: dict, feed: dict, opts: TaskOptions, strict: bool = True) -> tuple:
+    """(every task an output shows evidence of, in order of preference: DETR pairs first, then output
+    order; one line per output that shows none, saying why).  ``strict`` (auto-detection) asks for
+    the evidence; a forced task needs the shape only."""
     b = _batch(feed)
     floats = {k: v for k, v in outputs.items() if getattr(v, "dtype", np.dtype("O")).kind == "f" and v.ndim >= 2}
+    rejected = [f"{k!r} {list(getattr(v, 'shape', []))}: not a float tensor of rank 2 or more"
+                for k, v in outputs.items() if k not in floats]
     out = _detr(floats, b, opts)
     for name, v in floats.items():
-        out += _detect_one(name, v, b, feed, opts, strict)
-    return out
+        why = not_a_task(name, v, feed) if strict else None
+        found, notes = ([], [why]) if why else _detect_one(name, v, b, feed, opts, strict)
+        out += found
+        if not found:
+            rejected.append(f"{name!r} {list(v.shape)}: " + ("; ".join(n for n in notes if n) or "no task has this shape"))
+    return out, rejected
 
 
 def _detr(floats: dict, b: int, opts) -> list:
@@ -424,48 +460,133 @@ def _detr(floats: dict, b: int, opts) -> list:
     return []
 
 
-def _detect_one(name: str, v: np.ndarray, b: int, feed: dict, opts, strict: bool = True) -> list:
-    shape, out = list(v.shape), []
-    where = f"output {name!r} {shape}"
-    if v.ndim == 2 and v.shape[0] == b and v.shape[1] >= (10 if strict else 2):
-        if strict and any(w in name.lower() for w in _EMBEDDING_WORDS):
-            return []
-        out.append(Classify(name, f"{where}: one score per class", opts))
-    size, image = _image_size(feed), _image_input(feed)
-    image_sized = image and size is not None and tuple(v.shape[2:]) == tuple(size)
-    if v.ndim == 4 and v.shape[0] == b and (image_sized or not strict):
-        if v.shape[1] == 1 and v.min() >= 0 and v.max() <= 1:
-            out.append(TextMap(name, f"{where}: a one-channel probability map the size of the image (DB text "
-                                     "detector)", opts))
-        elif 2 <= v.shape[1] <= 1000:
-            out.append(Segment(name, f"{where}: {v.shape[1]} class scores per pixel of the image", opts,
-                               classes=v.shape[1]))
+def _probabilities(v: np.ndarray, axis: int) -> bool:
+    """Non-negative and summing to 1 along ``axis`` (a softmax)."""
+    return bool(v.min() >= 0 and np.allclose(v.astype(np.float64).sum(axis), 1.0, atol=1e-3))
+
+
+def _detect_one(name: str, v: np.ndarray, b: int, feed: dict, opts, strict: bool = True) -> tuple:
+    """(tasks output ``name`` shows evidence of, notes on what it lacks)."""
+    shape, where = list(v.shape), f"output {name!r} {list(v.shape)}"
+    if v.ndim == 2 or (v.ndim == 4 and v.shape[2:] == (1, 1)):
+        return _classify(name, v.reshape(len(v), -1), b, opts, strict, where)
+    if v.ndim == 4 and v.shape[0] == b:
+        size, image = _image_size(feed), _image_input(feed)
+        if strict and not (image and size is not None and tuple(v.shape[2:]) == tuple(size)):
+            return [], ["a map, but not the size of an input image"]
+        if v.shape[1] == 1:
+            return _textmap(name, v, opts, strict, where)
+        return _segment(name, v, opts, strict, where)
     if v.ndim == 3:
-        out += _detect_3d(name, v, b, feed, opts, where)
-    return out
+        return _detect_3d(name, v, b, feed, opts, where, strict)
+    return [], [f"rank {len(shape)}"]
 
 
-def _detect_3d(name, v, b, feed, opts, where) -> list:
-    """Rank-3 outputs: CTC sequences (softmax over the last axis first), YOLO-style boxes, then
-    sequences of unnormalised scores."""
+def _classify(name, v, b, opts, strict, where) -> tuple:
+    """Rows of class scores: probabilities (a softmax), or named like logits/scores/probabilities."""
+    if v.shape[0] != b or v.shape[1] < 2:
+        return [], ["one value per sample"]
+    if not strict:
+        return [Classify(name, f"{where}: one score per class", opts)], []
+    if _probabilities(v, 1):
+        return [Classify(name, f"{where}: rows of {v.shape[1]} probabilities summing to 1 (class scores)", opts)], []
+    if _words(name, _CLASS_WORDS):
+        return [Classify(name, f"{where}: named like class scores, {v.shape[1]} per row", opts)], []
+    return [], ["rows are not probabilities and the name does not say logits/scores/probs"]
+
+
+def _textmap(name, v, opts, strict, where) -> tuple:
+    """DB text maps: probabilities, near binary (:data:`DB_BINARY_SHARE` of the pixels above 0.1 also
+    above 0.7, as a map trained on shrunk text masks is), with at least one text box."""
+    if v.min() < 0 or v.max() > 1:
+        return [], ["a one-channel map with values outside [0, 1]"]
+    task = TextMap(name, "", opts)
+    if not strict:
+        task.reason = f"{where}: a one-channel probability map"
+        return [task], []
+    lit = v[v > 0.1]
+    binary = float((lit > 0.7).mean()) if lit.size else 0.0
+    boxes = sum(len(task.boxes(m.reshape(m.shape[-2:]))) for m in v)
+    if binary < DB_BINARY_SHARE or not boxes:
+        return [], [f"a probability map, but not a DB text map ({binary:.0%} of its lit pixels above 0.7, "
+                    f"{boxes} boxes; DB maps are near binary with text boxes)"]
+    task.reason = (f"{where}: a near-binary probability map the size of the image ({binary:.0%} of its lit pixels "
+                   f"above 0.7), {boxes} text boxes (DB text detector)")
+    return [task], []
+
+
+def _segment(name, v, opts, strict, where) -> tuple:
+    """Per-pixel class scores: a softmax over the channels, or named like class scores / masks."""
+    c = v.shape[1]
+    if c > 1000:
+        return [], [f"{c} channels"]
+    if not strict or _probabilities(v, 1) or _words(name, _CLASS_WORDS + ("seg", "mask", "label", "parsing")):
+        evidence = "probabilities over the channels" if strict and _probabilities(v, 1) else "named like class scores"
+        return [Segment(name, f"{where}: {c} class scores per pixel of the image ({evidence})", opts, classes=c)], []
+    return [], ["an image-sized map, but not probabilities over its channels nor named like class scores or masks"]
+
+
+def _ctc_evidence(v: np.ndarray, blank: int, time_major: bool) -> tuple:
+    """(share of steps whose argmax is the blank, readings that decode to something) of ``v``."""
+    seq = np.moveaxis(v, 1, 0) if time_major else v
+    best = seq.argmax(-1)
+    reads = sum(bool(ctc_decode(s, blank)) for s in seq)
+    return float((best == blank).mean()), reads
+
+
+def _detect_3d(name, v, b, feed, opts, where, strict=True) -> tuple:
+    """Rank-3 outputs: CTC sequences (a blank column the argmax of many steps, and a reading), YOLO-style
+    boxes (pixel boxes of an image input, scores in [0, 1])."""
     n, d1, d2 = v.shape
-    ctc = []
-    if d2 >= 10 and n == b and d1 >= 2:
-        ctc.append(Ctc(name, f"{where}: {d1} steps × {d2} classes (CTC sequence, blank {opts.blank})", opts))
-    elif d2 >= 10 and d1 == b and n >= 2:
-        ctc.append(Ctc(name, f"{where}: {n} steps × {d2} classes, time first (CTC sequence, blank {opts.blank})", opts,
-                       time_major=True))
-    softmax = v.min() >= 0 and np.allclose(v.sum(-1), 1.0, atol=1e-3)
-    out = list(ctc) if softmax else []
-    if n == b and d1 >= 100 and 6 <= d2 <= 105 and 0 <= v[..., 4].min() and v[..., 4].max() <= 1:
+    out, notes = [], []
+    for time_major, steps in ((False, d1), (True, n)):
+        batch_ok = (d1 == b and n >= 2) if time_major else (n == b and d1 >= 2)
+        if not batch_ok or d2 < 3 or not 0 <= opts.blank < d2:
+            continue
+        first = ", time first" if time_major else ""
+        if not strict:
+            out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first} (CTC sequence)", opts, time_major))
+            break
+        blank_share, reads = _ctc_evidence(v, opts.blank, time_major)
+        if blank_share >= CTC_BLANK_SHARE and reads:
+            out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first}, blank {opts.blank} on "
+                                 f"{blank_share:.0%} of the steps and a reading (CTC sequence)", opts, time_major))
+            break
+        notes.append(f"blank {opts.blank} on {blank_share:.0%} of the steps{first}, {reads} readings: not a CTC sequence")
+    yolo, why = _yolo(name, v, b, feed, opts, where, strict)
+    return yolo + out, ([] if yolo else [why]) + ([] if out else notes)
+
+
+def _pixel_boxes(box: np.ndarray, size) -> bool:
+    """Boxes (k, 4) cx, cy, w, h in pixels of an image of ``size`` (H, W): sizes ≥ 0, centres on the
+    image (10 % margin), some coordinate above 1 (not normalised scores)."""
+    h, w = size
+    cx, cy, bw, bh = box.T.astype(np.float64)
+    return bool(box.size and bw.min() >= 0 and bh.min() >= 0 and np.abs(box).max() > 1
+                and -0.1 * w <= cx.min() and cx.max() <= 1.1 * w and -0.1 * h <= cy.min() and cy.max() <= 1.1 * h)
+
+
+def _yolo(name, v, b, feed, opts, where, strict) -> tuple:
+    """YOLOv5/YOLOX ``[N, A, 5+C]`` and YOLOv8 ``[N, 4+C, A]`` boxes of an image input."""
+    n, d1, d2 = v.shape
+    size = _image_size(feed)
+    if n != b:
+        return [], "not one row per sample"
+    if strict and (size is None or not _image_input(feed)):
+        return [], "the model reads no image: not boxes"
+    if d1 >= 100 and 6 <= d2 <= 105 and 0 <= v[..., 4].min() and v[..., 4].max() <= 1:
         grid = _yolox_grid(d1, v, feed)
-        kind = "raw YOLOX head decoded on its stride-8/16/32 grid" if grid is not None else "YOLOv5/YOLOX boxes"
-        out.append(Detect(name, f"{where}: {d1} anchors × (4 box + objectness + {d2 - 5} classes), {kind}", opts,
-                          layout="yolo", grid=grid))
-    if n == b and d2 >= 100 and 5 <= d1 <= 104 and d2 > d1 and np.abs(v[:, :4]).max() > 1:
-        out.append(Detect(name, f"{where}: (4 box + {d1 - 4} class scores) × {d2} anchors, YOLOv8/v11 layout", opts,
-                          layout="yolov8"))
-    return out + ([] if softmax else ctc)
+        if grid is not None or not strict or _pixel_boxes(v[..., :4].reshape(-1, 4), size):
+            kind = "raw YOLOX head decoded on its stride-8/16/32 grid" if grid is not None else "YOLOv5/YOLOX pixel boxes"
+            return [Detect(name, f"{where}: {d1} anchors × (4 box + objectness + {d2 - 5} classes), {kind}", opts,
+                           layout="yolo", grid=grid)], ""
+    if d2 >= 100 and 5 <= d1 <= 104 and d2 > d1:
+        scores = v[:, 4:]
+        if not strict or (scores.min() >= 0 and scores.max() <= 1
+                          and _pixel_boxes(np.moveaxis(v[:, :4], 1, 2).reshape(-1, 4), size)):
+            return [Detect(name, f"{where}: (4 box + {d1 - 4} class scores) × {d2} anchors, pixel boxes and scores in "
+                                 "[0, 1] (YOLOv8/v11 layout)", opts, layout="yolov8")], ""
+    return [], "not pixel boxes with scores in [0, 1]"
 
 
 def _yolox_grid(anchors: int, v: np.ndarray, feed: dict):

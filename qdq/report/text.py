@@ -49,8 +49,12 @@ def print_summary(summary, top: int = 12, file=None) -> None:
     con.print(f"{summary.model} → target {summary.target}, opset {summary.opset}, "
               f"method {summary.method}, {summary.samples} calibration samples")
     at = shape_text(summary.mac_shapes)
-    con.print(f"INT8 weighted layers: {n_q}/{n_all} ({summary.int8_mac_share:.1%} of the multiply-accumulates"
-              + (f" at the data's shapes {at}" if at else "") + "); "
+    unknown = summary.mac_unknown
+    share = (f"{summary.int8_mac_share:.1%} of the multiply-accumulates of the {n_all - len(unknown)} layers whose "
+             f"MACs are known; {len(unknown)} unknown: {', '.join(unknown[:3])}{' …' if len(unknown) > 3 else ''}"
+             if unknown else f"{summary.int8_mac_share:.1%} of the multiply-accumulates")
+    where = {"data": " measured on the data", "shape inference": " by shape inference"}.get(summary.mac_source, "")
+    con.print(f"INT8 weighted layers: {n_q}/{n_all} ({share}" + (f"{where} at {at}" if at else where) + "); "
               f"Q/DQ pairs: {len(summary.activations)} activations, {len(summary.weights)} weights (per-channel); "
               f"bias correction: {summary.bias_correction} ({summary.bias_corrected} layers)")
     if summary.accuracy:
@@ -240,7 +244,9 @@ def print_inspection(ins, rules, file=None) -> None:
                   f"{p['amax']:.5g}", scales, "" if p["axis"] is None else str(p["axis"]), p["scale_dtype"])
     con.print(t)
     c = ins.coverage
-    con.print(f"INT8 coverage: {c['share']:.1%} of {c['total_macs'] / 1e6:.1f} M multiply-accumulates; "
+    unknown = (f" of the {c['layers'] - c['unknown_shape_layers']} layers whose MACs shape inference knows "
+               f"({c['unknown_shape_layers']} unknown)" if c["unknown_shape_layers"] else "")
+    con.print(f"INT8 coverage: {c['share']:.1%} of {c['total_macs'] / 1e6:.1f} M multiply-accumulates{unknown}; "
               f"{c['layers'] - c['float_layers']}/{c['layers']} weighted layers in INT8")
     if ins.float_layers:
         f = table("weighted layers in float", ("node", "op", "MACs", "reason"))

@@ -1,0 +1,97 @@
+"""Facts measured, not guessed: MACs from the dims calibration ran, held-back samples chosen at
+random, per-output figures, the user's ranges as written, names that never collide."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qdq.graph.index import GraphIndex
+from qdq.graph.shapes import weighted_macs
+from qdq.pipeline import quantize
+
+RNG = np.random.default_rng(11)
+
+
+def _init(name, a, dtype=np.float32):
+    return numpy_helper.from_array(np.asarray(a, dtype), name)
+
+
+def _tokens_model(dim=32, patch=4):
+    """A ViT-style stem: a patch Conv, then tokens reshaped with a count computed as
+    Shape → Gather → Cast → Div → Floor → Cast → Concat, arithmetic shape inference cannot follow,
+    then two Linear layers (MatMul) over the tokens."""
+    nodes = [
+        helper.make_node("Conv", ["x", "wp", "bp"], ["p"], strides=[patch, patch], kernel_shape=[patch, patch], name="patch"),
+        helper.make_node("Shape", ["x"], ["xs"], name="shape"),
+        helper.make_node("Gather", ["xs", "i2"], ["h"], axis=0, name="gh"),
+        helper.make_node("Gather", ["xs", "i3"], ["w"], axis=0, name="gw"),
+        helper.make_node("Mul", ["h", "w"], ["hw"], name="mulhw"),
+        helper.make_node("Cast", ["hw"], ["hwf"], to=TensorProto.FLOAT, name="c1"),
+        helper.make_node("Div", ["hwf", "p2"], ["nf"], name="div"),
+        helper.make_node("Floor", ["nf"], ["nfl"], name="floor"),
+        helper.make_node("Cast", ["nfl"], ["n"], to=TensorProto.INT64, name="c2"),
+        helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"], name="unsq"),
+        helper.make_node("Concat", ["one", "dims", "n1"], ["shape3"], axis=0, name="cat"),
+        helper.make_node("Reshape", ["p", "shape3"], ["t"], name="reshape"),
+        helper.make_node("Transpose", ["t"], ["tok"], perm=[0, 2, 1], name="tr"),
+        helper.make_node("MatMul", ["tok", "w1"], ["h1"], name="fc1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w2"], ["y"], name="fc2"),
+    ]
+    inits = [_init("wp", RNG.standard_normal((dim, 3, patch, patch)) * 0.2), _init("bp", np.zeros(dim)),
+             _init("i2", 2, np.int64), _init("i3", 3, np.int64), _init("p2", float(patch * patch)),
+             _init("ax0", [0], np.int64), _init("one", [1], np.int64), _init("dims", [dim], np.int64),
+             _init("w1", RNG.standard_normal((dim, 64)) * 0.2), _init("w2", RNG.standard_normal((64, 16)) * 0.2)]
+    g = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def test_macs_come_from_the_dims_calibration_ran(tmp_path):
+    """Static inference loses the token count; the data's dims give every layer's MACs exactly."""
+    m = _tokens_model()
+    static = weighted_macs(m, {"x": (1, 3, 32, 48)})
+    assert static[0] == 32 * 3 * 16 * (8 * 12) and static[13] is None and static[15] is None   # what inference gives
+    for k in range(24):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 3, 32, 48)).astype(np.float32))
+    r = quantize(m, tmp_path, quiet=True, mixed_precision=False, bias_correction=False)
+    s = r.summary
+    tokens = 8 * 12
+    expected = {"patch": tokens * 32 * 48, "fc1": tokens * 32 * 64, "fc2": tokens * 64 * 16}
+    labels = GraphIndex.build(r.float_model).labels
+    assert {labels[p]: v for p, v in r.macs.items()} == expected
+    int8 = sum(expected[n] for n in s.quantized_layers)
+    assert s.mac_source == "data" and s.mac_unknown == [] and s.int8_mac_share == pytest.approx(int8 / sum(expected.values()))
+    assert set(s.quantized_layers) >= {"fc1", "fc2"}
+
+
+def test_held_back_samples_are_a_seeded_choice_spread_over_sources(tmp_path):
+    """Three recordings of 90 samples in name order: every 5th sample took all 16 from the first one;
+    the seeded choice takes some from each, whatever the listing order, and names them."""
+    from qdq.calib.data import Dataset, HoldOut, choose_held, model_inputs
+    m = _tokens_model()
+    for rec in ("rec1", "rec2", "rec3"):
+        (tmp_path / rec).mkdir()
+        for k in range(90):
+            np.savez(tmp_path / rec / f"{k:03d}.npz", x=np.zeros((1, 3, 8, 8), np.float32))
+    ds = Dataset(tmp_path, model_inputs(m))
+    names = ds.sources()
+    assert len(names) == 270
+    split = HoldOut(ds)
+    for _ in split:
+        pass
+    held = split.held_sources
+    assert len(held) == len(split.held) == 16 and {n.split("/")[-2] for n in held} == {"rec1", "rec2", "rec3"}
+    assert set(held) == choose_held(names[::-1], 16) != choose_held(names, 16, seed=1)
+
+
+def test_npz_sample_names_come_from_headers(tmp_path):
+    from qdq.calib.data import Dataset, model_inputs
+    m = _tokens_model()
+    np.savez(tmp_path / "a.npz", x=np.zeros((5, 3, 8, 8), np.float32))
+    np.savez(tmp_path / "b.npz", x=np.zeros((3, 8, 8), np.float32))       # one sample without its batch axis
+    ds = Dataset(tmp_path, model_inputs(m))
+    assert ds.sources() == [s for s, _ in ds] == [f"{tmp_path}/a.npz[{i}]" for i in range(5)] + [f"{tmp_path}/b.npz[0]"]
