@@ -39,7 +39,8 @@ from .measure.comparison import compare
 from .measure.heldback import HeldBack
 from .measure.mixed_precision import GROUPS, by_unit, candidates, choose
 from .measure.tasks import TaskOptions
-from .modelio import atomic_write_text, opset_of
+from .measure.prepared import check_prepared
+from .modelio import atomic_write_text, load_model, opset_of
 from .targets import TRT85_UNSUPPORTED, check_target, prepare
 from .version import __version__
 
@@ -204,7 +205,7 @@ class _Run:
         self.fp16, self.bias, self.bias_mode, self.int8, self.warnings = None, {}, "off", None, []
         self.method, self.method_scores, self.accuracy, self._computed = opts.method, {}, None, {}
         self.none_held, self.mac_shapes, self.macs, self.tensor_methods = False, {}, {}, {}
-        self.mac_unknown, self.mac_source = [], "shape inference"
+        self.mac_unknown, self.mac_source, self.reached = [], "shape inference", None
         self.massive = {}
 
     def prepare(self) -> None:
@@ -276,6 +277,9 @@ class _Run:
                     pass
             if len(self.split.held) < MIN_HELD_BACK:
                 self._use_all_samples(inputs, tensors, range_only)
+            first = (self.split.kept or self.split.held)[:2]
+            user = self.model_arg if isinstance(self.model_arg, onnx.ModelProto) else load_model(self.model_arg)
+            check_prepared(user, self.float_model, first, self.source)
         self._count_macs()
 
     def _count_macs(self) -> None:
@@ -445,12 +449,6 @@ class _Run:
             self.plan = replace(self.idx, self.plan, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
                                                       for p, db in c.float_layers.items()})
             self.ranges = self._ranges(self.plan)
-        if not c.reached or not c.task_reached:
-            what = f"{c.final_db:.2f} dB on held-back samples" + ("" if c.reached else
-                   f", more than {o.max_loss_db:g} dB below the weights-only {c.final_weights_only_db:.2f} dB")
-            what += "" if c.task_reached else f", task agreement not within {o.max_task_loss:g} of FP32"
-            self.warnings.append(f"mixed precision: {what}, with {c.int8_mac_share:.1%} of the MACs in INT8 "
-                                 f"(floor {o.min_int8_share:.0%})")
 
     def _imported_stay(self, cands: dict) -> dict:
         """Imported ranges are the user's decision: the layers reading them leave the candidates (unless
@@ -516,9 +514,25 @@ class _Run:
             final = self.check.ev.measure(model)
         w = self.check.ev.measure(self._weights_view(self.plan))
         self.accuracy = self.check.report(final, w, self.check.robust().measure(model))
+        self._target_warning(final, w)
         self.accuracy["remainder"] = "fp16" if self.fp16 is not None else "fp32"
         self.accuracy["held_back"] = not self.none_held
         self.accuracy["held_back_sources"] = [] if self.none_held else list(self.split.held_sources)
+
+    def _target_warning(self, final, weights) -> None:
+        """Mixed precision's target missed, said with the file's own held-back figures (the ones printed)."""
+        o, c = self.opts, self.choice
+        if c is None:
+            return
+        self.reached = reached = final.gap_low(weights) >= -o.max_loss_db
+        if reached and c.task_reached:
+            return
+        what = f"{final.sqnr().value:.2f} dB on held-back samples" + ("" if reached else
+               f", more than {o.max_loss_db:g} dB below its weights alone at {weights.sqnr().value:.2f} dB (lower end "
+               "of the interval of the gap)")
+        what += "" if c.task_reached else f", task agreement not within {o.max_task_loss:g} of FP32"
+        self.warnings.append(f"mixed precision: {what}, with {c.int8_mac_share:.1%} of the MACs in INT8 "
+                             f"(floor {o.min_int8_share:.0%})")
 
     def finish(self) -> QuantizeResult:
         """The file (Q/DQ, FP16 remainder, metadata) and its summary."""
@@ -577,7 +591,7 @@ class _Run:
         first = c.int8 if c is not None else self.int8
         acc.update(int8_db=first.sqnr().value if first is not None else acc["final_db"],
                    weights_only_db=c.weights_only_db if c is not None else acc["final_weights_only_db"],
-                   max_loss_db=o.max_loss_db, reached=c.reached if c is not None else None,
+                   max_loss_db=o.max_loss_db, reached=self.reached if c is not None else None,
                    evaluations=len(c.steps) if c is not None else 0, method_scores=self.method_scores or None)
         return acc
 

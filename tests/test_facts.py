@@ -95,3 +95,66 @@ def test_npz_sample_names_come_from_headers(tmp_path):
     np.savez(tmp_path / "b.npz", x=np.zeros((3, 8, 8), np.float32))       # one sample without its batch axis
     ds = Dataset(tmp_path, model_inputs(m))
     assert ds.sources() == [s for s, _ in ds] == [f"{tmp_path}/a.npz[{i}]" for i in range(5)] + [f"{tmp_path}/b.npz[0]"]
+
+
+def _bn_model(planted: dict):
+    """Conv → BatchNorm → Relu → Conv, plus an extra output per ``planted`` name (an Add of the input to
+    itself named so): each name one a pass would generate."""
+    c = 16
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["a", "g", "b", "m", "v"], ["bn_out"], name="bn"),
+             helper.make_node("Relu", ["bn_out"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 8, 8])]
+    for k, name in enumerate(planted):
+        nodes.append(helper.make_node("Mul", ["x", f"k{k}"], [name], name=f"plant{k}"))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, c, 8, 8]))
+    inits = [_init("w1", RNG.standard_normal((c, c, 3, 3)) * 0.2), _init("w2", RNG.standard_normal((c, c, 1, 1)) * 0.3),
+             _init("g", RNG.uniform(0.5, 2, c)), _init("b", RNG.standard_normal(c)), _init("m", RNG.standard_normal(c)),
+             _init("v", RNG.uniform(0.5, 2, c))] + [_init(f"k{k}", float(k + 2)) for k in range(len(planted))]
+    g = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])], outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+# names the passes generate from tensor and node names of this model (folding, analysis, bypass, FP16)
+PLANTED = ["bn_folded_bias", "r__q", "r__s", "r__fq", "w2__dqw", "conv2__DQw", "y__h32", "r_float", "bn_out__r"]
+
+
+def test_generated_names_never_collide(tmp_path):
+    """A model that already holds every name a pass would make computes the same once prepared, and
+    quantizes to a file whose held-back figures are measured against the user's own model."""
+    from qdq.calib.session import run_session, session_for
+    from qdq.targets import prepare
+    m = _bn_model(PLANTED)
+    feed = {"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    want = run_session(session_for(m), feed, "x")
+    got = run_session(session_for(prepare(m)), feed, "x")
+    assert want.keys() == got.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    r = quantize(m, tmp_path, quiet=True, target="trt11")
+    assert r.summary.accuracy["final_db"] > 25
+
+
+def test_a_prepared_model_that_diverges_stops_the_run():
+    """Every run checks its prepared float model against the user's: a wrong reference (here a folded
+    bias wired to another tensor, as a name collision did) is an error naming the first diverging tensor."""
+    from qdq.errors import QdqError
+    from qdq.measure.prepared import check_prepared
+    from qdq.targets import prepare
+    m = _bn_model([])
+    feeds = [{"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)} for _ in range(2)]
+    good = prepare(m)
+    check_prepared(m, good, feeds, "m.onnx")
+    bad = onnx.ModelProto()
+    bad.CopyFrom(good)
+    conv = next(n for n in bad.graph.node if n.op_type == "Conv")
+    bias = next(i for i in bad.graph.initializer if i.name == conv.input[2])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 99.5, bias.name))
+    with pytest.raises(QdqError, match=r"m.onnx: .*output 'y' .* dB away from your model \(first diverging tensor 'bn_out'\)"):
+        check_prepared(m, bad, feeds, "m.onnx")

@@ -188,7 +188,7 @@ TABLE = [   # (outputs, feed, expected task, words in the reason): 24 outputs, r
     ({"softmax": _ctc(40, 6625, [5, 9, 9, 30])}, {"x": np.zeros((1, 3, 48, 320), np.float32)}, "ctc", "40 steps"),
     ({"seq": _ctc(32, 100, [3, 4], time_major=True)}, {"x": np.zeros((1, 1, 64, 256), np.float32)}, "ctc",
      "time first"),
-    ({"out": _ctc(26, 37, [1, 2, 3], probs=False)}, {"x": np.zeros((1, 1, 64, 416), np.float32)}, "ctc", "blank 0 on"),
+    ({"out": _ctc(26, 37, [1, 2, 3], probs=False)}, {"x": np.zeros((1, 1, 64, 416), np.float32)}, "ctc", "blank 0 the commonest"),
     ({"sigmoid_0.tmp_0": _db_map()}, IMG64, "textmap", "DB text detector"),
     ({"focus": _blob()}, IMG64, "none", "not a DB text map"),                              # a smooth saliency map
     ({"p": RNG.uniform(0, 1, (1, 1, 64, 64)).astype(np.float32)}, IMG64, "none", "not a DB text map"),

@@ -10,6 +10,8 @@ preprocessing that model was trained with.
 - ppocr_det   PP-OCRv4 detector; the demo's sets: text rendered on scikit-image's photos (76 calibration,
               16 held out, from other photos); BGR, (x/255 − .5)/.5.
 - ppocr_rec   PP-OCRv4 recogniser; text lines rendered on the same photos (110 calibration, 40 held out), 48×320.
+- ppocr_cls   PP-OCR text-direction classifier (2 classes, H and W dynamic as '?'); ppocr_rec's lines, every
+              other one turned 180°, 48×192.
 - ddddocr_det YOLOX-style detector; text images and photos, letterboxed to 416, raw 0–255 BGR.
 - ddddocr_rec CNN + LSTM recogniser (declared output shape stale); ppocr_rec's text lines, grey, 64×416, x/255.
 - minilm      all-MiniLM-L6-v2 (exported from safetensors); token ids of real English sentences.
@@ -31,6 +33,7 @@ from qdq.demo.run import DET_PREPROCESS, build_text_sets  # noqa: E402
 
 EFFNET_PRE = Preprocess(size=(224, 224), mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)
 REC_PRE = Preprocess(size=(48, 320), mean=(0.5,) * 3, std=(0.5,) * 3, scale=1 / 255, color="BGR")
+CLS_PRE = Preprocess(size=(48, 192), mean=(0.5,) * 3, std=(0.5,) * 3, scale=1 / 255, color="BGR")
 DDDD_PRE = Preprocess(size=(416, 416), resize="letterbox", scale=1.0, color="BGR")
 DDDD_REC_PRE = Preprocess(size=(64, 416), mean=(0.0,), std=(1.0,), color="GRAY")  # ddddocr: height 64, /255
 _VERSION = "1"  # bump to rebuild cached sets
@@ -129,6 +132,22 @@ def ppocr_rec() -> Prepared:
     return Prepared(zoo.fetch("ppocr_rec"), root / "calib", root / "val", REC_PRE)
 
 
+def ppocr_cls() -> Prepared:
+    """PP-OCR's text-direction classifier (2 classes: 0° and 180°, input H and W both named '?') on
+    ppocr_rec's text lines, every other one turned 180°; 48×192, BGR, (x/255 − .5)/.5."""
+    from PIL import Image
+
+    rec, root = ppocr_rec(), _root("ppocr_cls")
+    if not _done(root):
+        for split, src in (("calib", rec.calib), ("val", rec.val)):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            for k, f in enumerate(sorted(src.glob("*.png"))):
+                with Image.open(f) as im:
+                    (im.rotate(180) if k % 2 else im.copy()).save(root / split / f.name)
+        _mark(root)
+    return Prepared(zoo.fetch("ppocr_cls"), root / "calib", root / "val", CLS_PRE)
+
+
 def ddddocr_det() -> Prepared:
     root = _root("ddddocr_det")
     if not _done(root):
@@ -174,7 +193,8 @@ def _sentences() -> list[str]:
     return [s for s in parts if 20 <= len(s) <= 300 and len(s.split()) >= 5 and s[0].isalpha()][:96]
 
 
-MODELS = {"effnet": effnet, "frames": frames, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ddddocr_det": ddddocr_det,
+MODELS = {"effnet": effnet, "frames": frames, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ppocr_cls": ppocr_cls,
+          "ddddocr_det": ddddocr_det,
           "ddddocr_rec": ddddocr_rec, "minilm": minilm}
 
 

@@ -10,7 +10,8 @@ import onnx
 
 from .index import GraphIndex
 from .qdq_file import qdq_sites
-from .surgery import export_graph, gs, import_graph
+from ..modelio import fresh_name
+from .surgery import export_graph, gs, import_graph, taken_names
 
 
 def _bypass(model: onnx.ModelProto, replace: dict) -> onnx.ModelProto:
@@ -19,11 +20,12 @@ def _bypass(model: onnx.ModelProto, replace: dict) -> onnx.ModelProto:
     readers are dropped."""
     g = gs()
     graph = import_graph(model)
-    tensors = graph.tensors()
+    tensors, taken = graph.tensors(), taken_names(graph)
     for node in graph.nodes:
         if node.op == "DequantizeLinear" and node.outputs[0].name in replace:
             src = replace[node.outputs[0].name]
-            src = tensors[src] if isinstance(src, str) else g.Constant(f"{node.outputs[0].name}_float", np.asarray(src))
+            src = tensors[src] if isinstance(src, str) else g.Constant(fresh_name(f"{node.outputs[0].name}_float", taken),
+                                                                              np.asarray(src))
             node.op, node.attrs = "Identity", {}
             node.inputs.clear()
             node.inputs.append(src)

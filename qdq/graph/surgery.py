@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import QdqError
-from ..modelio import too_large, unique_names, write_external
+from ..modelio import fresh_name, too_large, unique_names, write_external
 from .index import GraphIndex, infer_types
 
 # Smallest normal float16.  Smaller FP16 scales are subnormal or round to 0: TensorRT rejects 0, and
@@ -164,7 +164,7 @@ def fold_batchnorm(graph, fp16_scales: bool = False) -> int:
     is left in place when folding would push a channel's weight scale (amax/127) below FP16's smallest
     normal.  Returns the number of BatchNormalization nodes folded."""
     g = gs()
-    folded = 0
+    folded, taken = 0, taken_names(graph)
     for bn in [n for n in graph.nodes if n.op == "BatchNormalization" and default_domain(n)]:
         if len(bn.outputs) != 1 or any(not isinstance(t, g.Constant) for t in bn.inputs[1:5]):
             continue
@@ -189,9 +189,10 @@ def fold_batchnorm(graph, fp16_scales: bool = False) -> int:
                 continue
         b0 = np.zeros(a.shape) if bias is None else np.asarray(bias.values, np.float64)
         # a weight shared with another layer keeps its values there; this layer gets its own copy
-        wname = conv.inputs[1].name if len(conv.inputs[1].outputs) == 1 else f"{conv.inputs[1].name}_{bn.name}"
+        wname = conv.inputs[1].name if len(conv.inputs[1].outputs) == 1 else \
+            fresh_name(f"{conv.inputs[1].name}_{bn.name}", taken)
         conv.inputs[1] = g.Constant(wname, folded_w.astype(conv.inputs[1].values.dtype))
-        new_bias = g.Constant(f"{bn.name}_folded_bias", (b0 * a + b).astype(conv.inputs[1].values.dtype))
+        new_bias = g.Constant(fresh_name(f"{bn.name}_folded_bias", taken), (b0 * a + b).astype(conv.inputs[1].values.dtype))
         if len(conv.inputs) > 2:
             conv.inputs[2] = new_bias
         else:

@@ -35,7 +35,8 @@ from ..calib.session import run_session, session_for
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, fused_tail
 from ..graph.rewrite import quantize_weight, safe_scale
-from ..graph.surgery import gs, import_graph
+from ..graph.surgery import gs, import_graph, taken_names
+from ..modelio import fresh_name
 from ..progress import progress
 from .metrics import power_db
 
@@ -92,16 +93,21 @@ class _Augmented:
         self.nodes, self.tensors = list(self.graph.nodes), self.graph.tensors()
         self.extra, self.outputs = [], []
         self._fq, self._dq = {}, {}
+        self.taken = taken_names(self.graph)
+
+    def _n(self, base: str) -> str:
+        """A name no tensor or node of the model has (a model may already use ``x__q``)."""
+        return fresh_name(base, self.taken)
 
     def fq(self, t: str, src=None, tag: str = ""):
         """Fake-quantized activation ``t`` with its calibrated scale; ``src``: a copy's version of ``t``."""
         g = gs()
         if (t, tag) not in self._fq:
             scale, _ = safe_scale(self.ranges[t].amax, np.float32)
-            s, z = g.Constant(f"{t}__s{tag}", scale.reshape(())), g.Constant(f"{t}__z{tag}", np.zeros((), np.int8))
-            q, d = g.Variable(f"{t}__q{tag}", dtype=np.int8), g.Variable(f"{t}__fq{tag}", dtype=np.float32)
-            self.extra += [g.Node("QuantizeLinear", f"{t}__Q{tag}", inputs=[src or self.tensors[t], s, z], outputs=[q]),
-                           g.Node("DequantizeLinear", f"{t}__DQ{tag}", inputs=[q, s, z], outputs=[d])]
+            s, z = g.Constant(self._n(f"{t}__s{tag}"), scale.reshape(())), g.Constant(self._n(f"{t}__z{tag}"), np.zeros((), np.int8))
+            q, d = g.Variable(self._n(f"{t}__q{tag}"), dtype=np.int8), g.Variable(self._n(f"{t}__fq{tag}"), dtype=np.float32)
+            self.extra += [g.Node("QuantizeLinear", self._n(f"{t}__Q{tag}"), inputs=[src or self.tensors[t], s, z], outputs=[q]),
+                           g.Node("DequantizeLinear", self._n(f"{t}__DQ{tag}"), inputs=[q, s, z], outputs=[d])]
             self._fq[(t, tag)] = d
         return self._fq[(t, tag)]
 
@@ -112,10 +118,10 @@ class _Augmented:
             spec = self.plan.weights[key]
             w = np.asarray(self.tensors[spec.tensor].values)
             qw, scale, _ = quantize_weight(w, spec.axis, np.float32)
-            d = g.Variable(f"{key}__dqw", dtype=np.float32)
-            self.extra.append(g.Node("DequantizeLinear", f"{key}__DQw", attrs={"axis": spec.axis % w.ndim},
-                                     inputs=[g.Constant(f"{key}__qw", qw), g.Constant(f"{key}__ws", scale),
-                                             g.Constant(f"{key}__wz", np.zeros(scale.shape, np.int8))], outputs=[d]))
+            d = g.Variable(self._n(f"{key}__dqw"), dtype=np.float32)
+            self.extra.append(g.Node("DequantizeLinear", self._n(f"{key}__DQw"), attrs={"axis": spec.axis % w.ndim},
+                                     inputs=[g.Constant(self._n(f"{key}__qw"), qw), g.Constant(self._n(f"{key}__ws"), scale),
+                                             g.Constant(self._n(f"{key}__wz"), np.zeros(scale.shape, np.int8))], outputs=[d]))
             self._dq[key] = d
         return self._dq[key]
 
@@ -131,8 +137,8 @@ class _Augmented:
             for i, t in enumerate(n.inputs):
                 if (p, i) in edges:
                     ins[i] = self.fq(t.name) if ins[i] is t else self.fq(t.name, ins[i], tag)
-            outs = [g.Variable(f"{t.name}__{tag}", dtype=t.dtype) for t in n.outputs]
-            self.extra.append(g.Node(n.op, f"{n.name}__{tag}", attrs=dict(n.attrs), inputs=ins, outputs=outs,
+            outs = [g.Variable(self._n(f"{t.name}__{tag}"), dtype=t.dtype) for t in n.outputs]
+            self.extra.append(g.Node(n.op, self._n(f"{n.name}__{tag}"), attrs=dict(n.attrs), inputs=ins, outputs=outs,
                                      domain=n.domain))
             mapping.update({t.name: o for t, o in zip(n.outputs, outs)})
         return mapping
@@ -144,28 +150,28 @@ class _Augmented:
         ref = self.tensors[ref_name]
         if self.idx.dtypes.get(ref_name) not in (None, onnx.TensorProto.FLOAT):   # e.g. an FP16 output
             ref, dup = (self._cast32(x, f"{tag}__{k}") for k, x in (("r", ref), ("q", dup)))
-        d = g.Variable(f"{tag}__d", dtype=np.float32)
-        sq = g.Variable(f"{tag}__dd", dtype=np.float32, shape=[])
-        self.extra += [g.Node("Sub", f"{tag}__Sub", inputs=[dup, ref], outputs=[d]),
-                       g.Node("ReduceSumSquare", f"{tag}__SS", attrs={"keepdims": 0}, inputs=[d], outputs=[sq])]
+        d = g.Variable(self._n(f"{tag}__d"), dtype=np.float32)
+        sq = g.Variable(self._n(f"{tag}__dd"), dtype=np.float32, shape=[])
+        self.extra += [g.Node("Sub", self._n(f"{tag}__Sub"), inputs=[dup, ref], outputs=[d]),
+                       g.Node("ReduceSumSquare", self._n(f"{tag}__SS"), attrs={"keepdims": 0}, inputs=[d], outputs=[sq])]
         names = {"noise": sq}
         if rank is not None:
-            axes = g.Constant(f"{tag}__axes", np.asarray([a for a in range(rank) if a != axis % rank], np.int64))
-            ch = g.Variable(f"{tag}__dc", dtype=np.float32, shape=[f"{tag}_channels"])
-            n = g.Variable(f"{tag}__n", dtype=np.int64, shape=[])
-            self.extra += [g.Node("ReduceSum", f"{tag}__RS", attrs={"keepdims": 0}, inputs=[d, axes], outputs=[ch]),
-                           g.Node("Size", f"{tag}__Size", inputs=[d], outputs=[n])]
+            axes = g.Constant(self._n(f"{tag}__axes"), np.asarray([a for a in range(rank) if a != axis % rank], np.int64))
+            ch = g.Variable(self._n(f"{tag}__dc"), dtype=np.float32, shape=[f"{tag}_channels"])
+            n = g.Variable(self._n(f"{tag}__n"), dtype=np.int64, shape=[])
+            self.extra += [g.Node("ReduceSum", self._n(f"{tag}__RS"), attrs={"keepdims": 0}, inputs=[d, axes], outputs=[ch]),
+                           g.Node("Size", self._n(f"{tag}__Size"), inputs=[d], outputs=[n])]
             names.update(chan=ch, size=n)
         if with_signal:
-            sig = g.Variable(f"{tag}__ss", dtype=np.float32, shape=[])
-            self.extra.append(g.Node("ReduceSumSquare", f"{tag}__Sig", attrs={"keepdims": 0}, inputs=[ref], outputs=[sig]))
+            sig = g.Variable(self._n(f"{tag}__ss"), dtype=np.float32, shape=[])
+            self.extra.append(g.Node("ReduceSumSquare", self._n(f"{tag}__Sig"), attrs={"keepdims": 0}, inputs=[ref], outputs=[sig]))
             names["signal"] = sig
         self.outputs.extend(names.values())
         return {k: v.name for k, v in names.items()}
 
     def _cast32(self, t, name):
-        out = gs().Variable(name, dtype=np.float32)
-        self.extra.append(gs().Node("Cast", name + "_Cast", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[t], outputs=[out]))
+        out = gs().Variable(self._n(name), dtype=np.float32)
+        self.extra.append(gs().Node("Cast", self._n(name + "_Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[t], outputs=[out]))
         return out
 
     def rank(self, tensor: str):

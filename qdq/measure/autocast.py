@@ -90,7 +90,7 @@ def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None
         if t.name not in rounded:
             if isinstance(t, g.Constant) and np.abs(np.asarray(t.values)).max(initial=0) > FP16_MAX:
                 v = np.clip(np.asarray(t.values, np.float64), -FP16_MAX, FP16_MAX)   # saturates, as a cast would not
-                rounded[t.name] = g.Constant(f"{t.name}__r", np.asarray(v.astype(np.float16), np.float32))
+                rounded[t.name] = g.Constant(fresh_name(f"{t.name}__r", taken), np.asarray(v.astype(np.float16), np.float32))
             else:   # weights too are rounded in the session, not copied: a large model's weights fit once
                 rounded[t.name] = round_trip(t, t.name)
         return rounded[t.name]

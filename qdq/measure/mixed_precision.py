@@ -25,6 +25,8 @@ from ..graph.bypass import weights_only
 from .evaluate import Evaluator, Measurement
 from .metrics import power_db
 
+# a layer whose INT8 adds less than this share of the file's noise (0.004 dB) is never floated
+NEGLIGIBLE = 1e-3
 MAX_ROUNDS = 5
 GROUPS = 4
 # aim a little inside the target: the held-back samples are few
@@ -167,6 +169,8 @@ def _add_until(ranked, chosen, candidates, alpha, estimate, target, fits) -> boo
             break
         if not fits(chosen, p):
             continue          # over the MAC floor: a cheaper layer further down may still fit
+        if alpha * candidates[p] < NEGLIGIBLE * estimate:
+            continue          # its INT8 costs nothing measurable: floating it would only lose MACs
         chosen.append(p)
         estimate -= alpha * candidates[p]
         added = True

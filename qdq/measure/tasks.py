@@ -41,8 +41,8 @@ _STATE_WORDS = ("state", "cache", "past", "present", "memory")
 _CLASS_WORDS = ("logit", "score", "prob", "softmax", "class", "cls")
 # a DB map is near binary: of its pixels above 0.1, at least this share is above 0.7
 DB_BINARY_SHARE = 0.5
-# a CTC sequence: its blank is the argmax of at least this share of the steps
-CTC_BLANK_SHARE = 0.3
+# a CTC sequence: its blank is the commonest argmax, on at least this share of the steps
+CTC_BLANK_SHARE = 0.2
 
 
 @dataclass
@@ -527,11 +527,13 @@ def _segment(name, v, opts, strict, where) -> tuple:
 
 
 def _ctc_evidence(v: np.ndarray, blank: int, time_major: bool) -> tuple:
-    """(share of steps whose argmax is the blank, readings that decode to something) of ``v``."""
+    """(share of steps whose argmax is the blank, 0 when another class is commoner; readings that
+    decode to something) of ``v``."""
     seq = np.moveaxis(v, 1, 0) if time_major else v
     best = seq.argmax(-1)
     reads = sum(bool(ctc_decode(s, blank)) for s in seq)
-    return float((best == blank).mean()), reads
+    counts = np.bincount(best.ravel(), minlength=v.shape[-1])
+    return (float(counts[blank] / best.size) if counts.argmax() == blank else 0.0), reads
 
 
 def _detect_3d(name, v, b, feed, opts, where, strict=True) -> tuple:
@@ -549,10 +551,11 @@ def _detect_3d(name, v, b, feed, opts, where, strict=True) -> tuple:
             break
         blank_share, reads = _ctc_evidence(v, opts.blank, time_major)
         if blank_share >= CTC_BLANK_SHARE and reads:
-            out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first}, blank {opts.blank} on "
-                                 f"{blank_share:.0%} of the steps and a reading (CTC sequence)", opts, time_major))
+            out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first}, blank {opts.blank} the commonest "
+                                 f"class ({blank_share:.0%} of the steps) and a reading (CTC sequence)", opts, time_major))
             break
-        notes.append(f"blank {opts.blank} on {blank_share:.0%} of the steps{first}, {reads} readings: not a CTC sequence")
+        notes.append(f"blank {opts.blank} not the commonest class on {CTC_BLANK_SHARE:.0%} or more of the steps{first} "
+                     f"({reads} readings): not a CTC sequence")
     yolo, why = _yolo(name, v, b, feed, opts, where, strict)
     return yolo + out, ([] if yolo else [why]) + ([] if out else notes)
 
