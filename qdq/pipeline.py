@@ -27,7 +27,7 @@ from .calib.ranges import DEFAULT_METHOD, MASSIVE_RATIO, METHODS, Range, clipped
 from .errors import QdqError
 from .graph.equalize import cross_layer_equalization, smooth_quant
 from .graph.index import GraphIndex
-from .graph.placement import Placement, attention_units, calibration_tensors, place, replace
+from .graph.placement import Placement, attention_units, calibration_tensors, place, replace, served_layers
 from .graph.bypass import weights_only
 from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of, remainder_fp16, runnable
 from .graph.rewrite import insert_qdq, set_docs, set_metadata
@@ -106,7 +106,8 @@ class QuantizeResult:
         p = replace(self.index, self.placement, keep) if keep_float else self.placement
         ranges = {t: self.ranges[t] if t in self.ranges else compute_range(self.calibration.stats[t], self.summary.method)
                   for t in p.activations}
-        model, _ = build_model(self.float_model, self.index, p, share_ranges(p, ranges, self.calibration), "trt10",
+        given = {t for t, r in ranges.items() if r.method.startswith("imported")}
+        model, _ = build_model(self.float_model, self.index, p, share_ranges(p, ranges, self.calibration, given), "trt10",
                                bias=self.bias, check=check)
         return model
 
@@ -343,7 +344,7 @@ class _Run:
                 if key not in self._computed:
                     self._computed[key] = compute_range(self.cal.stats[t], key[1], self.opts.percentile)
                 out[t] = self._computed[key]
-        return share_ranges(plan, out, self.cal)
+        return share_ranges(plan, out, self.cal, set(imp.amax) if imp is not None else ())
 
     def fp16_remainder(self) -> None:
         """Which nodes of the FP16 remainder stay FP32 (range, measured error, an output floor of 35 dB
@@ -456,7 +457,7 @@ class _Run:
         imp = self.imported
         if imp is None or self.opts.fallback_imported:
             return cands
-        held = {p for t in imp.amax if t in self.plan.activations for p, _ in self.plan.activations[t]} & set(cands)
+        held = {p for t in imp.amax if t in self.plan.activations for p in served_layers(self.idx, self.plan, t)} & set(cands)
         if held and max(cands, key=cands.get) in held:
             costly = sorted(held, key=lambda p: -cands[p])[:3]
             self.warnings.append(f"the layers costing most in INT8 read your imported ranges "
@@ -598,7 +599,7 @@ class _Run:
     def _summary(self, qmodel, notes, int8_share: float, corrected: int, total: int) -> Summary:
         o, plan, idx, c = self.opts, self.plan, self.idx, self.choice
         return Summary(
-            ranges_import=_import_report(self.imported, self.placed, plan, idx),
+            ranges_import=_import_report(self.imported, self.placed, plan, idx, self.ranges, o.fallback_imported),
             model=self.source, target=o.target, method=self.method, opset=opset_of(qmodel), samples=self.cal.samples,
             quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
             weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
@@ -622,14 +623,20 @@ def _smoothable(model: onnx.ModelProto, mode: str) -> bool:
     return bool(ops & {"MatMul", "Gemm"}) and (mode == "all" or "LayerNormalization" in ops)
 
 
-def share_ranges(plan: Placement, ranges: dict, cal: Calibration) -> dict:
-    """Tensors of one scale group (a Concat's inputs and output, MaxPool/Resize in and out) take
-    the largest amax of the group."""
+def share_ranges(plan: Placement, ranges: dict, cal: Calibration, given=frozenset()) -> dict:
+    """Tensors of one scale group (a Concat's inputs and output, MaxPool/Resize in and out) take one
+    amax: the largest of the group, or the user's where the group holds ranges they gave (``given``:
+    those tensors), which are never changed; a group whose given ranges differ is left unshared."""
     ranges = dict(ranges)
     for group in plan.groups:
-        shared = max(ranges[t].amax for t in group)
+        mine = {ranges[t].amax for t in group if t in given}
+        if len(mine) > 1:
+            continue
+        shared = mine.pop() if mine else max(ranges[t].amax for t in group)
         for t in group:
             r = ranges[t]
+            if t in given:
+                continue
             clipped = clipped_fraction(cal.stats[t], shared) if t in cal.stats else None
             ranges[t] = Range(amax=shared, method=f"{r.method} (shared)", clipped=clipped)
     return ranges
@@ -657,23 +664,34 @@ def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, 
     return qmodel, notes
 
 
-def _import_report(imported: RangeFile | None, placed: Placement, plan: Placement, idx: GraphIndex) -> dict | None:
-    """What an imported ranges file did: entries applied, and each entry not applied with its true
-    reason (``placed``: the placement rules' plan, ``plan``: the file's, after mixed precision)."""
+def _import_report(imported: RangeFile | None, placed: Placement, plan: Placement, idx: GraphIndex, ranges: dict,
+                   fallback: bool) -> dict | None:
+    """What an imported ranges file did: entries applied (written as given), the calibrated tensors
+    that share a scale with them, and each entry not applied with its true reason (``placed``: the
+    placement rules' plan, ``plan``: the file's, after mixed precision)."""
     if imported is None:
         return None
     known = set(idx.dtypes) | set(idx.producer) | set(idx.inputs)
     unused = []
     for t in sorted(t for t in imported.amax if t in known and t not in plan.activations):
         if t in placed.activations:
-            layers = ", ".join(idx.labels[p] for p, _ in placed.activations[t])
-            why = f"mixed precision kept its consumers ({layers}) in float (--fallback-imported)"
+            layers = ", ".join(idx.labels[p] for p in sorted(served_layers(idx, placed, t))) or "its readers"
+            why = (f"mixed precision kept the layers it feeds ({layers}) in float (--fallback-imported)" if fallback
+                   else f"the layers it feeds ({layers}) were left in float")
         else:
             users = ", ".join(f"{n.op_type} {n.name!r}" for n, _ in idx.consumer_nodes(t)[:3]) or "no node"
             why = f"the placement rules put no Q/DQ there (read by {users}); --force-ranges applies it"
         unused.append({"tensor": t, "reason": why})
+    applied = [t for t in imported.amax if t in plan.activations and ranges[t].amax == imported.amax[t]]
+    shared, split = {}, []
+    for group in plan.groups:
+        mine = sorted(t for t in group if t in imported.amax and t in plan.activations)
+        if len({imported.amax[t] for t in mine}) > 1:
+            split.append(mine)
+        elif mine:
+            shared[mine[0]] = sorted(t for t in group if t not in imported.amax)
     return {"file": imported.path, "kind": imported.kind, "header": imported.header,
-            "applied": sum(t in plan.activations for t in imported.amax), "unused": unused,
+            "applied": len(applied), "unused": unused, "shared": shared, "unshared_groups": split,
             "not_in_model": sorted(t for t in imported.amax if t not in known),
             "zero": sorted(imported.zero), "asymmetric": sorted(imported.asymmetric)}
 

@@ -158,3 +158,56 @@ def test_a_prepared_model_that_diverges_stops_the_run():
     bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 99.5, bias.name))
     with pytest.raises(QdqError, match=r"m.onnx: .*output 'y' .* dB away from your model \(first diverging tensor 'bn_out'\)"):
         check_prepared(m, bad, feeds, "m.onnx")
+
+
+def test_trt11_files_with_imported_ranges_are_diagnosed(tmp_path):
+    """trt11 with --ranges, and compare --layerwise on a trt11 file: the diagnosis swaps a range on a Q
+    whose scale is FP32 beside DQs whose scales are FP16 (one scale per dtype it feeds)."""
+    import json
+    from qdq.calib.data import Feeds, model_inputs
+    from qdq.measure.comparison import compare
+    m = _bn_model([])
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    hand = tmp_path.parent / f"{tmp_path.name}_hand.json"
+    hand.write_text(json.dumps({"r": 0.5, "x": 40.0}))
+    r = quantize(m, tmp_path, ranges=str(hand), quiet=True, target="trt11")
+    assert {d["subject"] for d in r.summary.diagnosis} >= {"r", "x"}
+    feeds = [{"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)} for _ in range(8)]
+    c = compare(m, r.model, Feeds(model_inputs(m), feeds), layerwise=True, quiet=True)
+    assert c.diagnosis
+
+
+def _concat_pool_model():
+    """Two Conv branches → Concat → Conv → Relu → GlobalAveragePool → Conv (1×1) → y."""
+    c = 16
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="ca"), helper.make_node("Relu", ["a"], ["r1"], name="ra"),
+             helper.make_node("Conv", ["x", "wb"], ["b"], name="cb"), helper.make_node("Relu", ["b"], ["r2"], name="rb"),
+             helper.make_node("Concat", ["r1", "r2"], ["cat"], axis=1, name="cat"),
+             helper.make_node("Conv", ["cat", "wd"], ["d"], name="cd"), helper.make_node("Relu", ["d"], ["p_in"], name="rd"),
+             helper.make_node("GlobalAveragePool", ["p_in"], ["pooled"], name="gap"),
+             helper.make_node("Conv", ["pooled", "we"], ["y"], name="ce")]
+    inits = [_init("wa", RNG.standard_normal((c, c, 1, 1)) * 0.3), _init("wb", RNG.standard_normal((c, c, 1, 1)) * 0.9),
+             _init("wd", RNG.standard_normal((c, 2 * c, 1, 1)) * 0.2), _init("we", RNG.standard_normal((2 * c, c, 1, 1)) * 0.3)]
+    g = helper.make_graph(nodes, "cp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2 * c, 1, 1])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def test_the_users_ranges_are_written_as_given(tmp_path):
+    """A hand range on one Concat input wins for its scale group (the other input takes it, never the
+    reverse), and a hand range feeding an averaging pool stays applied (no --fallback-imported)."""
+    import json
+    m = _concat_pool_model()
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    hand = tmp_path.parent / f"{tmp_path.name}_hand.json"
+    hand.write_text(json.dumps({"r1": 1.0, "p_in": 0.5}))
+    s = quantize(m, tmp_path, ranges=str(hand), quiet=True).summary
+    acts = s.activations
+    assert acts["r1"]["amax"] == 1.0 and acts["r2"]["amax"] == 1.0 and acts["p_in"]["amax"] == 0.5
+    imp = s.ranges_import
+    assert imp["applied"] == 2 and imp["unused"] == [] and imp["shared"]["r1"] == ["cat", "r2"]

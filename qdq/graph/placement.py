@@ -325,6 +325,21 @@ def _propagate(idx: GraphIndex, plan: Placement, ex: Excluder) -> None:
     plan.groups = [g for g in groups.groups() if len(g) > 1]
 
 
+def served_layers(idx: GraphIndex, plan: Placement, tensor: str) -> set:
+    """The quantized weighted layers whose INT8 input the Q/DQ on ``tensor`` serves: its readers, and
+    through pooling / resize / concat / shape ops whose output carries Q/DQ (rule 3), theirs."""
+    out, todo, seen = set(), [tensor], set()
+    while todo:
+        t = todo.pop()
+        for pos, _ in plan.activations.get(t, []):
+            if pos in plan.quantized_layers:
+                out.add(pos)
+            elif idx.nodes[pos].op_type in SAME_SCALE_OPS + OWN_SCALE_OPS and idx.nodes[pos].output[0] not in seen:
+                seen.add(idx.nodes[pos].output[0])
+                todo.append(idx.nodes[pos].output[0])
+    return out
+
+
 _SCORE_OPS = ("Mul", "Div", "Add", "Sub", "Where", "Cast")   # scale and mask between Q·Kᵀ and Softmax
 _PROBS_OPS = ("Cast", "Dropout", "Identity", "QuantizeLinear", "DequantizeLinear")   # between Softmax and ·V
 

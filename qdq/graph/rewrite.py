@@ -167,11 +167,14 @@ def with_ranges(model: onnx.ModelProto, amax: dict, method: str, biases: dict | 
         t = q.inputs[0] if q.op == "QuantizeLinear" else None
         if t is None or t.name not in amax or isinstance(t, gs().Constant):
             continue
-        dtype = q.inputs[1].values.dtype if isinstance(q.inputs[1], gs().Constant) else np.float32
-        scale, _ = safe_scale(amax[t.name], dtype)
-        const = gs().Constant(fresh_name(f"{t.name}_scale", names), np.asarray(scale, dtype).reshape(q.inputs[1].shape or ()))
+        consts = {}   # one scale per dtype: a trt11 file's Q may take FP32 where its DQ takes FP16
         for n in [q] + [dq for dq in q.outputs[0].outputs if dq.op == "DequantizeLinear"]:
-            n.inputs[1] = const
+            dtype = np.dtype(n.inputs[1].values.dtype if isinstance(n.inputs[1], gs().Constant) else np.float32)
+            scale, _ = safe_scale(amax[t.name], dtype)
+            if dtype not in consts:
+                consts[dtype] = gs().Constant(fresh_name(f"{t.name}_scale", names),
+                                              np.asarray(scale, dtype).reshape(n.inputs[1].shape or ()))
+            n.inputs[1] = consts[dtype]
             docs[n.name] = f"amax={amax[t.name]:.6g} scale={float(scale):.6g} method={method}"
     for n in graph.nodes:
         if n.name in (biases or {}) and len(n.inputs) > 2:

@@ -82,6 +82,13 @@ def print_summary(summary, top: int = 12, file=None) -> None:
         con.print(f"ranges from {imp['file']} ({imp['kind']}): {imp['applied']} applied, "
                   f"{len(imp['unused'])} not applied, {len(imp['not_in_model'])} not in the model, "
                   f"{len(imp['zero'])} zero entries")
+        for t, others in imp.get("shared", {}).items():
+            if others:
+                con.print(f"  {t}: shares one scale with {len(others)} tensor{'s' * (len(others) != 1)} "
+                          f"({', '.join(others[:3])}{' …' if len(others) > 3 else ''}): your range is theirs too")
+        for group in imp.get("unshared_groups", []):
+            con.print(f"  {', '.join(group)}: your ranges differ inside one scale group, which is left unshared "
+                      "(TensorRT reformats between them: qdq inspect QDQ004)")
         for u in imp["unused"]:
             con.print(f"  not applied: {u['tensor']}: {u['reason']}")
         for label, key in (("not in the model", "not_in_model"), ("zero", "zero")):
