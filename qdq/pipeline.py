@@ -4,8 +4,8 @@
 way: :mod:`qdq.calib` → :mod:`qdq.graph` → :mod:`qdq.measure`):
 
 1. *prepare* (:func:`qdq.targets.prepare`), optional equalization, *place* (:mod:`qdq.graph.placement`);
-2. *calibrate* (:mod:`qdq.calib.calibrate`), a seeded random fifth of the samples (up to 16, spread over
-   sub-folders: :class:`qdq.calib.data.HoldOut`) held back;
+2. *calibrate* (:mod:`qdq.calib.calibrate`), a seeded random fifth of the samples (up to 32, spread over
+   sub-folders: :class:`qdq.calib.data.HoldOut`) held back: every other one chooses, the rest report;
 3. *analyse* each site at its consumer's output (:mod:`qdq.measure.analysis`);
 4. *bias correction*, kept where it measurably helps on the held-back samples;
 5. *mixed precision* (:mod:`qdq.measure.mixed_precision`);
@@ -168,7 +168,8 @@ def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None 
     mse, percentile and max measures best on the held-back samples and on them scaled by 1.25), ``percentile``,
     ``batch_size``, ``target`` (trt10, trt8, trt11), ``exclude`` patterns, ``preprocess``, ``limit``,
     ``providers``, ``quiet``, ``force_ranges``, and the accuracy passes: with calibration data a seeded
-    random fifth of the samples (up to 16, spread over sub-folders) is held back from range fitting; :mod:`qdq.measure.analysis` measures each
+    random fifth of the samples (up to 32, spread over sub-folders) is held back from range fitting (with 8 or
+    more, every other one makes the choices below and the rest report the file's figures); :mod:`qdq.measure.analysis` measures each
     site at its consumer's output on 6 of the others; ``bias_correction`` folds each layer's mean INT8
     error into its bias; ``mixed_precision`` keeps the layers whose INT8 costs most per MAC in float
     until the held-back output SQNR is within ``max_loss_db`` of the weights-only figure, the INT8 share
@@ -207,6 +208,7 @@ class _Run:
         self.method, self.method_scores, self.accuracy, self._computed = opts.method, {}, None, {}
         self.none_held, self.mac_shapes, self.macs, self.tensor_methods = False, {}, {}, {}
         self.mac_unknown, self.mac_source, self.reached = [], "shape inference", None
+        self.reporter, self.reported_int8 = None, []
         self.massive = {}
 
     def prepare(self) -> None:
@@ -366,9 +368,17 @@ class _Run:
         return remainder_fp16(model, set(self.fp16.names(self.idx)))
 
     def held_back(self) -> None:
-        """The held-back check's references, task and device view."""
-        if self.split is not None and self.split.held:
-            self.check = HeldBack(self.float_model, self.split.held, self.opts.task, self.device)
+        """The held-back samples' references, task and device view: with enough of them, every other one
+        chooses (method auto, bias correction, mixed precision's stop, the FP16 floor) and the rest
+        report the file's figure, so a selected figure is never the one printed."""
+        held = self.split.held if self.split is not None else []
+        if not held:
+            return
+        if len(held) >= 2 * MIN_HELD_BACK and not self.none_held:
+            self.check = HeldBack(self.float_model, held[0::2], self.opts.task, self.device)
+            self.reporter = HeldBack(self.float_model, held[1::2], self.opts.task, self.device, self.check.task)
+        else:
+            self.check = self.reporter = HeldBack(self.float_model, held, self.opts.task, self.device)
 
     def choose_method(self) -> None:
         """``auto``: of mse, percentile and max, the one whose all-INT8 file loses least on the held-back
@@ -513,9 +523,16 @@ class _Run:
         floor = min(max(final.sqnr().value + 10, FP16_OUTPUT_MIN_DB), 50.0)
         if self.fp16 is not None and raise_floor(self.fp16, self.float_model, floor):
             final = self.check.ev.measure(model)
-        w = self.check.ev.measure(self._weights_view(self.plan))
-        self.accuracy = self.check.report(final, w, self.check.robust().measure(model))
+        rep = self.reporter
+        if rep is not self.check:   # the figures printed, on samples no decision saw
+            final = rep.ev.measure(model)
+            if self.choice is not None:
+                self.reported_int8 = [rep.ev.measure(self.build(self.placed, self._ranges(self.placed), self.bias)),
+                                      rep.ev.measure(self._weights_view(self.placed))]
+        w = rep.ev.measure(self._weights_view(self.plan))
+        self.accuracy = rep.report(final, w, rep.robust().measure(model))
         self._target_warning(final, w)
+        self.accuracy["chosen_on"] = 0 if rep is self.check else len(self.check.feeds)
         self.accuracy["remainder"] = "fp16" if self.fp16 is not None else "fp32"
         self.accuracy["held_back"] = not self.none_held
         self.accuracy["held_back_sources"] = [] if self.none_held else list(self.split.held_sources)
@@ -576,7 +593,7 @@ class _Run:
         if c is not None:
             meta["qdq_float_layers"] = ", ".join(self.idx.labels[p] for p in c.float_layers)
         if acc is not None:
-            meta.update(qdq_heldout_sqnr_db=f"{acc['final_db']:.2f}", qdq_heldout_weights_only_db=f"{acc['final_weights_only_db']:.2f}",
+            meta.update(qdq_heldout_output=acc["final_outputs"]["output"], qdq_heldout_sqnr_db=f"{acc['final_db']:.2f}", qdq_heldout_weights_only_db=f"{acc['final_weights_only_db']:.2f}",
                         qdq_heldout_interval_db="{:.2f}–{:.2f}".format(*acc["final_interval_db"]),
                         qdq_heldout_samples=str(acc["held_back_samples"]))
             if acc["task"]["figures"]:
@@ -590,8 +607,11 @@ class _Run:
             return None
         acc, c, o = dict(self.accuracy), self.choice, self.opts
         first = c.int8 if c is not None else self.int8
-        acc.update(int8_db=first.sqnr().value if first is not None else acc["final_db"],
-                   weights_only_db=c.weights_only_db if c is not None else acc["final_weights_only_db"],
+        int8_db = first.sqnr().value if first is not None else acc["final_db"]
+        weights_db = c.weights_only_db if c is not None else acc["final_weights_only_db"]
+        if self.reported_int8:
+            int8_db, weights_db = (m.sqnr().value for m in self.reported_int8)
+        acc.update(int8_db=int8_db, weights_only_db=weights_db,
                    max_loss_db=o.max_loss_db, reached=self.reached if c is not None else None,
                    evaluations=len(c.steps) if c is not None else 0, method_scores=self.method_scores or None)
         return acc

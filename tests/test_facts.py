@@ -69,8 +69,8 @@ def test_macs_come_from_the_dims_calibration_ran(tmp_path):
 
 
 def test_held_back_samples_are_a_seeded_choice_spread_over_sources(tmp_path):
-    """Three recordings of 90 samples in name order: every 5th sample took all 16 from the first one;
-    the seeded choice takes some from each, whatever the listing order, and names them."""
+    """Three recordings of 90 samples in name order: every 5th sample took all of them from the first
+    one; the seeded choice takes some from each, whatever the listing order, and names them."""
     from qdq.calib.data import Dataset, HoldOut, choose_held, model_inputs
     m = _tokens_model()
     for rec in ("rec1", "rec2", "rec3"):
@@ -84,8 +84,10 @@ def test_held_back_samples_are_a_seeded_choice_spread_over_sources(tmp_path):
     for _ in split:
         pass
     held = split.held_sources
-    assert len(held) == len(split.held) == 16 and {n.split("/")[-2] for n in held} == {"rec1", "rec2", "rec3"}
-    assert set(held) == choose_held(names[::-1], 16) != choose_held(names, 16, seed=1)
+    assert len(held) == len(split.held) == 32 and {n.split("/")[-2] for n in held} == {"rec1", "rec2", "rec3"}
+    rel = [n[len(str(tmp_path)) + 1:] for n in names]
+    assert {n[len(str(tmp_path)) + 1:] for n in held} == choose_held(rel[::-1], 32) != choose_held(rel, 32, seed=1)
+    assert {n.split("/")[-2] for n in held[0::2]} == {n.split("/")[-2] for n in held[1::2]} == {"rec1", "rec2", "rec3"}
 
 
 def test_npz_sample_names_come_from_headers(tmp_path):
@@ -211,3 +213,47 @@ def test_the_users_ranges_are_written_as_given(tmp_path):
     assert acts["r1"]["amax"] == 1.0 and acts["r2"]["amax"] == 1.0 and acts["p_in"]["amax"] == 0.5
     imp = s.ranges_import
     assert imp["applied"] == 2 and imp["unused"] == [] and imp["shared"]["r1"] == ["cat", "r2"]
+
+
+def _two_heads():
+    """A trunk, then 'boxes' (×100) and 'scores' (a small head): pooled, scores' noise vanishes."""
+    c = 16
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["t0"], name="trunk"), helper.make_node("Relu", ["t0"], ["t"], name="rt"),
+             helper.make_node("Conv", ["t", "wb"], ["b0"], name="box_head"),
+             helper.make_node("Mul", ["b0", "hundred"], ["boxes"], name="scale"),
+             helper.make_node("Conv", ["t", "ws"], ["s0"], name="score_head"),
+             helper.make_node("Relu", ["s0"], ["sr"], name="rs"),
+             helper.make_node("Conv", ["sr", "ws2"], ["scores"], name="score_out")]
+    inits = [_init("w0", RNG.standard_normal((c, c, 1, 1)) * 0.3), _init("wb", RNG.standard_normal((4, c, 1, 1)) * 0.3),
+             _init("hundred", 100.0), _init("ws", RNG.standard_normal((c, c, 1, 1)) * 0.3),
+             _init("ws2", RNG.standard_normal((c, c, 1, 1)) * 0.3)]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
+                          [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4, 8, 8]),
+                           helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, c, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def test_the_worst_output_decides(tmp_path):
+    """A hand range that ruins 'scores' while 'boxes' (100× larger) is fine: the held-back figure, the
+    metadata and compare's headline are the scores', named, with the pooled figure beside it."""
+    import json
+    from qdq.calib.data import Feeds, model_inputs
+    from qdq.measure.comparison import compare
+    m = _two_heads()
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    hand = tmp_path.parent / f"{tmp_path.name}_hand.json"
+    hand.write_text(json.dumps({"sr": 0.05}))
+    r = quantize(m, tmp_path, ranges=str(hand), quiet=True, mixed_precision=False)
+    acc = r.summary.accuracy
+    outs = acc["final_outputs"]
+    assert outs["output"] == "scores" and outs["outputs"] == 2
+    assert acc["final_db"] == outs["per_output"]["scores"]["value"] < 10 < outs["pooled"]["value"] - 20
+    meta = {p.key: p.value for p in r.model.metadata_props}
+    assert meta["qdq_heldout_output"] == "scores" and float(meta["qdq_heldout_sqnr_db"]) < 10
+    feeds = [{"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)} for _ in range(8)]
+    c = compare(m, r.model, Feeds(model_inputs(m), feeds), quiet=True)
+    assert c.sqnr["output"] == "scores" and c.sqnr["value"] < 10 < c.sqnr["pooled"]["value"] - 20

@@ -361,16 +361,21 @@ class HoldOut:
     It depends on the set of sample names and the seed only: not on file order, batch size, or where a
     recording starts."""
 
-    def __init__(self, dataset, every: int = 5, cap: int = 16, keep: int = 6, seed: int = 0):
+    def __init__(self, dataset, every: int = 5, cap: int = 32, keep: int = 6, seed: int = 0):
         self.dataset, self.every, self.cap, self.keep, self.seed = dataset, every, cap, keep, seed
         self.inputs, self.path = dataset.inputs, dataset.path
         self.held, self.kept, self.rest, self.held_sources = [], [], [], []
         self._chosen = None
 
     def chosen(self) -> set:
+        """The sources held back (hashed by their names relative to the data folder: the same choice
+        wherever the folder lies)."""
         if self._chosen is None:
             names = self.dataset.sources()
-            self._chosen = choose_held(names, min(len(names) // self.every, self.cap), self.seed)
+            root = str(self.path)
+            rel = {n[len(root):].lstrip("/\\") if n.startswith(root) else n: n for n in names}
+            picked = choose_held(list(rel), min(len(names) // self.every, self.cap), self.seed)
+            self._chosen = {rel[n] for n in picked}
         return self._chosen
 
     def count(self) -> int | None:

@@ -54,7 +54,7 @@ def add(sub) -> None:
 
 def _add_accuracy(q) -> None:
     mp = q.add_argument_group("accuracy (on by default with --calib)",
-                              "every 5th calibration sample (up to 16) is held back to measure the file")
+                              "a seeded random fifth of the calibration samples (up to 32) is held back: half choose, half measure the file")
     mp.add_argument("--max-loss-db", type=float, default=2.0,
                     help="keep layers in float until the output SQNR is within this of the weights-only figure (default 2)")
     mp.add_argument("--min-int8-share", type=float, default=0.85,

@@ -42,7 +42,7 @@ from ..targets import prepared_for
 from .analysis import analyze
 from .autocast import fp16_keep_names, fp16_model
 from .diagnosis import CHECK_SAMPLES, Evidence, diagnose
-from .evaluate import Measurement, signal_noise
+from .evaluate import Measurement, figure_outputs, signal_noise
 from .metrics import ErrorAccumulator, json_safe
 from .tasks import TaskOptions, choose_task
 
@@ -86,7 +86,8 @@ class CompareResult:
     ranked: list = field(default_factory=list)      # tensors, most SQNR removed by their own Q/DQ first
     budget: dict | None = None                     # {"weights_only": {output: dB}, ...}
     task: dict | None = None                       # {"name", "reason", "figures", "per_sample"} (qdq.measure.tasks)
-    sqnr: dict | None = None                       # all outputs pooled: {"value", "low", "high", "samples"}
+    sqnr: dict | None = None                       # the worst output: {"value", "low", "high", "samples", "output",
+                                                   # "outputs", "pooled": {…}, "per_output": {name: {…}}}
     remainder: str = "fp32"                        # how the quantized file's non-INT8 layers ran
     diagnosis: list = field(default_factory=list)  # causes, most recoverable first (qdq.measure.diagnosis.Cause)
 
@@ -213,7 +214,8 @@ class _Accumulators:
 
     def __init__(self, outputs: list, fp16: bool, budget: bool, sites: list, task: TaskOptions):
         self.names, self.samples, self.task_opts, self.task = outputs, 0, task, None
-        self.rows, self.task_rows = [], []     # per sample: (signal, noise) over all outputs; the task's counts
+        self.rows, self.task_rows = [], []     # per sample: (signal, noise) per output figured; the task's counts
+        self.figured = ()                      # the outputs SQNR figures are of (qdq.measure.evaluate.figure_outputs)
         self.out = {o: ErrorAccumulator() for o in outputs}
         self.fp16 = {o: ErrorAccumulator() for o in outputs} if fp16 else None
         self.budget = {k: {o: ErrorAccumulator() for o in outputs} for k in ("weights_only", "activations_only")} \
@@ -249,8 +251,9 @@ class _Accumulators:
         items = [(ref, q, feed)] if samples == 1 else [
             ({o: ref[o][k:k + 1] for o in self.names}, {o: q[o][k:k + 1] for o in self.names},
              {n: v[k:k + 1] for n, v in feed.items()}) for k in range(samples)]
+        self.figured = self.figured or figure_outputs({o: ref[o] for o in self.names})
         for r, s, f in items:
-            self.rows.append(np.sum([signal_noise(r[o], s[o]) for o in self.names], axis=0))
+            self.rows.append([signal_noise(r[o], s[o]) for o in self.figured])
             if self.task.name != "none":
                 self.task_rows.append(self.task.row(r, s, f))
 
@@ -264,9 +267,10 @@ class _Accumulators:
                 rep.fp16_vs_fp32 = self.fp16[o].to_dict()
             outputs.append(rep)
         result = CompareResult(reference, self.samples, outputs, threshold_db=threshold_db)
-        m = Measurement(np.array(self.rows).reshape(-1, 2), self.task,
-                        np.array(self.task_rows) if self.task_rows else None)
-        result.sqnr = m.sqnr().to_dict()
+        m = Measurement(np.array(self.rows).reshape(-1, len(self.figured), 2), self.task,
+                        np.array(self.task_rows) if self.task_rows else None, self.figured)
+        result.sqnr = dict(m.sqnr().to_dict(), output=m.worst, outputs=len(self.figured),
+                           pooled=m.pooled().to_dict(), per_output={k: f.to_dict() for k, f in m.per_output().items()})
         if self.task is not None:
             result.task = {"name": self.task.name, "reason": self.task.reason,
                            "figures": {k: f.to_dict() for k, f in m.task_figures().items()},

@@ -1,4 +1,4 @@
-"""The held-back check of ``qdq quantize``: a seeded random fifth of the calibration samples (up to 16,
+"""The held-back check of ``qdq quantize``: a seeded random fifth of the calibration samples (up to 32,
 spread over sub-folders; :class:`qdq.calib.data.HoldOut`) is set aside from range fitting, and the file is measured on those samples the way the device runs it.
 
 * the device view: the non-INT8 remainder in FP16 as TensorRT 8.x/10.x builds with ``--int8 --fp16``
@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from .evaluate import Evaluator, Measurement
-from .tasks import TaskOptions, choose_task
+from .tasks import Task, TaskOptions, choose_task
 
 ROBUST_SCALE = 1.25
 # below this many held-back samples the summary says how many more would tighten the interval
@@ -25,10 +25,13 @@ ENOUGH_SAMPLES = 16
 class HeldBack:
     """The held-back samples' FP32 references, the task judged on them, and the device view."""
 
-    def __init__(self, float_model: onnx.ModelProto, feeds: list, task: TaskOptions | None = None, device=None):
+    def __init__(self, float_model: onnx.ModelProto, feeds: list, task: TaskOptions | None = None, device=None,
+                 chosen: Task | None = None):
+        """``chosen``: the task another set of the same data was judged by (the samples that chose and
+        the samples that report are judged alike)."""
         self.float_model, self.feeds, self.device = float_model, feeds, device
         self.ev = Evaluator(float_model, feeds, "held-back sample", None, device)
-        self.ev.task = self.task = choose_task(self.ev.refs[0], feeds[0], task or TaskOptions())
+        self.ev.task = self.task = chosen or choose_task(self.ev.refs[0], feeds[0], task or TaskOptions())
         self._robust = None
 
     def robust(self) -> Evaluator:
@@ -41,9 +44,12 @@ class HeldBack:
         return self._robust
 
     def report(self, final: Measurement, weights_only: Measurement, robust: Measurement) -> dict:
-        """The check's figures as the summary holds them (JSON-ready; dB and shares)."""
+        """The check's figures as the summary holds them (JSON-ready; dB and shares): each the worst
+        output's, ``final_outputs`` naming it beside every output's figure and the pooled one."""
         s, w, r = final.sqnr(), weights_only.sqnr(), robust.sqnr()
         out = {"held_back_samples": final.samples, "final_db": s.value, "final_interval_db": [s.low, s.high],
+               "final_outputs": {"output": final.worst, "outputs": len(final.names), "pooled": final.pooled().to_dict(),
+                                 "per_output": {k: f.to_dict() for k, f in final.per_output().items()}},
                "final_weights_only_db": w.value, "final_weights_only_interval_db": [w.low, w.high],
                "robust_scale": ROBUST_SCALE, "robust_db": r.value, "robust_interval_db": [r.low, r.high],
                "more_samples": more_samples(final.samples)}

@@ -108,13 +108,18 @@ def _precision_strip(engine) -> str:
 
 
 def _agreement(result) -> str:
-    """The pooled SQNR and the task's figures, each with its 90 % interval, and per sample."""
+    """The worst output's SQNR (each output's and the pooled one beside it) and the task's figures, each
+    with its 90 % interval."""
     q, t = result.sqnr, result.task
     out = [f"<h2 id='agreement'>Agreement with {result.reference.upper()}</h2><p class='note'>{_e(result.remainder)}; "
            "intervals: 90 % bootstrap over samples.</p><table><tr><th>figure</th><th>value</th><th>90 % interval</th></tr>"]
     if q:
-        out.append(f"<tr><td>output SQNR dB (all outputs pooled)</td><td>{_db(q['value'])}</td>"
-                   f"<td>{_db(q['low'])} – {_db(q['high'])}</td></tr>")
+        rows = [(f"output SQNR dB, {q['output']} (the worst output)" if q.get("outputs", 1) > 1 else "output SQNR dB", q)]
+        if q.get("outputs", 1) > 1:
+            rows += [(f"output SQNR dB, {name}", f) for name, f in q["per_output"].items() if name != q["output"]]
+            rows.append(("output SQNR dB, all outputs pooled", q["pooled"]))
+        out += [f"<tr><td>{_e(label)}</td><td>{_db(f['value'])}</td><td>{_db(f['low'])} – {_db(f['high'])}</td></tr>"
+                for label, f in rows]
     for name, f in (t or {}).get("figures", {}).items():
         fmt = (lambda v: f"{v:.3g}") if name == "rank" or t["name"] == "metric" else (lambda v: f"{v:.1%}")
         out.append(f"<tr><td>{_e(t['name'])}: {_e(name)}</td><td>{fmt(f['value'])}</td>"

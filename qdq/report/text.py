@@ -147,10 +147,13 @@ def print_held_back(con, summary) -> None:
     n = acc["held_back_samples"]
     where = "samples set aside from the calibration data" if acc.get("held_back", True) else \
         "calibration samples: too few to hold any back"
-    con.print(f"held-back check ({n} {where}; {_remainder_text(summary)}):")
+    chose = (f", apart from the {acc['chosen_on']} that chose the method, bias correction and where mixed precision "
+             "stops" if acc.get("chosen_on") else "; the samples that chose also report: optimistic")
+    con.print(f"held-back check ({n} {where}{chose}; {_remainder_text(summary)}):")
     reach = "" if acc.get("reached") is None else (f"; within {acc['max_loss_db']:g} dB of it: "
                                                    + ("yes" if acc["reached"] else "no") + " (lower end of the interval)")
-    con.print(f"  this file {_fig(acc['final_db'], acc['final_interval_db'], n)}; its weights alone "
+    worst = worst_text(acc["final_outputs"]) if acc.get("final_outputs") else ""
+    con.print(f"  this file {_fig(acc['final_db'], acc['final_interval_db'], n)}{worst}; its weights alone "
               f"{_fig(acc['final_weights_only_db'], acc['final_weights_only_interval_db'])}; all layers INT8 "
               f"{acc['int8_db']:.1f} dB{reach}")
     task = acc.get("task") or {}
@@ -178,6 +181,14 @@ def _db(v: float) -> str:
     return "inf" if v == float("inf") else ("-inf" if v == float("-inf") else f"{v:.2f}")
 
 
+def worst_text(q: dict) -> str:
+    """`` at output 'scores', the worst of 2 (all pooled 37.2 dB)`` for a figure of several outputs."""
+    if q.get("outputs", 1) < 2:
+        return ""
+    p = q["pooled"]
+    return f" at output {q['output']!r}, the worst of {q['outputs']} (all outputs pooled {_fig(p['value'], (p['low'], p['high']))})"
+
+
 def diagnosis_lines(con, causes: list) -> None:
     """The diagnosis (:mod:`qdq.measure.diagnosis`): one numbered line per cause."""
     if causes:
@@ -191,7 +202,7 @@ def print_compare(result, top: int = 15, file=None) -> None:
     con = console(file)
     q = result.sqnr
     con.print(f"quantized file vs {result.reference.upper()} on {result.samples} samples ({result.remainder}): "
-              f"output SQNR {_fig(q['value'], (q['low'], q['high']), q['samples'])}" if q else "")
+              f"output SQNR {_fig(q['value'], (q['low'], q['high']), q['samples'])}{worst_text(q)}" if q else "")
     if result.task is not None and result.task["figures"]:
         con.print(f"task {result.task['name']} ({result.task['reason']}): {task_line(result.task, result.samples)}")
     elif result.task is not None:
