@@ -14,6 +14,9 @@ way: :mod:`qdq.calib` → :mod:`qdq.graph` → :mod:`qdq.measure`):
 """
 from __future__ import annotations
 
+import difflib
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +44,7 @@ from .measure.mixed_precision import GROUPS, by_unit, candidates, choose
 from .measure.tasks import TaskOptions
 from .measure.prepared import check_prepared
 from .modelio import atomic_write_text, load_model, opset_of
+from .progress import notice
 from .targets import TRT85_UNSUPPORTED, check_target, prepare
 from .version import __version__
 
@@ -228,8 +232,7 @@ class _Run:
         force = tuple(self.imported.amax) if self.imported is not None and o.force_ranges else ()
         self.plan = self.placed = place(self.idx, o.exclude, force=force, int8_deconv=o.int8_deconv)
         if not self.plan.quantized_layers:
-            raise QdqError(f"{self.source}: no layer to quantize (no Conv/ConvTranspose/Gemm/MatMul with float inputs"
-                           f"{' left after --exclude' if o.exclude else ''})")
+            raise QdqError(f"{self.source}: no layer to quantize: {_why_none(self.idx, self.plan)}")
         self._check_range_sources()
 
     def _equalized(self, fm: onnx.ModelProto) -> onnx.ModelProto:
@@ -249,8 +252,12 @@ class _Run:
         return fm
 
     def _check_range_sources(self) -> None:
-        """Every placed tensor needs a range: imported, from the given calibration, or calibrated."""
+        """Every placed tensor needs a range: imported, from the given calibration, or calibrated; a
+        ranges entry naming no tensor of the model is said now, with the nearest names (all of them
+        naming none: an error)."""
         imp, cal = self.imported, self.given_calibration
+        if imp is not None:
+            self._unknown_entries(imp)
         missing = [t for t in self.plan.activations if imp is None or t not in imp.amax]
         if cal is not None:
             lacking = [t for t in missing if t not in cal.stats]
@@ -259,6 +266,20 @@ class _Run:
         elif missing and self.calib_path is None:
             raise QdqError(f"no range for {len(missing)} tensors (e.g. {missing[0]!r})"
                            + (f" in {imp.path}" if imp else "") + ": pass --calib DATA to calibrate them")
+
+    def _unknown_entries(self, imp: RangeFile) -> None:
+        known = set(self.idx.dtypes) | set(self.idx.producer) | set(self.idx.inputs)
+        lost = sorted(t for t in imp.amax if t not in known)
+        if not lost:
+            return
+        near = {t: difflib.get_close_matches(t, known, n=2, cutoff=0.6) for t in lost[:5]}
+        hint = "; ".join(f"{t!r}" + (f" (nearest: {', '.join(map(repr, c))})" if c else "") for t, c in near.items())
+        if len(lost) == len(imp.amax):
+            raise QdqError(f"{imp.path}: none of its {len(lost)} entries names a tensor of {self.source} ({hint}); "
+                           "is it the ranges file of this model?")
+        text = f"{len(lost)} of {len(imp.amax)} entries of {imp.path} name no tensor of the model: {hint}"
+        notice(text, self.opts.quiet)
+        self.warnings.append(text)
 
     def calibrate(self) -> None:
         """One streaming pass; a seeded random fifth of the samples held back (all used when too few)."""
@@ -586,8 +607,12 @@ class _Run:
                 "qdq_percentile": o.percentile if self.method == "percentile" else "",
                 "qdq_int8_mac_share": f"{int8_share:.4f}", "qdq_bias_correction": f"{self.bias_mode} ({corrected} layers)",
                 "qdq_remainder": "fp16" if self.fp16 is not None else "fp32"}
+        if self.mac_shapes:   # what qdq check and qdq trt build use for dynamic inputs
+            meta["qdq_input_shapes"] = shape_text(self.mac_shapes)
+        if self.macs:         # one count of each layer's MACs for the summary, inspect and the engine view
+            meta["qdq_layer_macs"] = json.dumps({self.idx.labels[p]: m for p, m in self.macs.items()}, separators=(",", ":"))
         if self.fp16 is not None:
-            meta["qdq_fp32_nodes"] = ",".join(self.fp16.names(self.idx))
+            meta["qdq_fp32_nodes"] = ",".join(self.fp16.pins(self.idx, self.plan.quantized_layers))
         if self.imported is not None and self.imported.path:
             meta["qdq_ranges_file"] = Path(self.imported.path).name   # the diagnosis names it
         if c is not None:
@@ -635,6 +660,17 @@ class _Run:
             float_layers=[{"node": idx.labels[p], "op": idx.nodes[p].op_type, "mac_share": self.macs.get(p, 0) / total,
                            "cost_db": db} for p, db in (c.float_layers.items() if c else [])],
             accuracy=self._accuracy(), warnings=self.warnings)
+
+
+def _why_none(idx: GraphIndex, plan: Placement) -> str:
+    """Why a placement quantizes no layer, from its skip reasons (the commonest first)."""
+    if not plan.skipped:
+        return "the model has no Conv, ConvTranspose, Gemm or MatMul"
+    kinds: dict = {}   # the same rule with other numbers is one kind
+    for pos, why in plan.skipped:
+        kinds.setdefault(re.sub(r"\d+", "#", why), []).append((idx.labels[pos], why))
+    parts = [f"{len(v)} like {v[0][0]!r} ({v[0][1]})" for v in sorted(kinds.values(), key=lambda v: -len(v))[:3]]
+    return f"all {len(plan.skipped)} weighted layers stay float by the placement rules: " + "; ".join(parts)
 
 
 def _smoothable(model: onnx.ModelProto, mode: str) -> bool:

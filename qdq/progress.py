@@ -19,3 +19,9 @@ def progress(label: str, total: int | None, quiet: bool = False):
                   console=console, transient=not console.is_terminal) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+def notice(text: str, quiet: bool = False) -> None:
+    """One line on stderr now, before long work (``qdq: …``), unless ``quiet``."""
+    if not quiet:
+        print(f"qdq: {text}", file=sys.stderr, flush=True)

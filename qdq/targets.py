@@ -62,6 +62,7 @@ def prepare(model, target: str = "trt10", source: str = "model", warnings: list 
         if out.name in stale:   # what the model computes wins over what it declares
             out.shape = stale[out.name]
     constants_to_initializers(graph)
+    unknown = _name_unknown_dims(graph)
     renamed = name_nodes(graph)
     fold_batchnorm(graph, fp16_scales=TARGETS[target][2] == np.float16)
     fp16 = any(t.dtype == np.float16 for t in graph.tensors().values() if t.dtype is not None)
@@ -72,12 +73,29 @@ def prepare(model, target: str = "trt10", source: str = "model", warnings: list 
     if warnings is not None and stale:
         warnings.append("declared shapes that disagree with what the model computes were replaced by the inferred ones: "
                         + ", ".join(f"{k!r} → {_dims(v)}" for k, v in stale.items()))
+    if warnings is not None and unknown:
+        warnings.append(f"dynamic dims all named '?' ({', '.join(unknown[:4])}{' …' if len(unknown) > 4 else ''}): TensorRT "
+                        "takes dims of one name as one size (H ≠ W would not build); each got a name of its own")
     if warnings is not None and renamed:
         warnings.append(f"{renamed} nodes shared a name with another node and were renamed (name_1, name_2, …)")
     if warnings is not None and fp16:
         warnings.append("the model is FP16: it is calibrated and quantized in FP32 inside, its inputs and "
                         "outputs stay FP16")
     return model
+
+
+def _name_unknown_dims(graph) -> list:
+    """Give each graph input/output dim named ``?`` (PaddlePaddle's "unknown") a name of its own,
+    ``<tensor>_dim<k>``, when ``?`` names more than one dim: TensorRT treats dims of one name as one
+    size.  Returns the new names."""
+    dims = [(t, k) for t in graph.inputs + graph.outputs for k, d in enumerate(t.shape or []) if d == "?"]
+    if len(dims) < 2:
+        return []
+    out = []
+    for t, k in dims:
+        t.shape = [f"{t.name}_dim{k}" if j == k else d for j, d in enumerate(t.shape)]
+        out.append(f"{t.name}_dim{k}")
+    return out
 
 
 def _stale_output_shapes(model: onnx.ModelProto) -> dict:

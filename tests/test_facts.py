@@ -257,3 +257,62 @@ def test_the_worst_output_decides(tmp_path):
     feeds = [{"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)} for _ in range(8)]
     c = compare(m, r.model, Feeds(model_inputs(m), feeds), quiet=True)
     assert c.sqnr["output"] == "scores" and c.sqnr["value"] < 10 < c.sqnr["pooled"]["value"] - 20
+
+
+def test_compare_weights_alone_drop_the_files_bias_correction(tmp_path):
+    """A file whose biases correct the activations' error too: compare's weights-only view puts the
+    user's biases back (that correction without the activations' error is a stale shift), on Conv
+    biases and on a correction the file added; the view without any correction is reproduced exactly."""
+    from qdq.graph.bypass import without_bias_correction, weights_only
+    from qdq.calib.session import run_session, session_for
+    from qdq.graph.precision import runnable
+    from qdq.graph.rewrite import set_metadata
+    from qdq.pipeline import build_model
+    m = _two_heads()
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    r = quantize(m, tmp_path, quiet=True, mixed_precision=False, bias_correction=False)
+    shift = {p: np.full(r.index.constant(r.index.nodes[p].input[1]).shape[0], 0.5) for p in r.placement.quantized_layers}
+    planted, _ = build_model(r.float_model, r.index, r.placement, r.ranges, "trt10", bias=shift)
+    plain, _ = build_model(r.float_model, r.index, r.placement, r.ranges, "trt10")
+    for f in (planted, plain):
+        set_metadata(f, {"qdq_version": "test", "qdq_bias_correction": "full (3 layers)"})
+    feed = {"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    run = lambda f: run_session(session_for(runnable(weights_only(f))), feed, "x")   # noqa: E731
+    want, stale, undone = run(plain), run(planted), run(without_bias_correction(planted, r.float_model))
+    for k in want:
+        assert np.abs(stale[k] - want[k]).max() > 0.1
+        np.testing.assert_array_equal(undone[k], want[k])
+
+
+def test_no_layer_to_quantize_says_why(tmp_path):
+    """A model whose MatMuls are all GEMVs (M = 1) is told so, not that it has no weighted layer."""
+    from qdq.errors import QdqError
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    g = helper.make_graph(nodes, "gemv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                          [_init("w1", RNG.standard_normal((64, 64))), _init("w2", RNG.standard_normal((64, 32)))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(QdqError, match=r"no layer to quantize: all 2 weighted layers stay float by the placement rules: "
+                                       r"2 like 'fc1' \(GEMV shape \(M=1, N=64\)"):
+        quantize(m, ranges=None, calibration=None)
+
+
+def test_ranges_entries_naming_no_tensor_are_said_first(tmp_path, capsys):
+    """Said before the long work, with the nearest names; a file naming no tensor at all is an error."""
+    import json
+    from qdq.errors import QdqError
+    m = _concat_pool_model()
+    for k in range(10):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    hand = tmp_path.parent / f"{tmp_path.name}_hand.json"
+    hand.write_text(json.dumps({"r1": 1.0, "p_inn": 0.5}))
+    s = quantize(m, tmp_path, ranges=str(hand)).summary
+    err = capsys.readouterr().err
+    assert "1 of 2 entries" in err and "'p_inn' (nearest: 'p_in')" in err
+    assert err.index("'p_inn'") < err.index("calibrating") if "calibrating" in err else True
+    assert any("'p_inn'" in w for w in s.warnings)
+    hand.write_text(json.dumps({"conv_out": 1.0}))
+    with pytest.raises(QdqError, match="none of its 1 entries names a tensor"):
+        quantize(m, tmp_path, ranges=str(hand), quiet=True)

@@ -135,10 +135,10 @@ def _softmax(x, axis=-1):
     return e / e.sum(axis, keepdims=True)
 
 
-def _ctc(steps, classes, reading, time_major=False, probs=True):
-    """Scores of a CTC sequence reading ``reading`` (class ids), blank 0 elsewhere."""
+def _ctc(steps, classes, reading, time_major=False, probs=True, blank=0):
+    """Scores of a CTC sequence reading ``reading`` (class ids), ``blank`` elsewhere."""
     x = RNG.normal(0, 1, (steps, classes))
-    x[:, 0] += 6
+    x[:, blank] += 6
     for k, c in enumerate(reading):
         x[2 + 3 * k, c] += 12
     x = _softmax(x) if probs else x
@@ -189,6 +189,8 @@ TABLE = [   # (outputs, feed, expected task, words in the reason): 24 outputs, r
     ({"seq": _ctc(32, 100, [3, 4], time_major=True)}, {"x": np.zeros((1, 1, 64, 256), np.float32)}, "ctc",
      "time first"),
     ({"out": _ctc(26, 37, [1, 2, 3], probs=False)}, {"x": np.zeros((1, 1, 64, 416), np.float32)}, "ctc", "blank 0 the commonest"),
+    ({"logits": _ctc(20, 37, [1, 2, 3], time_major=True, probs=False, blank=36)}, {"image": np.zeros((1, 3, 60, 160), np.float32)},
+     "ctc", "blank 36 the commonest"),                                        # TensorFlow/Keras: the last class
     ({"sigmoid_0.tmp_0": _db_map()}, IMG64, "textmap", "DB text detector"),
     ({"focus": _blob()}, IMG64, "none", "not a DB text map"),                              # a smooth saliency map
     ({"p": RNG.uniform(0, 1, (1, 1, 64, 64)).astype(np.float32)}, IMG64, "none", "not a DB text map"),

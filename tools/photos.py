@@ -113,3 +113,40 @@ def rendered_lines(split: str, variants: int, seed: int = 0, size=(48, 320)):
             colour = tuple(int(c) for c in (rng.integers(0, 60, 3) if dark else rng.integers(200, 256, 3)))
             draw.text((8 - x1, 6 - y1), text, font=font, fill=colour + (255,))
             yield f"{Path(photo).stem}_{k}", strip.convert("RGB")
+
+
+def captchas(split: str, count: int, seed: int = 0, size=(60, 160)):
+    """Captcha-style images for a character recogniser (H×W ``size``): 4–6 characters of 0–9 and A–Z in
+    Pillow's bundled font, each its own colour, size and offset, over a light background with noise
+    lines and dots, some over a strip of one of scikit-image's photos; yields ``(name, PIL image)``,
+    the same every time for the same ``seed`` ("calib" and "val" draw apart)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from qdq.demo.samples import TEXT_BACKGROUNDS, skimage_data
+
+    chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    rng = np.random.default_rng(seed + (0 if split == "calib" else 10_000))
+    h, w = size
+    folder = skimage_data()
+    photos = [folder / p for p in TEXT_BACKGROUNDS[split] if folder is not None and (folder / p).is_file()]
+    for k in range(count):
+        im = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(200, 256, 3)))
+        if photos and rng.random() < 0.3:
+            with Image.open(photos[k % len(photos)]) as p:
+                base = p.convert("RGB").resize((w * 3, h * 3))
+            x, y = int(rng.integers(0, w * 2)), int(rng.integers(0, h * 2))
+            im = Image.blend(im, base.crop((x, y, x + w, y + h)), 0.35)
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 6))):   # noise lines
+            pts = [tuple(int(v) for v in rng.integers(0, (w, h))) for _ in range(2)]
+            draw.line(pts, fill=tuple(int(c) for c in rng.integers(0, 200, 3)), width=int(rng.integers(1, 3)))
+        text = "".join(rng.choice(list(chars), size=int(rng.integers(4, 7))))
+        x = int(rng.integers(4, 14))
+        for ch in text:
+            font = ImageFont.load_default(size=int(rng.integers(26, 38)))
+            draw.text((x, int(rng.integers(2, 14))), ch, font=font, fill=tuple(int(c) for c in rng.integers(0, 120, 3)))
+            x += int(font.getlength(ch)) + int(rng.integers(0, 5))
+        for _ in range(60):   # dots
+            draw.point(tuple(int(v) for v in rng.integers(0, (w, h))), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        yield f"{text}_{k:03d}", im

@@ -70,7 +70,9 @@ def add_task(p: argparse.ArgumentParser) -> None:
                         "confirmed (so --max-task-loss may act on it) (default: inferred, reported only)")
     g.add_argument("--metric", metavar="MODULE:FUNCTION",
                    help="your own metric, called with (FP32 outputs, quantized outputs) per sample, higher is better")
-    g.add_argument("--blank", type=int, default=0, help="ctc: the blank class index (PaddleOCR: 0)")
+    g.add_argument("--blank", type=int, default=None,
+                   help="ctc: the blank class index (PaddleOCR: 0; default: the first or the last class, whichever "
+                        "the outputs show as the blank)")
     g.add_argument("--score-threshold", type=float, default=0.25, help="detect: keep boxes scoring at least this")
     g.add_argument("--nms-iou", type=float, default=0.45, help="detect: class-wise NMS at this IoU")
     g.add_argument("--map-threshold", type=float, default=0.3, help="textmap: binarise the map here (PaddleOCR thresh)")

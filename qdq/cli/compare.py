@@ -49,7 +49,9 @@ def run(args) -> int:
     if args.json:
         A.write_json(json.dumps(result.to_dict(), indent=1), args.json)
     if args.report:
-        engine = None if args.no_engine_check else built_view(load_model(args.quant_model))
+        engine, problem = (None, None) if args.no_engine_check else built_view(load_model(args.quant_model))
+        if problem and not args.quiet:
+            print(f"qdq: the report has no engine view: {problem[:300]}", file=sys.stderr)
         atomic_write_text(args.report, render(result, args.float_model.name, args.quant_model.name, engine=engine))
     if args.json != "-" and not args.quiet:
         print_compare(result)

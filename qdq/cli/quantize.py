@@ -91,7 +91,9 @@ def run(args) -> int:
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
     if not args.no_engine_check:
-        view = built_view(result.model)
+        view, problem = built_view(result.model)
+        if problem:
+            result.summary.warnings.append(f"no engine view: {problem[:300]} (qdq check {args.output} says more)")
         if view is not None:
             result.summary.engine = {"int8_layers": view.int8_layers, "weighted_layers": len(view.weighted),
                                      "int8_mac_share": view.int8_mac_share, "findings": view.findings,

@@ -24,6 +24,8 @@ MANIFEST = {
     "ppocr_cls": {"wheel": "rapidocr-onnxruntime", "version": "1.4.4",
                   "member": "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
                   "sha256": "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"},
+    "captcha_crnn": {"wheel": "captcha-whisperer", "version": "0.1.0", "member": "captcha_whisperer/models/captcha_crnn.onnx",
+                     "sha256": "7298347e85a4dfe3265b73874f1af42b17f0a8979688b48a44eaec4a50100c7b"},
     "ddddocr_det": {"wheel": "ddddocr", "version": "1.6.1", "member": "ddddocr/common_det.onnx",
                     "sha256": "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6"},
     "ddddocr_rec": {"wheel": "ddddocr", "version": "1.6.1", "member": "ddddocr/common.onnx",

@@ -61,3 +61,33 @@ def activations_only(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto) -> onnx.M
             if w is not None:
                 replace[n.output[0]] = w
     return _bypass(qmodel, replace)
+
+
+def without_bias_correction(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto) -> onnx.ModelProto:
+    """``qmodel`` (a qdq file whose metadata records a bias correction; any other file is returned as
+    it is) with the biases of ``fmodel`` (the float model it was made from, same node names):
+    every float constant a node of both reads at the same input takes the float model's value (a
+    corrected Conv/Gemm bias or MatMul's Add constant), a bias the file added is zero, and an Add
+    the file added after a layer (a correction) adds zero."""
+    meta = {p.key: p.value for p in qmodel.metadata_props}
+    if "qdq_version" not in meta or meta.get("qdq_bias_correction", "off").startswith("off"):
+        return qmodel
+    g = gs()
+    fidx = GraphIndex.build(fmodel, infer_shapes=False)
+    fnodes = {n.name: n for n in fmodel.graph.node}
+    graph = import_graph(qmodel)
+    taken = taken_names(graph)
+    for node in graph.nodes:
+        f = fnodes.get(node.name)
+        for i, t in enumerate(node.inputs):
+            if not isinstance(t, g.Constant) or np.asarray(t.values).dtype.kind != "f":
+                continue
+            original = fidx.constant(f.input[i]) if f is not None and i < len(f.input) and f.input[i] else None
+            if original is not None and original.shape == np.asarray(t.values).shape:
+                original = original.astype(np.asarray(t.values).dtype)   # a trt11 file stores FP16
+                if not np.array_equal(original, t.values):
+                    node.inputs[i] = g.Constant(fresh_name(f"{t.name}_float", taken), original)
+            elif (f is None and node.op == "Add") or (f is not None and node.op in ("Conv", "ConvTranspose", "Gemm")
+                                                     and i == 2 and i >= len(f.input)):
+                node.inputs[i] = g.Constant(fresh_name(f"{t.name}_zero", taken), np.zeros_like(np.asarray(t.values)))
+    return export_graph(graph, qmodel, "bias correction undone", check=False)

@@ -7,6 +7,8 @@ quantize summary and the HTML report share.
 """
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,14 +82,26 @@ def kept_float(model: onnx.ModelProto) -> set:
     return {n.strip() for n in meta.get("qdq_float_layers", "").split(",") if n.strip()}
 
 
+def recorded_macs(model: onnx.ModelProto) -> dict:
+    """node name → MACs per sample as ``qdq quantize`` measured them on its data (metadata
+    ``qdq_layer_macs``), {} for any other file."""
+    text = {p.key: p.value for p in model.metadata_props}.get("qdq_layer_macs", "")
+    try:
+        macs = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {k: int(v) for k, v in macs.items() if isinstance(v, (int, float))} if isinstance(macs, dict) else {}
+
+
 def layer_precisions(model: onnx.ModelProto, shapes: dict | None = None, idx: GraphIndex | None = None) -> list[dict]:
     """Per weighted layer of the Q/DQ file ``model``, in graph order: ``{"node", "op", "int8", "file",
     "reason", "macs"}``.  A layer is INT8 in the file when both its inputs come straight from a
     DequantizeLinear; ``file`` is "int8", :data:`MIXED_FLOAT` or "float"; ``reason`` says why a float
     layer is float (mixed precision, a placement rule, or the input without Q/DQ).  MACs at ``shapes``
-    (:func:`qdq.graph.shapes.static_shapes`; ``idx``, such an index, saves the inference)."""
+    (:func:`qdq.graph.shapes.static_shapes`; ``idx``, such an index, saves the inference), or without
+    ``shapes`` the counts the file records from its calibration data (:func:`recorded_macs`)."""
     idx = idx or static_shapes(model, shapes)
-    mixed = kept_float(model)
+    mixed, counted = kept_float(model), {} if shapes else recorded_macs(model)
     rows = []
     for n in idx.nodes:
         if n.op_type not in WEIGHTED:
@@ -96,7 +110,7 @@ def layer_precisions(model: onnx.ModelProto, shapes: dict | None = None, idx: Gr
                    or p.op_type != "DequantizeLinear"]
         int8 = not missing
         reason = None if int8 else _float_reason(idx, n, missing[0], n.name in mixed)
-        rows.append({"node": n.name, "op": n.op_type, "int8": int8, "reason": reason, "macs": layer_macs(idx.shapes, n),
+        rows.append({"node": n.name, "op": n.op_type, "int8": int8, "reason": reason, "macs": counted.get(n.name, layer_macs(idx.shapes, n)),
                      "file": "int8" if int8 else (MIXED_FLOAT if n.name in mixed else "float")})
     return rows
 

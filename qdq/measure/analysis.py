@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from ..calib.session import run_session, session_for
+from ..errors import QdqError
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, fused_tail
 from ..graph.rewrite import quantize_weight, safe_scale
@@ -178,6 +179,16 @@ class _Augmented:
         shape = self.idx.shapes.get(tensor)
         return len(shape) if shape is not None else None
 
+    def channel_axis(self, tensor: str, prefer: int | None = None):
+        """The channel axis of ``tensor``: ``prefer`` (the layer's own: 1 for Conv, -1 for MatMul) where
+        its size is fixed, else axis 1 where that is (NCHW, NCL), else the last (tokens × hidden), else
+        None (no per-channel sums: an axis of varying size, such as a token axis, has no channels)."""
+        shape = self.idx.shapes.get(tensor)
+        if not shape or len(shape) < 2:
+            return None
+        fixed = [a for a in ((prefer,) if prefer is not None else ()) + (1, -1) if isinstance(shape[a], int)]
+        return fixed[0] if fixed else None
+
     def session(self, template: onnx.ModelProto):
         self.graph.nodes += self.extra
         self.graph.outputs += self.outputs
@@ -208,7 +219,9 @@ def _layer_plans(aug: _Augmented) -> list:
             tag = f"L{layer}v{k}"
             mapping = aug.copy([layer] + tail, replace, tag)
             site = SiteError(kind, key if key is not None else idx.labels[layer], layer)
-            plans.append((site, aug.reduce(exit_, mapping[exit_], axis, aug.rank(exit_), tag, k == 0), k == 0))
+            at = aug.channel_axis(exit_, axis)
+            plans.append((site, aug.reduce(exit_, mapping[exit_], at or axis, aug.rank(exit_) if at else None, tag, k == 0),
+                          k == 0))
             raw, raw_rank = node.output[0], aug.rank(node.output[0])
             if kind in ("layer", "weight") and raw_rank is not None and wkey is not None:   # channels need a weight
                 plans.append(((kind, layer), aug.reduce(raw, mapping[raw], axis, raw_rank, tag + "raw", False), False))
@@ -226,8 +239,9 @@ def _other_plans(aug: _Augmented) -> list:
             kind = "residual" if aug.idx.nodes[pos].op_type == "Add" else "passthrough"
             tail, exit_ = fused_tail(aug.idx, pos) if kind == "residual" else ([], aug.idx.nodes[pos].output[0])
             mapping = aug.copy([pos] + tail, {t: aug.fq(t)}, f"S{pos}i{i}")
-            plans.append((SiteError(kind, t, pos), aug.reduce(exit_, mapping[exit_], 1, aug.rank(exit_), f"S{pos}i{i}",
-                                                              True), True))
+            axis = aug.channel_axis(exit_)
+            plans.append((SiteError(kind, t, pos), aug.reduce(exit_, mapping[exit_], axis or 1,
+                                                              aug.rank(exit_) if axis else None, f"S{pos}i{i}", True), True))
     return plans
 
 
@@ -247,9 +261,9 @@ def _group_plans(aug: _Augmented, groups) -> list:
         parts = []
         for k, o in enumerate(idx.outputs):
             if o in mapping and idx.is_float(o):
-                rank = aug.rank(o)
+                axis = aug.channel_axis(o)
                 parts.append((SiteError("group", f"group {j} {o}", -1),
-                              aug.reduce(o, mapping[o], 1, rank if rank and rank >= 2 else None, f"G{j}o{k}", True)))
+                              aug.reduce(o, mapping[o], axis or 1, aug.rank(o) if axis else None, f"G{j}o{k}", True)))
         out.append((run, parts))
     return out
 
@@ -284,6 +298,9 @@ def _accumulate(out: dict, plans: list, chan_sum: dict, chan_n: dict) -> None:
         key = id(site) if not isinstance(site, tuple) else site
         if "chan" in names:
             c = out[names["chan"]].astype(np.float64)
+            if np.shape(chan_sum.get(key, 0.0)) not in ((), c.shape):
+                raise QdqError(f"the channels of {names['chan']!r} change size between samples; please report it with "
+                               "the model")
             chan_sum[key] = chan_sum.get(key, 0.0) + c
             chan_n[key] = chan_n.get(key, 0) + int(out[names["size"]]) // max(c.size, 1)
         if isinstance(site, tuple):

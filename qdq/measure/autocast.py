@@ -46,6 +46,12 @@ class Fp16Plan:
     def names(self, idx: GraphIndex) -> dict:
         return {idx.labels[i]: why for i, why in self.keep.items()}
 
+    def pins(self, idx: GraphIndex, int8_layers=()) -> list:
+        """The kept nodes a weakly typed build pins to FP32 (``--layerPrecisions``): those computing a
+        float output, INT8 layers left out (their precision is the Q/DQ's)."""
+        return [idx.labels[i] for i in self.keep if i not in set(int8_layers)
+                and any(idx.is_float(o) for o in idx.nodes[i].output if o)]
+
 
 def range_rules(idx: GraphIndex, extrema: dict) -> dict:
     """Rule 1: node id -> reason, from calibrated (min, max) per tensor and the constants."""

@@ -31,7 +31,7 @@ from ..calib.ranges import QMAX, Range, compute_range, fake_quant
 from ..calib.session import run_session, session_for
 from ..calib.stats import TensorStats
 from ..errors import QdqError
-from ..graph.bypass import activations_only, weights_only
+from ..graph.bypass import activations_only, weights_only, without_bias_correction
 from ..graph.index import GraphIndex
 from ..graph.placement import WEIGHTED, Placement
 from ..graph.precision import has_fp16, remainder_fp16, runnable
@@ -203,9 +203,10 @@ def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list
             "quant": session_for(device(qmodel), extra_outputs=inner + [s.dequantized for s in sites if s.dequantized])}
     if reference == "fp16":
         runs["fp32"] = session_for(runnable(fmodel))
-    if budget:
-        runs["weights_only"] = session_for(device(weights_only(qmodel)))
-        runs["activations_only"] = session_for(device(activations_only(qmodel, prepared_for(fmodel, qmodel))))
+    if budget:   # the weights alone never keep a bias correction made for the activations' error too
+        fm = prepared_for(fmodel, qmodel)
+        runs["weights_only"] = session_for(device(weights_only(without_bias_correction(qmodel, fm))))
+        runs["activations_only"] = session_for(device(activations_only(qmodel, fm)))
     return runs
 
 

@@ -50,7 +50,7 @@ class TaskOptions:
     """The flags of ``--task`` and its decoding (documented defaults)."""
 
     task: str = "auto"
-    blank: int = 0              # CTC blank index (PaddleOCR: 0)
+    blank: int | None = None    # CTC blank index (PaddleOCR: 0; None: the first or the last class, by evidence)
     score: float = 0.25         # detection score threshold
     nms: float = 0.45           # NMS IoU
     iou: float = 0.5            # IoU that makes two boxes the same detection
@@ -285,9 +285,9 @@ def edit_distance(a: tuple, b: tuple) -> int:
 class Ctc(Task):
     name, columns, figures_of = "ctc", ("read", "exact", "edits", "chars"), ("exact", "cer")
 
-    def __init__(self, output, reason="", opts=None, time_major=False):
+    def __init__(self, output, reason="", opts=None, time_major=False, blank: int = 0):
         super().__init__(output, reason, opts)
-        self.time_major = time_major
+        self.time_major, self.blank = time_major, blank
 
     def row(self, ref, q, feed):
         r, s = ref[self.output], q[self.output]
@@ -295,7 +295,7 @@ class Ctc(Task):
             r, s = np.moveaxis(r, 1, 0), np.moveaxis(s, 1, 0)
         out = np.zeros(4)
         for b in range(len(r)):
-            a, c = ctc_decode(r[b], self.opts.blank), ctc_decode(s[b], self.opts.blank)
+            a, c = ctc_decode(r[b], self.blank), ctc_decode(s[b], self.blank)
             read = bool(a or c)
             out += [read, read and a == c, edit_distance(a, c), len(a)]
         return out
@@ -541,21 +541,26 @@ def _detect_3d(name, v, b, feed, opts, where, strict=True) -> tuple:
     boxes (pixel boxes of an image input, scores in [0, 1])."""
     n, d1, d2 = v.shape
     out, notes = [], []
+    blanks = (opts.blank,) if opts.blank is not None else (0, d2 - 1)   # the two conventions: first or last class
     for time_major, steps in ((False, d1), (True, n)):
         batch_ok = (d1 == b and n >= 2) if time_major else (n == b and d1 >= 2)
-        if not batch_ok or d2 < 3 or not 0 <= opts.blank < d2:
+        if not batch_ok or d2 < 3 or not all(0 <= k < d2 for k in blanks):
             continue
         first = ", time first" if time_major else ""
         if not strict:
-            out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first} (CTC sequence)", opts, time_major))
+            out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first} (CTC sequence, blank {blanks[0]})", opts,
+                           time_major, blanks[0]))
             break
-        blank_share, reads = _ctc_evidence(v, opts.blank, time_major)
-        if blank_share >= CTC_BLANK_SHARE and reads:
-            out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first}, blank {opts.blank} the commonest "
-                                 f"class ({blank_share:.0%} of the steps) and a reading (CTC sequence)", opts, time_major))
+        for blank in blanks:
+            blank_share, reads = _ctc_evidence(v, blank, time_major)
+            if blank_share >= CTC_BLANK_SHARE and reads:
+                out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first}, blank {blank} the commonest class "
+                                     f"({blank_share:.0%} of the steps) and a reading (CTC sequence)", opts, time_major, blank))
+                break
+        if out:
             break
-        notes.append(f"blank {opts.blank} not the commonest class on {CTC_BLANK_SHARE:.0%} or more of the steps{first} "
-                     f"({reads} readings): not a CTC sequence")
+        notes.append(f"no blank ({' or '.join(map(str, blanks))}) the commonest class on {CTC_BLANK_SHARE:.0%} or more of "
+                     f"the steps{first}: not a CTC sequence")
     yolo, why = _yolo(name, v, b, feed, opts, where, strict)
     return yolo + out, ([] if yolo else [why]) + ([] if out else notes)
 

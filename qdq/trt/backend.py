@@ -32,6 +32,7 @@ import onnx
 from ..errors import QdqError
 from ..measure.autocast import fp16_model
 from ..modelio import load_model, save_model, too_large, write_external
+from ..targets import prepare
 from .cuda import cudart
 from .layers import EngineLogError, engine_view, parse_log
 
@@ -164,7 +165,8 @@ def _parse(b: Backend, model: onnx.ModelProto, logger):
 
 
 def _profile(builder, network, config, shapes: dict | None) -> dict:
-    """An optimization profile fixing dynamic inputs (``shapes[name]``, else batch 1 and 640);
+    """An optimization profile fixing dynamic inputs (``shapes[name]``: the user's, else the data's the
+    file records, else batch 1 and 640);
     returns the shape of every input the engine is built for."""
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     built = {t.name: tuple(int(d) for d in t.shape) for t in inputs}
@@ -230,11 +232,14 @@ def build(model: onnx.ModelProto, precision: str = "int8", shapes: dict | None =
         blob = timing_cache.read_bytes() if timing_cache.exists() else b""
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=True)
-    result.shapes = _profile(builder, network, config, shapes)
+    result.shapes = _profile(builder, network, config, {**recorded_shapes(model), **(shapes or {})})
     engine = builder.build_serialized_network(network, config)
     result.log = logger.lines
     if engine is None:
         result.errors += logger.messages or ["the builder returned no engine"]
+        if any("with this name have different constant values" in e for e in result.errors):
+            result.errors.append("hint: the model gives two dynamic dims one name (PaddlePaddle's '?'), so TensorRT "
+                                 "takes them as one size; qdq quantize names them apart, or build with equal sizes")
         return result
     result.built, result.engine = True, bytes(engine)
     if cache is not None:
@@ -305,6 +310,10 @@ def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict
     cache = workdir / "timing.cache"
     fp16_src, q_src, written = fm, qm, {}
     pins = pinned_layers(qm)
+    float_name = str(float_model) if not isinstance(float_model, onnx.ModelProto) else "float.onnx"
+    if any(n not in {node.name for node in fm.graph.node} for n in pins):   # unnamed nodes: pin qdq's names
+        fm = fp16_src = prepare(fm, {p.key: p.value for p in qm.metadata_props}.get("qdq_target", "trt10"))
+        float_name = written["float.named.onnx"] = str(save_model(fm, workdir / "float.named.onnx", overwrite=True))
     float_pins = [n for n in pins if n in {node.name for node in fm.graph.node}]
     if b.strongly_typed:  # precision lives in the graph: FP16 casts of both (Q/DQ kept INT8)
         fp16_src = fp16_model(fm, dataset, quiet)
@@ -328,22 +337,36 @@ def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict
                 view = engine_view(model, parse_log(res.log), len(res.engine)).to_dict()
             except EngineLogError:   # the sizes stand without the breakdown
                 view = None
-    lines = trtexec_lines(str(float_model) if not isinstance(float_model, onnx.ModelProto) else "float.onnx",
-                          str(quant_model) if not isinstance(quant_model, onnx.ModelProto) else "int8.onnx",
+    lines = trtexec_lines(float_name, str(quant_model) if not isinstance(quant_model, onnx.ModelProto) else "int8.onnx",
                           shapes, written.get("fp16.onnx"), written.get("int8_fp16.onnx"), pins, float_pins)
     return Engines(out["fp16"], out["int8"], b.name, b.version, shapes, lines,
                    out["fp16"].stat().st_size, out["int8"].stat().st_size, view)
 
 
-def built_view(model, shapes: dict | None = None):
+def built_view(model, shapes: dict | None = None) -> tuple:
     """Build ``model`` ahead of time with TensorRT-RTX (or the TensorRT found) and read its layers
-    (:func:`qdq.trt.layers.engine_view`); None when no TensorRT is installed or the build fails."""
+    (:func:`qdq.trt.layers.engine_view`): ``(view, None)``; ``(None, None)`` when no TensorRT is
+    installed; ``(None, why)`` when the parse or build fails (its first error, one line)."""
     try:
         backend = load_backend()
     except QdqError:
-        return None
+        return None, None
     res = check_model(model, shapes, backend=backend, verbose=True)
     if not res.ok:
-        return None
-    return engine_view(model, parse_log(res.log), len(res.engine))
+        first = (res.errors or ["no engine"])[0]
+        return None, f"{backend.name} {backend.version} could not {'build' if res.parsed else 'parse'} it: {first}"
+    return engine_view(model, parse_log(res.log), len(res.engine)), None
+
+
+def recorded_shapes(model: onnx.ModelProto) -> dict:
+    """input → the shape the file was calibrated at (metadata ``qdq_input_shapes``, written by
+    ``qdq quantize`` from its data), {} for another file: what a build uses for dynamic inputs
+    unless told otherwise."""
+    meta = {p.key: p.value for p in model.metadata_props}.get("qdq_input_shapes", "")
+    out = {}
+    for item in filter(None, meta.split(", ")):
+        name, _, dims = item.rpartition("=")
+        if name:
+            out[name] = () if dims == "scalar" else tuple(int(d) for d in dims.split("x"))
+    return out
 
