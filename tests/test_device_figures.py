@@ -76,7 +76,7 @@ def test_trt11_within_1db_of_trt10_on_held_out_data(files, name):
 
 @pytest.mark.slow
 def test_interval_covers_further_frames(prepared, tmp_path):
-    """48 frames of a video calibrate (every 5th held back); the held-back interval contains the figure
+    """48 frames of a video calibrate (a fifth held back: 5 choose, 4 report); the reported interval contains the figure
     the file measures on the 208 later frames of the same video."""
     fr = prepared("frames")
     files = sorted(fr.calib.glob("*.png"))
@@ -90,7 +90,7 @@ def test_interval_covers_further_frames(prepared, tmp_path):
     r = quantize(fr.model, cal, preprocess=fr.preprocess, quiet=True)
     acc = r.summary.accuracy
     later = compare(fr.model, r.model, val, preprocess=fr.preprocess, budget=False, quiet=True)
-    assert later.samples >= 150 and acc["held_back_samples"] == 9
+    assert later.samples >= 150 and acc["held_back_samples"] + acc["chosen_on"] == 9
     low, high = acc["final_interval_db"]
     assert low <= later.sqnr["value"] <= high, (low, later.sqnr["value"], high)
     top1 = acc["task"]["figures"]["top1"]

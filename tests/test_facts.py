@@ -316,3 +316,56 @@ def test_ranges_entries_naming_no_tensor_are_said_first(tmp_path, capsys):
     hand.write_text(json.dumps({"conv_out": 1.0}))
     with pytest.raises(QdqError, match="none of its 1 entries names a tensor"):
         quantize(m, tmp_path, ranges=str(hand), quiet=True)
+
+
+def test_fp32_pins_name_only_float_layers_outside_int8():
+    """The FP16 plan may keep an ArgMax (integer output) or an INT8 layer's node: neither is pinned."""
+    from qdq.graph.index import GraphIndex
+    from qdq.measure.autocast import Fp16Plan
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Add", ["c", "one"], ["a"], name="add"),
+             helper.make_node("ArgMax", ["a"], ["y"], name="argmax", axis=1)]
+    g = helper.make_graph(nodes, "p", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64, [1, 1, 4, 4])],
+                          [_init("w", RNG.standard_normal((16, 16, 1, 1))), _init("one", 1.0)])
+    idx = GraphIndex.build(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    plan = Fp16Plan(keep={0: "big", 1: "big", 2: "big"})
+    assert plan.pins(idx, int8_layers=[0]) == ["add"] and len(plan.names(idx)) == 3
+
+
+def test_mixed_precision_never_floats_a_layer_whose_int8_costs_nothing():
+    from qdq.measure.mixed_precision import NEGLIGIBLE, _add_until
+    chosen = []
+    added = _add_until([0, 1, 2], chosen, {0: 5.0, 1: 1e-9, 2: 3.0}, 1.0, 10.0, 0.0, lambda c, p: True)
+    assert added and chosen == [0, 2] and NEGLIGIBLE * 10.0 > 1e-9
+
+
+def test_missed_target_is_said_with_the_figures_printed(tmp_path):
+    """The warning quotes the held-back line's own weights-alone figure (it quoted another before)."""
+    import json
+    m = _two_heads()
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    hand = tmp_path.parent / f"{tmp_path.name}_hand.json"
+    hand.write_text(json.dumps({"sr": 0.05}))
+    s = quantize(m, tmp_path, ranges=str(hand), quiet=True).summary
+    acc = s.accuracy
+    warning = next(w for w in s.warnings if w.startswith("mixed precision:"))
+    assert f"{acc['final_db']:.2f} dB" in warning and f"its weights alone at {acc['final_weights_only_db']:.2f} dB" in warning
+    assert acc["reached"] is False
+
+
+def test_max_task_loss_acts_only_on_a_task_named_or_confirmed(tmp_path):
+    """An inferred task is reported, never a decision's ground; --task auto (or the task's name) confirms it."""
+    from qdq.measure.tasks import TaskOptions
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")]
+    g = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, 10])],
+                          [_init("w1", RNG.standard_normal((64, 64)) * 0.2), _init("w2", RNG.standard_normal((64, 10)) * 0.2)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((4, 64)).astype(np.float32))
+    inferred = quantize(m, tmp_path, quiet=True, max_task_loss=0.0).summary
+    assert any(w.startswith("--max-task-loss did not act: the task classify was inferred") for w in inferred.warnings)
+    named = quantize(m, tmp_path, quiet=True, max_task_loss=0.0, task=TaskOptions(task="auto", confirmed=True)).summary
+    assert not any("--max-task-loss did not act" in w for w in named.warnings)

@@ -243,3 +243,15 @@ def test_task_figures_come_with_intervals():
     top1 = m.task_figures()["top1"]
     assert top1.value == 0.9 and top1.low < 0.9 <= top1.high <= 1.0 and top1.samples == 10
     assert [s["top1"] for s in m.per_sample()] == [1.0] * 9 + [0.0]
+
+
+def test_a_share_seen_on_few_samples_keeps_its_uncertainty():
+    """Every one of 4 samples agreeing is not certainty: Wilson's 90 % interval (0.60–1.00) bounds the
+    bootstrap's (1.00–1.00) from below; on many samples the two agree."""
+    from qdq.measure.metrics import wilson_interval
+    assert wilson_interval(1.0, 4) == (pytest.approx(0.5965, abs=1e-4), 1.0)
+    lo, hi = wilson_interval(0.5, 100)
+    assert lo == pytest.approx(0.4188, abs=1e-4) and hi == pytest.approx(0.5812, abs=1e-4)
+    m = Measurement(np.ones((4, 2)), Classify("y"), np.array([[1, 1, 1, 1]] * 4, np.float64))
+    top1 = m.task_figures()["top1"]
+    assert top1.value == 1.0 and top1.low == pytest.approx(0.5965, abs=1e-4) and top1.high == 1.0

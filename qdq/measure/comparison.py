@@ -44,7 +44,7 @@ from .autocast import fp16_keep_names, fp16_model
 from .diagnosis import CHECK_SAMPLES, Evidence, diagnose
 from .evaluate import Measurement, figure_outputs, signal_noise
 from .metrics import ErrorAccumulator, json_safe
-from .tasks import TaskOptions, choose_task
+from .tasks import EVIDENCE_SAMPLES, TaskOptions, choose_task_on
 
 
 @dataclass
@@ -217,6 +217,7 @@ class _Accumulators:
         self.names, self.samples, self.task_opts, self.task = outputs, 0, task, None
         self.rows, self.task_rows = [], []     # per sample: (signal, noise) per output figured; the task's counts
         self.figured = ()                      # the outputs SQNR figures are of (qdq.measure.evaluate.figure_outputs)
+        self.pending = []                      # (ref, quantized, feed) of the samples before the task is chosen
         self.out = {o: ErrorAccumulator() for o in outputs}
         self.fp16 = {o: ErrorAccumulator() for o in outputs} if fp16 else None
         self.budget = {k: {o: ErrorAccumulator() for o in outputs} for k in ("weights_only", "activations_only")} \
@@ -246,19 +247,30 @@ class _Accumulators:
         self.samples += samples
 
     def _add_rows(self, ref: dict, q: dict, feed: dict, samples: int) -> None:
-        """Per-sample rows for the intervals and the task (a batch split into its samples)."""
-        if self.task is None:
-            self.task = choose_task({o: ref[o] for o in self.names}, feed, self.task_opts)
-        items = [(ref, q, feed)] if samples == 1 else [
+        """Per-sample rows for the intervals and the task (a batch split into its samples); the task is
+        chosen on the first samples' outputs (:func:`qdq.measure.tasks.choose_task_on`), theirs kept
+        until then (the outputs only)."""
+        items = [({o: ref[o] for o in self.names}, {o: q[o] for o in self.names}, feed)] if samples == 1 else [
             ({o: ref[o][k:k + 1] for o in self.names}, {o: q[o][k:k + 1] for o in self.names},
              {n: v[k:k + 1] for n, v in feed.items()}) for k in range(samples)]
         self.figured = self.figured or figure_outputs({o: ref[o] for o in self.names})
         for r, s, f in items:
             self.rows.append([signal_noise(r[o], s[o]) for o in self.figured])
-            if self.task.name != "none":
-                self.task_rows.append(self.task.row(r, s, f))
+        self.pending += items
+        if self.task is not None or len(self.pending) >= EVIDENCE_SAMPLES:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Choose the task on the samples kept (once), then count their rows."""
+        if self.task is None:
+            self.task = choose_task_on([(r, f) for r, _, f in self.pending], self.task_opts)
+        if self.task.name != "none":
+            self.task_rows += [self.task.row(r, s, f) for r, s, f in self.pending]
+        self.pending = []
 
     def result(self, reference: str, threshold_db: float) -> "CompareResult":
+        if self.pending:   # fewer samples than the evidence wants
+            self._flush()
         outputs = []
         for o in self.names:
             rep = OutputReport(o, self.out[o].to_dict())

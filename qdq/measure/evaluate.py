@@ -9,6 +9,7 @@ interval (:func:`qdq.measure.metrics.sqnr_figure`), the headline being the worst
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,8 @@ import onnx
 
 from ..calib.session import run_session, session_for
 from ..graph.precision import runnable
-from .metrics import Figure, paired_gap_low, percentile_interval, power_db, resample_sums, sqnr_figure
+from .metrics import (Figure, paired_gap_low, percentile_interval, power_db, resample_sums, sqnr_figure,
+                      wilson_interval)
 from .tasks import Task
 
 
@@ -94,7 +96,11 @@ class Measurement:
         for name in self.task.figures_of:
             lo, hi = percentile_interval(boot[name])
             unit = "x" if name == "rank" or self.task.name == "metric" else ""
-            out[name] = Figure(float(point[name][0]), lo, hi, len(rows), unit)
+            value = float(point[name][0])
+            if unit == "" and math.isfinite(value):   # a share: never narrower than Wilson's on these samples
+                w_lo, w_hi = wilson_interval(value, len(rows))
+                lo, hi = min(lo, w_lo), max(hi, w_hi)
+            out[name] = Figure(value, lo, hi, len(rows), unit)
         return out
 
     def per_sample(self) -> list:

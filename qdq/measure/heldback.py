@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from .evaluate import Evaluator, Measurement
-from .tasks import Task, TaskOptions, choose_task
+from .tasks import Task, TaskOptions, choose_task_on
 
 ROBUST_SCALE = 1.25
 # below this many held-back samples the summary says how many more would tighten the interval
@@ -31,7 +31,7 @@ class HeldBack:
         the samples that report are judged alike)."""
         self.float_model, self.feeds, self.device = float_model, feeds, device
         self.ev = Evaluator(float_model, feeds, "held-back sample", None, device)
-        self.ev.task = self.task = chosen or choose_task(self.ev.refs[0], feeds[0], task or TaskOptions())
+        self.ev.task = self.task = chosen or choose_task_on(list(zip(self.ev.refs, feeds)), task or TaskOptions())
         self._robust = None
 
     def robust(self) -> Evaluator:

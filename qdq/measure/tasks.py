@@ -42,7 +42,7 @@ _CLASS_WORDS = ("logit", "score", "prob", "softmax", "class", "cls")
 # a DB map is near binary: of its pixels above 0.1, at least this share is above 0.7
 DB_BINARY_SHARE = 0.5
 # a CTC sequence: its blank is the commonest argmax, on at least this share of the steps
-CTC_BLANK_SHARE = 0.2
+CTC_BLANK_SHARE = 0.1
 
 
 @dataclass
@@ -387,6 +387,27 @@ def choose_task(outputs: dict, feed: dict, opts: TaskOptions) -> Task:
         raise QdqError(f"--task {opts.task}: no output has the shape it needs ({shapes}); see qdq compare --help")
     match_[0].reason = f"--task {opts.task}: " + match_[0].reason
     return match_[0]
+
+
+# samples whose outputs the task is inferred from (a first image without text shows no text map)
+EVIDENCE_SAMPLES = 4
+
+
+def choose_task_on(samples: list, opts: TaskOptions) -> Task:
+    """:func:`choose_task` on each of the first :data:`EVIDENCE_SAMPLES` ``samples`` ((FP32 outputs,
+    feed) pairs): the task the most of them show evidence of (the earliest on a tie), its reason
+    saying on how many; none when none shows any."""
+    samples = samples[:EVIDENCE_SAMPLES]
+    tasks = [choose_task(out, feed, opts) for out, feed in samples]
+    if opts.metric or opts.task != "auto" or len(tasks) == 1:
+        return tasks[0]
+    found = [t for t in tasks if t.name != "none"]
+    if not found:
+        return tasks[0]
+    names = [t.name for t in found]
+    best = next(t for t in found if names.count(t.name) == max(names.count(n) for n in names))
+    best.reason += f" (evidence on {names.count(best.name)} of the first {len(tasks)} samples)"
+    return best
 
 
 def _batch(feed: dict) -> int:
