@@ -97,7 +97,8 @@ def test_fp16_reference_and_budget(request, name):
     b = res.budget
     o = out.name
     assert b["both"][o] == out.metrics["sqnr_db"]
-    assert b["weights_only"][o] > b["both"][o]
+    if {p.key: p.value for p in qmodel.metadata_props}.get("qdq_bias_correction", "off").startswith("off"):
+        assert b["weights_only"][o] > b["both"][o]   # a bias correction can take the file past the raw weights
     # the two halves really are what they say
     w_only, a_only = weights_only(qmodel), activations_only(qmodel, onnx.load(str(ds.model)))
     inits = {t.name for t in qmodel.graph.initializer}

@@ -203,10 +203,11 @@ def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list
             "quant": session_for(device(qmodel), extra_outputs=inner + [s.dequantized for s in sites if s.dequantized])}
     if reference == "fp16":
         runs["fp32"] = session_for(runnable(fmodel))
-    if budget:   # the weights alone never keep a bias correction made for the activations' error too
+    if budget:   # the halves keep no bias correction: one made for both errors is stale with one alone
         fm = prepared_for(fmodel, qmodel)
-        runs["weights_only"] = session_for(device(weights_only(without_bias_correction(qmodel, fm))))
-        runs["activations_only"] = session_for(device(activations_only(qmodel, fm)))
+        plain = without_bias_correction(qmodel, fm)
+        runs["weights_only"] = session_for(device(weights_only(plain)))
+        runs["activations_only"] = session_for(device(activations_only(plain, fm)))
     return runs
 
 

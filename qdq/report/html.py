@@ -162,7 +162,8 @@ def render(result, float_name: str, quant_name: str, worst: int = 6, engine=None
     if empty:
         out.append(f"<p class='note'>Empty cells: {_e('; '.join(empty))}.</p>")
     if result.budget:
-        out.append("<h2>Where the loss lives (output SQNR, dB)</h2><table><tr><th>output</th><th>weights only</th>"
+        out.append("<h2>Where the loss lives (output SQNR, dB)</h2><p class='note'>weights only: the file's INT8 "
+                   "weights with your model's biases (no bias correction).</p><table><tr><th>output</th><th>weights only</th>"
                    "<th>activations only</th><th>both</th></tr>")
         for o in result.outputs:
             b = result.budget

@@ -214,7 +214,8 @@ def print_compare(result, top: int = 15, file=None) -> None:
         con.print("diagnosis: no imported range, range far from calibration, output gain or single Q/DQ stands out")
     _outputs_table(con, result)
     if result.budget:
-        b = table("where the loss lives (output SQNR dB)", ("output", "weights only", "activations only", "both"))
+        b = table("where the loss lives (output SQNR dB; the halves with your model's biases, no bias correction)",
+                  ("output", "weights only", "activations only", "both (the file)"))
         for o in result.outputs:
             b.add_row(o.name, *(_db(result.budget[k][o.name]) for k in ("weights_only", "activations_only", "both")))
         con.print(b)
