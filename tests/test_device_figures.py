@@ -32,12 +32,14 @@ def _plant(model, ratio=20.0):
 
 @pytest.fixture(scope="module")
 def files(prepared):
-    """trt10 and trt11 files of each model (40 calibration samples)."""
+    """trt10 and trt11 files of each model (40 calibration samples), without bias correction: its mode
+    is a decision on 8 held-back samples, which can land apart for the two targets and would hide what
+    the trt11 test measures, the FP16 remainder."""
     out = {}
     for name in list(TASKS) + ["minilm"]:
         ds = prepared(name)
-        out[name] = ds, {t: quantize(ds.model, ds.calib, preprocess=ds.preprocess, target=t, limit=40, quiet=True)
-                         for t in ("trt10", "trt11")}
+        out[name] = ds, {t: quantize(ds.model, ds.calib, preprocess=ds.preprocess, target=t, limit=40, quiet=True,
+                                     bias_correction=False) for t in ("trt10", "trt11")}
     return out
 
 

@@ -37,7 +37,8 @@ def test_every_layers_macs_come_from_the_data_and_mixed_precision_runs(runs, nam
     s = r.summary
     assert s.mac_source == "data" and s.mac_unknown == [] and len(r.macs) == s.weighted_layers
     assert s.int8_mac_share >= 0.85 and s.accuracy["evaluations"] >= 1
-    assert s.accuracy["chosen_on"] > 0 and len(s.accuracy["held_back_sources"]) >= 8
+    held = len(s.accuracy["held_back_sources"])   # a fifth; from 12 on, half choose and half report
+    assert held >= 10 and s.accuracy["chosen_on"] == ((held + 1) // 2 if held >= 12 else 0)
     # inspect reads the same counts from the file: one INT8 share everywhere
     assert inspect_model(r.model).coverage["share"] == pytest.approx(s.int8_mac_share, abs=1e-4)
 
