@@ -123,6 +123,11 @@ def _external_tensors(model):
                 yield a.t
 
 
+def metadata(model: onnx.ModelProto) -> dict:
+    """The model's ``metadata_props`` as a dict (key → value)."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
 def fresh_name(base: str, taken: set) -> str:
     """``base``, or ``base_1``, ``base_2`` … whichever is not in ``taken`` (then added to it)."""
     out, k = base, 1

@@ -271,7 +271,7 @@ class _Run:
                            + (f" in {imp.path}" if imp else "") + ": pass --calib DATA to calibrate them")
 
     def _unknown_entries(self, imp: RangeFile) -> None:
-        known = set(self.idx.dtypes) | set(self.idx.producer) | set(self.idx.inputs)
+        known = _tensor_names(self.idx)
         lost = sorted(t for t in imp.amax if t not in known)
         if not lost:
             return
@@ -665,6 +665,11 @@ class _Run:
             accuracy=self._accuracy(), warnings=self.warnings)
 
 
+def _tensor_names(idx: GraphIndex) -> set:
+    """Every tensor a ranges file could name: typed, produced, or a graph input."""
+    return set(idx.dtypes) | set(idx.producer) | set(idx.inputs)
+
+
 def _why_none(idx: GraphIndex, plan: Placement) -> str:
     """Why a placement quantizes no layer, from its skip reasons (the commonest first)."""
     if not plan.skipped:
@@ -730,7 +735,7 @@ def _import_report(imported: RangeFile | None, placed: Placement, plan: Placemen
     placement rules' plan, ``plan``: the file's, after mixed precision)."""
     if imported is None:
         return None
-    known = set(idx.dtypes) | set(idx.producer) | set(idx.inputs)
+    known = _tensor_names(idx)
     unused = []
     for t in sorted(t for t in imported.amax if t in known and t not in plan.activations):
         if t in placed.activations:

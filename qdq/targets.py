@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .errors import QdqError
-from .modelio import convert_opset, load_model, opset_of, skeleton
+from .modelio import convert_opset, fresh_name, load_model, metadata, opset_of, skeleton
 from .graph.precision import cast_graph, opsets_of
 from .graph.surgery import constants_to_initializers, export_graph, fold_batchnorm, import_graph, name_nodes
 
@@ -86,15 +86,17 @@ def prepare(model, target: str = "trt10", source: str = "model", warnings: list 
 
 def _name_unknown_dims(graph) -> list:
     """Give each graph input/output dim named ``?`` (PaddlePaddle's "unknown") a name of its own,
-    ``<tensor>_dim<k>``, when ``?`` names more than one dim: TensorRT treats dims of one name as one
+    ``<tensor>_dim<k>`` (fresh among the dims' names), when ``?`` names more than one dim: TensorRT treats dims of one name as one
     size.  Returns the new names."""
-    dims = [(t, k) for t in graph.inputs + graph.outputs for k, d in enumerate(t.shape or []) if d == "?"]
+    tensors = graph.inputs + graph.outputs
+    dims = [(t, k) for t in tensors for k, d in enumerate(t.shape or []) if d == "?"]
     if len(dims) < 2:
         return []
+    taken = {d for t in tensors for d in t.shape or [] if isinstance(d, str)}
     out = []
     for t, k in dims:
-        t.shape = [f"{t.name}_dim{k}" if j == k else d for j, d in enumerate(t.shape)]
-        out.append(f"{t.name}_dim{k}")
+        out.append(fresh_name(f"{t.name}_dim{k}", taken))
+        t.shape = [out[-1] if j == k else d for j, d in enumerate(t.shape)]
     return out
 
 
@@ -133,7 +135,7 @@ def _dims(dims: list) -> str:
 def prepared_for(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto) -> onnx.ModelProto:
     """The float model as qdq prepared it before writing ``qmodel`` (BatchNorm folded into the Conv
     weights, same node names), when ``qmodel`` is a qdq file; else ``fmodel`` as given."""
-    meta = {p.key: p.value for p in qmodel.metadata_props}
+    meta = metadata(qmodel)
     if "qdq_version" not in meta:
         return fmodel
     return prepare(fmodel, meta.get("qdq_target") if meta.get("qdq_target") in TARGETS else "trt10")

@@ -7,7 +7,8 @@ import pytest
 from qdq.graph.shapes import weighted_macs
 from qdq.pipeline import quantize
 from qdq.report.inspection import inspect_model
-from qdq.trt.backend import built_view, recorded_shapes
+from qdq.graph.qdq_file import recorded_shapes
+from qdq.trt.backend import built_view
 
 MODELS = ("ppocr_cls", "captcha", "minilm_tokens")
 

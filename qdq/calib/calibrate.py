@@ -82,4 +82,3 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
         if pending is not None:
             pending.result()
     return cal
-

@@ -80,8 +80,9 @@ def add_task(p: argparse.ArgumentParser) -> None:
 
 
 def task_options(args) -> TaskOptions:
-    return TaskOptions(task=args.task or "auto", confirmed=args.task is not None, blank=args.blank, score=args.score_threshold, nms=args.nms_iou,
-                       map_thresh=args.map_threshold, box_thresh=args.box_threshold, metric=args.metric)
+    return TaskOptions(task=args.task or "auto", confirmed=args.task is not None, blank=args.blank,
+                       score=args.score_threshold, nms=args.nms_iou, map_thresh=args.map_threshold,
+                       box_thresh=args.box_threshold, metric=args.metric)
 
 
 def add_remainder(g) -> None:

@@ -10,7 +10,7 @@ from ..calib.range_files import qdq_json_text, read_ranges, trt_cache_text
 from ..calib.ranges import METHODS, QMAX
 from ..errors import QdqError
 from ..graph.qdq_file import model_ranges
-from ..modelio import atomic_write_text, check_output, load_model
+from ..modelio import atomic_write_text, check_output, load_model, metadata
 from ..report.text import console, table
 from ..trt_cache import ALGORITHMS, algorithm_for, network_ranges
 from . import args as A
@@ -104,7 +104,7 @@ def _diff(args) -> int:
 def _complete_cache(args) -> tuple[str, str]:
     """``qdq ranges MODEL.onnx --to trt-cache``: every network tensor's range (see qdq.trt_cache)."""
     model = load_model(args.sources[0])
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = metadata(model)
     method = args.method or (meta.get("qdq_method") if meta.get("qdq_method") in METHODS else "entropy")
     dataset = Dataset(args.calib, model_inputs(model), A.preprocess(args), limit=args.limit) if args.calib else None
     nr = network_ranges(model, dataset, method, args.percentile, quiet=args.quiet)

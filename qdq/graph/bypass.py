@@ -10,7 +10,7 @@ import onnx
 
 from .index import GraphIndex
 from .qdq_file import qdq_sites
-from ..modelio import fresh_name
+from ..modelio import fresh_name, metadata
 from .surgery import export_graph, gs, import_graph, taken_names
 
 
@@ -69,7 +69,7 @@ def without_bias_correction(qmodel: onnx.ModelProto, fmodel: onnx.ModelProto) ->
     every float constant a node of both reads at the same input takes the float model's value (a
     corrected Conv/Gemm bias or MatMul's Add constant), a bias the file added is zero, and an Add
     the file added after a layer (a correction) adds zero."""
-    meta = {p.key: p.value for p in qmodel.metadata_props}
+    meta = metadata(qmodel)
     if "qdq_version" not in meta or meta.get("qdq_bias_correction", "off").startswith("off"):
         return qmodel
     g = gs()

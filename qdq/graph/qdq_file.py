@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ..calib.ranges import QMAX
+from ..modelio import metadata
 from .index import GraphIndex
 from .placement import WEIGHTED, skip_reason
 from .shapes import layer_macs, static_shapes
@@ -78,19 +79,33 @@ def model_ranges(model: onnx.ModelProto) -> dict:
 
 def kept_float(model: onnx.ModelProto) -> set:
     """Names of the layers mixed precision kept in float, from the file's metadata."""
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = metadata(model)
     return {n.strip() for n in meta.get("qdq_float_layers", "").split(",") if n.strip()}
 
 
 def recorded_macs(model: onnx.ModelProto) -> dict:
     """node name → MACs per sample as ``qdq quantize`` measured them on its data (metadata
     ``qdq_layer_macs``), {} for any other file."""
-    text = {p.key: p.value for p in model.metadata_props}.get("qdq_layer_macs", "")
+    text = metadata(model).get("qdq_layer_macs", "")
     try:
         macs = json.loads(text) if text else {}
     except ValueError:
         return {}
     return {k: int(v) for k, v in macs.items() if isinstance(v, (int, float))} if isinstance(macs, dict) else {}
+
+
+def recorded_shapes(model: onnx.ModelProto) -> dict:
+    """input → the shape the file was calibrated at (metadata ``qdq_input_shapes``, written by
+    ``qdq quantize`` with :func:`qdq.graph.shapes.shape_text`), {} for any other file (or an entry that
+    does not read as dims): what a build uses for dynamic inputs unless told otherwise."""
+    out = {}
+    for item in filter(None, metadata(model).get("qdq_input_shapes", "").split(", ")):
+        name, _, dims = item.rpartition("=")
+        try:
+            out[name] = () if dims == "scalar" else tuple(int(d) for d in dims.split("x"))
+        except ValueError:
+            return {}
+    return {k: v for k, v in out.items() if k}
 
 
 def layer_precisions(model: onnx.ModelProto, shapes: dict | None = None, idx: GraphIndex | None = None) -> list[dict]:
@@ -110,7 +125,8 @@ def layer_precisions(model: onnx.ModelProto, shapes: dict | None = None, idx: Gr
                    or p.op_type != "DequantizeLinear"]
         int8 = not missing
         reason = None if int8 else _float_reason(idx, n, missing[0], n.name in mixed)
-        rows.append({"node": n.name, "op": n.op_type, "int8": int8, "reason": reason, "macs": counted.get(n.name, layer_macs(idx.shapes, n)),
+        macs = counted[n.name] if n.name in counted else layer_macs(idx.shapes, n)
+        rows.append({"node": n.name, "op": n.op_type, "int8": int8, "reason": reason, "macs": macs,
                      "file": "int8" if int8 else (MIXED_FLOAT if n.name in mixed else "float")})
     return rows
 

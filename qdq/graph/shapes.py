@@ -46,7 +46,7 @@ def layer_macs(shapes: dict, node) -> int | None:
     """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul from ``shapes`` (tensor → dims, an
     int or None each; a GraphIndex's ``shapes``); None if a dim it needs is unknown."""
     w = shapes.get(node.input[1])
-    if w is not None and any(d is None or d < 0 for d in w):
+    if w is not None and _prod(w) is None:
         w = None
     if node.op_type == "Conv":
         out = _prod(shapes.get(node.output[0]))

@@ -36,7 +36,7 @@ from ..graph.index import GraphIndex
 from ..graph.placement import WEIGHTED, Placement
 from ..graph.precision import has_fp16, remainder_fp16, runnable
 from ..graph.qdq_file import QdqSite, qdq_sites
-from ..modelio import load_model
+from ..modelio import load_model, metadata
 from ..progress import progress
 from ..targets import prepared_for
 from .analysis import analyze
@@ -184,7 +184,7 @@ def _device_view(fmodel, qmodel, dataset, remainder: str, quiet: bool):
         return runnable, "layers without Q/DQ in FP32 as written (--remainder fp32)"
     if has_fp16(qmodel):
         return runnable, "layers without Q/DQ in FP16 as the file casts them"
-    meta = {p.key: p.value for p in qmodel.metadata_props}
+    meta = metadata(qmodel)
     if "qdq_fp32_nodes" in meta:
         keep = {n for n in meta["qdq_fp32_nodes"].split(",") if n}
     else:
@@ -313,7 +313,7 @@ def _layerwise(result, acc: _Accumulators, fmodel, qmodel, sites: list, dataset,
     result.layers = reports
     result.first_below = next((r.tensor for r in reports if r.accumulated_sqnr_db < threshold_db), None)
     result.ranked = [r.tensor for r in sorted(reports, key=lambda r: (r.output_sqnr_db, r.local_sqnr_db))]
-    meta = {p.key: p.value for p in qmodel.metadata_props}
+    meta = metadata(qmodel)
     ev = Evidence(reports, result.outputs, result.sqnr["value"], fm, idx, plan, feeds[:2 * samples],
                   meta.get("qdq_ranges_file", ""))
     causes = diagnose(ev, qmodel, device, acc.task, check_feeds=feeds)

@@ -148,5 +148,5 @@ class Evaluator:
         return Measurement(rows.reshape(len(outs), len(names), 2), self.task, task_rows, names)
 
     def sqnr(self, model: onnx.ModelProto) -> float:
-        """The pooled output SQNR (dB) of ``model``, point estimate."""
+        """The output SQNR (dB) of ``model``, its worst output's, point estimate."""
         return self.measure(model).sqnr().value

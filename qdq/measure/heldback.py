@@ -1,5 +1,6 @@
 """The held-back check of ``qdq quantize``: a seeded random fifth of the calibration samples (up to 32,
-spread over sub-folders; :class:`qdq.calib.data.HoldOut`) is set aside from range fitting, and the file is measured on those samples the way the device runs it.
+spread over sub-folders; :class:`qdq.calib.data.HoldOut`) is set aside from range fitting, and the file
+is measured on those samples the way the device runs it.
 
 * the device view: the non-INT8 remainder in FP16 as TensorRT 8.x/10.x builds with ``--int8 --fp16``
   (or as ``--target trt11`` writes it), the nodes the FP16 plan pins kept FP32

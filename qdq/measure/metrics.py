@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,19 +157,10 @@ def wilson_interval(p: float, n: int, level: float = LEVEL) -> tuple[float, floa
     bootstrap it has width when every sample agrees (4 of 4 gives 0.60–1.00 at 90 %)."""
     if n <= 0 or not math.isfinite(p):
         return math.nan, math.nan
-    z = _normal_quantile(0.5 + level / 2)
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
     centre, den = p + z * z / (2 * n), 1 + z * z / n
     half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
     return max((centre - half) / den, 0.0), min((centre + half) / den, 1.0)
-
-
-def _normal_quantile(q: float) -> float:
-    """The standard normal quantile, by bisection on erf (exact to 1e-12; no SciPy)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q else (lo, mid)
-    return (lo + hi) / 2
 
 
 def sqnr_figure(rows: np.ndarray) -> Figure:

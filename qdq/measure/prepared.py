@@ -20,15 +20,15 @@ ROUNDING = 1e-4
 
 
 def check_prepared(user: onnx.ModelProto, prepared: onnx.ModelProto, feeds: list, source: str) -> None:
-    """Raise a one-line error when an output of ``prepared`` is below :data:`PREPARED_MIN_DB` SQNR
-    against ``user`` on ``feeds`` (pooled), naming the output and the first tensor of the prepared
-    graph (by graph order, among those both models name) that diverges."""
+    """Raise a one-line error when an output of ``prepared`` diverges from ``user``'s on ``feeds``
+    (:func:`_diverges`: beyond rounding and below :data:`PREPARED_MIN_DB`), naming the output and the
+    first tensor of the prepared graph (by graph order, among those both models name) that diverges."""
     user = _runnable_names(user)
     got, want = _run(prepared, feeds), _run(user, feeds)
-    bad = [(k, db) for k in want[0] if k in got[0] and _apart(want, got, k) and (db := _db(want, got, k)) < PREPARED_MIN_DB]
+    bad = [k for k in want[0] if k in got[0] and _diverges(want, got, k)]
     if not bad:
         return
-    name, db = bad[0]
+    name, db = bad[0], _db(want, got, bad[0])
     first = _first_diverging(user, prepared, feeds[:1])
     raise QdqError(f"{source}: qdq's prepared float model computes output {name!r} {db:.1f} dB away from your model"
                    + (f" (first diverging tensor {first!r})" if first else "") + "; no figure would be measured against "
@@ -50,6 +50,12 @@ def _runnable_names(model: onnx.ModelProto) -> onnx.ModelProto:
 def _run(model: onnx.ModelProto, feeds: list, extra=()) -> list:
     sess = session_for(runnable(model), extra_outputs=extra)
     return [run_session(sess, f, f"sample {k}") for k, f in enumerate(feeds)]
+
+
+def _diverges(want: list, got: list, name: str) -> bool:
+    """Tensor ``name`` is a different computation, not rounding: apart (:func:`_apart`) and below
+    :data:`PREPARED_MIN_DB` pooled over the samples."""
+    return _apart(want, got, name) and _db(want, got, name) < PREPARED_MIN_DB
 
 
 def _apart(want: list, got: list, name: str) -> bool:
@@ -80,7 +86,6 @@ def _first_diverging(user: onnx.ModelProto, prepared: onnx.ModelProto, feeds: li
     except QdqError:
         return None
     for t in names:
-        if t in got[0] and t in want[0] and got[0][t].dtype.kind == "f" and _apart(want, got, t) \
-                and _db(want, got, t) < PREPARED_MIN_DB:
+        if t in got[0] and t in want[0] and got[0][t].dtype.kind == "f" and _diverges(want, got, t):
             return t
     return None

@@ -368,7 +368,8 @@ def load_metric(spec: str):
 
 def choose_task(outputs: dict, feed: dict, opts: TaskOptions) -> Task:
     """The task to judge agreement by: the user's metric, the forced ``opts.task``, or the one the FP32
-    outputs of one sample (``outputs``, name → array) show positive evidence of (see :func:`evidence`);
+    outputs of one sample (``outputs``, name → array) show positive evidence of (the rules below
+    :func:`not_a_task`);
     ``reason`` says why in one line, and ``detected`` is True when qdq inferred it."""
     if opts.metric:
         return UserMetric(opts.metric, opts)

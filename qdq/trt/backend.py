@@ -31,9 +31,10 @@ import onnx
 
 from ..errors import QdqError
 from ..measure.autocast import fp16_model
-from ..modelio import load_model, save_model, too_large, write_external
+from ..modelio import load_model, metadata, save_model, too_large, write_external
 from ..targets import prepare
 from .cuda import cudart
+from ..graph.qdq_file import recorded_shapes
 from .layers import EngineLogError, engine_view, parse_log
 
 _MODULES = ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings")
@@ -188,7 +189,7 @@ def _profile(builder, network, config, shapes: dict | None) -> dict:
 def pinned_layers(model: onnx.ModelProto) -> list:
     """The nodes the file's FP16 plan keeps in FP32 (metadata ``qdq_fp32_nodes``): on weakly typed
     TensorRT they are pinned with layer precisions, as ``--layerPrecisions`` does in trtexec."""
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = metadata(model)
     return [n for n in meta.get("qdq_fp32_nodes", "").split(",") if n]
 
 
@@ -311,10 +312,11 @@ def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict
     fp16_src, q_src, written = fm, qm, {}
     pins = pinned_layers(qm)
     float_name = str(float_model) if not isinstance(float_model, onnx.ModelProto) else "float.onnx"
-    if any(n not in {node.name for node in fm.graph.node} for n in pins):   # unnamed nodes: pin qdq's names
-        fm = fp16_src = prepare(fm, {p.key: p.value for p in qm.metadata_props}.get("qdq_target", "trt10"))
+    if not set(pins) <= {node.name for node in fm.graph.node}:   # unnamed nodes: pin qdq's names
+        fm = fp16_src = prepare(fm, metadata(qm).get("qdq_target", "trt10"))
         float_name = written["float.named.onnx"] = str(save_model(fm, workdir / "float.named.onnx", overwrite=True))
-    float_pins = [n for n in pins if n in {node.name for node in fm.graph.node}]
+    names = {node.name for node in fm.graph.node}
+    float_pins = [n for n in pins if n in names]
     if b.strongly_typed:  # precision lives in the graph: FP16 casts of both (Q/DQ kept INT8)
         fp16_src = fp16_model(fm, dataset, quiet)
         has_fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in qm.graph.initializer)
@@ -356,17 +358,3 @@ def built_view(model, shapes: dict | None = None) -> tuple:
         first = (res.errors or ["no engine"])[0]
         return None, f"{backend.name} {backend.version} could not {'build' if res.parsed else 'parse'} it: {first}"
     return engine_view(model, parse_log(res.log), len(res.engine)), None
-
-
-def recorded_shapes(model: onnx.ModelProto) -> dict:
-    """input → the shape the file was calibrated at (metadata ``qdq_input_shapes``, written by
-    ``qdq quantize`` from its data), {} for another file: what a build uses for dynamic inputs
-    unless told otherwise."""
-    meta = {p.key: p.value for p in model.metadata_props}.get("qdq_input_shapes", "")
-    out = {}
-    for item in filter(None, meta.split(", ")):
-        name, _, dims = item.rpartition("=")
-        if name:
-            out[name] = () if dims == "scalar" else tuple(int(d) for d in dims.split("x"))
-    return out
-
