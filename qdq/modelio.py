@@ -31,7 +31,7 @@ def write_external(model: onnx.ModelProto, path: Path, data_name: str) -> None:
     the bytes out of ``model`` and reading them back grows the message's arena by a copy each time.)"""
     from onnx import numpy_helper
 
-    header = _without_initializers(model)
+    header = without_initializers(model)
     with open(path.with_name(data_name), "wb") as data:
         for t in model.graph.initializer:
             if values_bytes(t) <= 1024 or t.data_location == onnx.TensorProto.EXTERNAL:
@@ -48,7 +48,7 @@ def write_external(model: onnx.ModelProto, path: Path, data_name: str) -> None:
     onnx.save_model(header, str(path))
 
 
-def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every field but its initializers (their bytes are not copied)."""
     m = onnx.ModelProto()
     _copy_fields(model, m, skip="graph")
@@ -170,7 +170,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the bytes of its large initializers (above :data:`SKELETON_BYTES`): each becomes
     a graph input of the same type and shape, which is all inference needs; small ones (shape
     vectors, axes, scales) keep their values for data propagation.  Nodes keep their positions."""
-    m = _without_initializers(model)
+    m = without_initializers(model)
     src, g = model.graph, m.graph
     declared = {i.name for i in src.input}
     for t in src.initializer:

@@ -14,10 +14,8 @@ way: :mod:`qdq.calib` → :mod:`qdq.graph` → :mod:`qdq.measure`):
 """
 from __future__ import annotations
 
-import difflib
 import json
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +23,18 @@ import onnx
 
 from .calib.calibrate import Calibration, calibrate
 from .calib.data import Dataset, Feeds, HoldOut, Preprocess, first_feeds, model_inputs
-from .calib.range_files import RangeFile, qdq_json_text, read_ranges
+from .calib.session import shared_weights
+from .calib.range_files import RangeFile, check_sources, range_warnings, read_ranges
 from .calib.ranges import DEFAULT_METHOD, MASSIVE_RATIO, METHODS, Range, clipped_fraction, compute_range, massive
 from .errors import QdqError
-from .graph.equalize import cross_layer_equalization, smooth_quant
+from .graph.equalize import cross_layer_equalization, smooth_quant, smoothable
 from .graph.index import GraphIndex
-from .graph.placement import Placement, attention_units, calibration_tensors, place, replace, served_layers
+from .graph.placement import Placement, attention_units, calibration_tensors, place, replace, served_layers, why_none
 from .graph.bypass import weights_only
-from .graph.precision import FP16_OUTPUT_MIN_DB, cast_graph, opsets_of, remainder_fp16, runnable
-from .graph.rewrite import insert_qdq, set_docs, set_metadata
+from .graph.precision import FP16_OUTPUT_MIN_DB, remainder_fp16, runnable
+from .graph.rewrite import set_metadata
+from .graph.writer import build_model, share_ranges
 from .graph.shapes import data_shapes, layer_tensors, measured_macs, shape_text, weighted_macs
-from .graph.surgery import export_graph, import_graph
 from .measure.analysis import analyze
 from .measure.autocast import fp16_plan, raise_floor
 from .measure.comparison import compare
@@ -43,8 +42,9 @@ from .measure.heldback import HeldBack
 from .measure.mixed_precision import GROUPS, by_unit, candidates, choose
 from .measure.tasks import TaskOptions
 from .measure.prepared import check_prepared
-from .modelio import atomic_write_text, load_model, opset_of
+from .modelio import load_model, opset_of
 from .progress import notice
+from .report.summary import Summary, import_report, tensor_names
 from .targets import TRT85_UNSUPPORTED, check_target, prepare
 from .version import __version__
 
@@ -55,39 +55,6 @@ MIN_HELD_BACK = 4
 SPLIT_HELD_BACK = 12
 # what --method auto chooses among (entropy, the TensorRT calibrator's algorithm, clips saturated outputs)
 AUTO_METHODS = ("mse", "percentile", "max")
-
-
-@dataclass
-class Summary:
-    """What ``quantize`` did; ``to_dict()`` is the ``--json`` output."""
-
-    model: str
-    target: str
-    method: str
-    opset: int
-    samples: int
-    quantized_layers: list
-    weighted_layers: int
-    skipped: list                      # [{"node", "op", "reason"}]
-    activations: dict                  # tensor -> {"amax", "scale", "method", "clipped", "reason"}
-    weights: dict                      # tensor -> {"axis", "amax_max"}
-    warnings: list = field(default_factory=list)
-    output: str | None = None
-    ranges_import: dict | None = None   # what an imported ranges file applied, and what it could not
-    diagnosis: list = field(default_factory=list)   # with imported ranges: causes of the loss (qdq.measure.diagnosis)
-    fp32_nodes: dict = field(default_factory=dict)   # trt11: node -> why it stays FP32
-    int8_mac_share: float = 0.0                     # share of the weighted layers' MACs in INT8
-    mac_shapes: dict = field(default_factory=dict)  # input -> the shape the MACs were counted at (the data's)
-    mac_source: str = "shape inference"             # where the layers' dims came from: data | shape inference
-    mac_unknown: list = field(default_factory=list)  # layers whose MACs are unknown (left out of the share)
-    bias_corrected: int = 0                         # layers whose bias took the mean INT8 error out
-    bias_correction: str = "off"                    # full | weights | off, as measured best on held-back data
-    float_layers: list = field(default_factory=list)  # mixed precision: [{"node", "op", "mac_share", "cost_db"}]
-    accuracy: dict | None = None                    # held-back SQNR: INT8, weights only, the file written
-    engine: dict | None = None                      # what TensorRT built (CLI, when TensorRT-RTX is installed)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -103,20 +70,6 @@ class QuantizeResult:
     analysis: object | None = None               # the qdq.measure.analysis.Analysis of the full placement
     bias: dict = field(default_factory=dict)     # layer id -> bias correction applied
     macs: dict = field(default_factory=dict)     # layer id -> multiply-accumulates
-
-    def variant(self, keep_float: set, check: bool = False) -> onnx.ModelProto:
-        """This file with the layers ``keep_float`` (node ids) in float too: the placement redone with
-        this one's own skips and user choices, ranges as this one chose them (new tensors from its
-        calibration), its bias corrections on the layers still INT8 (trt10 form)."""
-        keep = dict(self.placement.skipped)
-        keep.update({q: "float (variant)" for q in keep_float})
-        p = replace(self.index, self.placement, keep) if keep_float else self.placement
-        ranges = {t: self.ranges[t] if t in self.ranges else compute_range(self.calibration.stats[t], self.summary.method)
-                  for t in p.activations}
-        given = {t for t, r in ranges.items() if r.method.startswith("imported")}
-        model, _ = build_model(self.float_model, self.index, p, share_ranges(p, ranges, self.calibration, given), "trt10",
-                               bias=self.bias, check=check)
-        return model
 
 
 @dataclass
@@ -187,7 +140,11 @@ def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None 
     runs the non-INT8 layers in FP16 but those the FP16 plan pins to FP32 (written to the file's
     ``qdq_fp32_nodes`` metadata for TensorRT 8.x/10.x), ``"fp32"`` as written.  ``smoothquant`` and
     ``equalize`` (cross-layer equalization) rescale the float model first (:mod:`qdq.graph.equalize`)."""
-    run = _Run(model, Options(**options), calib, ranges, calibration)
+    with shared_weights():
+        return _quantize(_Run(model, Options(**options), calib, ranges, calibration))
+
+
+def _quantize(run: "_Run") -> QuantizeResult:
     run.prepare()
     run.calibrate()
     run.find_massive()
@@ -235,7 +192,7 @@ class _Run:
         force = tuple(self.imported.amax) if self.imported is not None and o.force_ranges else ()
         self.plan = self.placed = place(self.idx, o.exclude, force=force, int8_deconv=o.int8_deconv)
         if not self.plan.quantized_layers:
-            raise QdqError(f"{self.source}: no layer to quantize: {_why_none(self.idx, self.plan)}")
+            raise QdqError(f"{self.source}: no layer to quantize: {why_none(self.idx, self.plan)}")
         self._check_range_sources()
 
     def _equalized(self, fm: onnx.ModelProto) -> onnx.ModelProto:
@@ -244,7 +201,7 @@ class _Run:
             fm, n = cross_layer_equalization(fm)
             if n:
                 self.warnings.append(f"cross-layer equalization rescaled {n} Conv pairs")
-        if o.smoothquant != "off" and self.calib_path is not None and _smoothable(fm, o.smoothquant):
+        if o.smoothquant != "off" and self.calib_path is not None and smoothable(fm, o.smoothquant):
             feeds = first_feeds(Dataset(self.calib_path, model_inputs(fm), o.preprocess or Preprocess(), limit=o.limit), 16)
             fm, smoothed = smooth_quant(fm, feeds, layernorm_only=o.smoothquant == "auto")
             self.tensor_methods = {t: m for t, m in smoothed.items() if m}   # chosen with the smoothing
@@ -255,34 +212,13 @@ class _Run:
         return fm
 
     def _check_range_sources(self) -> None:
-        """Every placed tensor needs a range: imported, from the given calibration, or calibrated; a
-        ranges entry naming no tensor of the model is said now, with the nearest names (all of them
-        naming none: an error)."""
+        """Every placed tensor has a range source; entries naming no tensor are said now."""
         imp, cal = self.imported, self.given_calibration
-        if imp is not None:
-            self._unknown_entries(imp)
-        missing = [t for t in self.plan.activations if imp is None or t not in imp.amax]
-        if cal is not None:
-            lacking = [t for t in missing if t not in cal.stats]
-            if lacking:
-                raise QdqError(f"the given calibration has no statistics for {lacking[0]!r}; calibrate again")
-        elif missing and self.calib_path is None:
-            raise QdqError(f"no range for {len(missing)} tensors (e.g. {missing[0]!r})"
-                           + (f" in {imp.path}" if imp else "") + ": pass --calib DATA to calibrate them")
-
-    def _unknown_entries(self, imp: RangeFile) -> None:
-        known = _tensor_names(self.idx)
-        lost = sorted(t for t in imp.amax if t not in known)
-        if not lost:
-            return
-        near = {t: difflib.get_close_matches(t, known, n=2, cutoff=0.6) for t in lost[:5]}
-        hint = "; ".join(f"{t!r}" + (f" (nearest: {', '.join(map(repr, c))})" if c else "") for t, c in near.items())
-        if len(lost) == len(imp.amax):
-            raise QdqError(f"{imp.path}: none of its {len(lost)} entries names a tensor of {self.source} ({hint}); "
-                           "is it the ranges file of this model?")
-        text = f"{len(lost)} of {len(imp.amax)} entries of {imp.path} name no tensor of the model: {hint}"
-        notice(text, self.opts.quiet)
-        self.warnings.append(text)
+        text = check_sources(imp, cal.stats if cal is not None else None, list(self.plan.activations),
+                             tensor_names(self.idx), self.calib_path is not None, self.source)
+        if text:
+            notice(text, self.opts.quiet)
+            self.warnings.append(text)
 
     def calibrate(self) -> None:
         """One streaming pass; a seeded random fifth of the samples held back (all used when too few)."""
@@ -516,26 +452,7 @@ class _Run:
 
     def check_ranges(self) -> None:
         """Warnings on the ranges: zero or constant tensors, and what an imported file lost."""
-        w, imp = self.warnings, self.imported
-        for t, r in self.ranges.items():
-            st = self.cal.stats.get(t)
-            if r.amax == 0.0:
-                w.append(f"tensor {t!r} has a zero range; given scale 1")
-            elif st is not None and st.min == st.max:
-                w.append(f"tensor {t!r} is constant ({st.min:g}) on the calibration data")
-        if imp is None:
-            return
-        if imp.note:
-            w.append(imp.note)
-        if imp.kind == "ort-cache":
-            lost = [t for t in self.plan.activations if t in imp.amax and t in self.cal.stats
-                    and -self.cal.stats[t].min > imp.amax[t] * 1.001]
-            if lost:
-                w.append(f"{len(lost)} imported ranges are smaller than the negative values the calibration data "
-                         f"reaches (lost in ONNX Runtime's .cache): {', '.join(lost[:5])}" + (" …" if len(lost) > 5 else ""))
-        if imp.asymmetric:
-            w.append(f"{len(imp.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
-                     + ", ".join(imp.asymmetric[:5]) + (" …" if len(imp.asymmetric) > 5 else ""))
+        self.warnings += range_warnings(self.ranges, self.cal.stats, self.imported, list(self.plan.activations))
 
     def final_check(self) -> None:
         """The FP16 plan's floor raised to the file's SQNR + 10 dB (≤ 0.4 dB added), then the file, its
@@ -647,7 +564,7 @@ class _Run:
     def _summary(self, qmodel, notes, int8_share: float, corrected: int, total: int) -> Summary:
         o, plan, idx, c = self.opts, self.plan, self.idx, self.choice
         return Summary(
-            ranges_import=_import_report(self.imported, self.placed, plan, idx, self.ranges, o.fallback_imported),
+            ranges_import=import_report(self.imported, self.placed, plan, idx, self.ranges, o.fallback_imported),
             model=self.source, target=o.target, method=self.method, opset=opset_of(qmodel), samples=self.cal.samples,
             quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
             weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
@@ -663,105 +580,3 @@ class _Run:
             float_layers=[{"node": idx.labels[p], "op": idx.nodes[p].op_type, "mac_share": self.macs.get(p, 0) / total,
                            "cost_db": db} for p, db in (c.float_layers.items() if c else [])],
             accuracy=self._accuracy(), warnings=self.warnings)
-
-
-def _tensor_names(idx: GraphIndex) -> set:
-    """Every tensor a ranges file could name: typed, produced, or a graph input."""
-    return set(idx.dtypes) | set(idx.producer) | set(idx.inputs)
-
-
-def _why_none(idx: GraphIndex, plan: Placement) -> str:
-    """Why a placement quantizes no layer, from its skip reasons (the commonest first)."""
-    if not plan.skipped:
-        return "the model has no Conv, ConvTranspose, Gemm or MatMul"
-    kinds: dict = {}   # the same rule with other numbers is one kind
-    for pos, why in plan.skipped:
-        kinds.setdefault(re.sub(r"\d+", "#", why), []).append((idx.labels[pos], why))
-    parts = [f"{len(v)} like {v[0][0]!r} ({v[0][1]})" for v in sorted(kinds.values(), key=lambda v: -len(v))[:3]]
-    return f"all {len(plan.skipped)} weighted layers stay float by the placement rules: " + "; ".join(parts)
-
-
-def _smoothable(model: onnx.ModelProto, mode: str) -> bool:
-    """Worth a calibration pass: any MatMul/Gemm (``all``), or any LayerNormalization (``auto``)."""
-    ops = {n.op_type for n in model.graph.node}
-    return bool(ops & {"MatMul", "Gemm"}) and (mode == "all" or "LayerNormalization" in ops)
-
-
-def share_ranges(plan: Placement, ranges: dict, cal: Calibration, given=frozenset()) -> dict:
-    """Tensors of one scale group (a Concat's inputs and output, MaxPool/Resize in and out) take one
-    amax: the largest of the group, or the user's where the group holds ranges they gave (``given``:
-    those tensors), which are never changed; a group whose given ranges differ is left unshared."""
-    ranges = dict(ranges)
-    for group in plan.groups:
-        mine = {ranges[t].amax for t in group if t in given}
-        if len(mine) > 1:
-            continue
-        shared = mine.pop() if mine else max(ranges[t].amax for t in group)
-        for t in group:
-            r = ranges[t]
-            if t in given:
-                continue
-            clipped = clipped_fraction(cal.stats[t], shared) if t in cal.stats else None
-            ranges[t] = Range(amax=shared, method=f"{r.method} (shared)", clipped=clipped)
-    return ranges
-
-
-def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, target: str,
-                fp16=None, warnings: list | None = None, bias: dict | None = None, check: bool = True):
-    """The Q/DQ model for ``plan`` with ``ranges`` (tensor → Range), in one graph-surgeon pass: Q/DQ
-    insertion with the bias corrections ``bias`` (layer id → mean error per channel) and, for trt11,
-    the FP16 remainder with the nodes of ``fp16`` (a :class:`qdq.measure.autocast.Fp16Plan`) kept
-    FP32; ``idx`` indexes ``float_model``.  Returns (model, notes); appends what the user should know
-    to ``warnings``.  ``check=False`` skips the final full check, for candidates only evaluated."""
-    graph = import_graph(idx)
-    nodes = list(graph.nodes)
-    notes, docs = insert_qdq(graph, nodes, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
-                             {t: r.method for t, r in ranges.items()}, bias=bias)
-    if target == "trt11":
-        cast_graph(graph, opsets_of(float_model), np.float16, [nodes[i] for i in (fp16.keep if fp16 is not None else {})])
-    qmodel = export_graph(graph, float_model, "Q/DQ insertion" + (" and FP16 cast" if target == "trt11" else ""), check)
-    set_docs(qmodel, docs)
-    for n in notes:
-        if n.floored and n.tensor in plan.weights and warnings is not None:
-            warnings.append(f"weight {n.tensor!r} has all-zero (dead) channels or scales below the float32 range; "
-                            "those channels got a positive placeholder scale")
-    return qmodel, notes
-
-
-def _import_report(imported: RangeFile | None, placed: Placement, plan: Placement, idx: GraphIndex, ranges: dict,
-                   fallback: bool) -> dict | None:
-    """What an imported ranges file did: entries applied (written as given), the calibrated tensors
-    that share a scale with them, and each entry not applied with its true reason (``placed``: the
-    placement rules' plan, ``plan``: the file's, after mixed precision)."""
-    if imported is None:
-        return None
-    known = _tensor_names(idx)
-    unused = []
-    for t in sorted(t for t in imported.amax if t in known and t not in plan.activations):
-        if t in placed.activations:
-            layers = ", ".join(idx.labels[p] for p in sorted(served_layers(idx, placed, t))) or "its readers"
-            why = (f"mixed precision kept the layers it feeds ({layers}) in float (--fallback-imported)" if fallback
-                   else f"the layers it feeds ({layers}) were left in float")
-        else:
-            users = ", ".join(f"{n.op_type} {n.name!r}" for n, _ in idx.consumer_nodes(t)[:3]) or "no node"
-            why = f"the placement rules put no Q/DQ there (read by {users}); --force-ranges applies it"
-        unused.append({"tensor": t, "reason": why})
-    applied = [t for t in imported.amax if t in plan.activations and ranges[t].amax == imported.amax[t]]
-    shared, split = {}, []
-    for group in plan.groups:
-        mine = sorted(t for t in group if t in imported.amax and t in plan.activations)
-        if len({imported.amax[t] for t in mine}) > 1:
-            split.append(mine)
-        elif mine:
-            shared[mine[0]] = sorted(t for t in group if t not in imported.amax)
-    return {"file": imported.path, "kind": imported.kind, "header": imported.header,
-            "applied": len(applied), "unused": unused, "shared": shared, "unshared_groups": split,
-            "not_in_model": sorted(t for t in imported.amax if t not in known),
-            "zero": sorted(imported.zero), "asymmetric": sorted(imported.asymmetric)}
-
-
-def write_ranges(summary: Summary, path) -> None:
-    """``--ranges-out``: tensor → amax, method, fraction of calibration values clipped (JSON)."""
-    entries = {t: {"amax": a["amax"], "method": a["method"], "clipped": a["clipped"]}
-               for t, a in summary.activations.items()}
-    atomic_write_text(Path(path), qdq_json_text(entries, summary.method, samples=summary.samples))

@@ -83,13 +83,13 @@ def test_engine_size_is_explained_and_depthwise_padding_can_be_removed(effnet, e
 def test_trt_build_reports_engine_bytes(prepared, tmp_path):
     from qdq.calib.data import Dataset, model_inputs
     from qdq.modelio import load_model, save_model
-    from qdq.trt.backend import build_engines
+    from qdq.cli.trt import engines_on
 
     ds = prepared("effnet")
     q = quantize(ds.model, ds.calib, preprocess=ds.preprocess, limit=8, quiet=True, mixed_precision=False)
     qpath = save_model(q.model, tmp_path / "q.onnx")
     data = Dataset(ds.val, model_inputs(load_model(ds.model)), ds.preprocess, limit=1)
-    eng = build_engines(ds.model, qpath, data, tmp_path / "engines", quiet=True)
+    eng = engines_on(ds.model, qpath, data, tmp_path / "engines", quiet=True)
     assert eng.fp16_bytes == eng.fp16.stat().st_size and eng.int8_bytes == eng.int8.stat().st_size
     assert eng.int8_layers["int8_layers"] == 48 and "MB engine" in eng.int8_layers["size"]
 

@@ -267,7 +267,7 @@ def test_compare_weights_alone_drop_the_files_bias_correction(tmp_path):
     from qdq.calib.session import run_session, session_for
     from qdq.graph.precision import runnable
     from qdq.graph.rewrite import set_metadata
-    from qdq.pipeline import build_model
+    from qdq.graph.writer import build_model
     m = _two_heads()
     for k in range(30):
         np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))

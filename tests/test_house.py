@@ -12,8 +12,8 @@ FLOORS = [
     ("qdq.version", "qdq.errors", "qdq.progress", "qdq.modelio"),
     ("qdq.calib",),
     ("qdq.graph", "qdq.targets"),
-    ("qdq.measure",),
     ("qdq.trt",),
+    ("qdq.measure",),
     ("qdq.report",),
     ("qdq.pipeline", "qdq.trt_cache"),
     ("qdq.cli", "qdq.demo"),
@@ -119,6 +119,14 @@ def test_data_flows_one_way():
     upward = [(m, t) for m, targets in _graph().items() for t in targets
               if _floor(t) > _floor(m) and not (m == "qdq" or m.startswith("qdq.") and t == "qdq")]
     assert not upward, "imports from a higher floor: " + ", ".join(f"{m} → {t}" for m, t in upward)
+
+
+def test_the_backend_runs_what_it_is_given():
+    """qdq.trt builds and runs models it is handed: calibration, the FP16 plan and the comparison are
+    composed around it (qdq.cli.trt, qdq.measure.engines), never reached from inside it."""
+    inside = [(m, t) for m, targets in _graph().items() if m.startswith("qdq.trt.") for t in targets
+              if t.startswith(("qdq.calib", "qdq.measure"))]
+    assert not inside, inside
 
 
 def test_the_rules_catch_the_circles_qdq_once_had():

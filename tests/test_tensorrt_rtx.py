@@ -82,7 +82,8 @@ def test_tensorrt_rejects_nonzero_zero_point_and_zero_scale(models):
 # ---- qdq check / qdq trt (issue: TensorRT backend) ----
 
 from clitools import run_qdq  # noqa: E402
-from qdq.trt.backend import build_engines, load_backend  # noqa: E402
+from qdq.cli.trt import engines_on  # noqa: E402
+from qdq.trt.backend import load_backend  # noqa: E402
 
 
 def _gpu() -> str | None:
@@ -144,7 +145,7 @@ def _effnet_engines(prepared, tmp_path, samples):
     qpath = tmp_path / "int8.onnx"
     onnx.save(q.model, qpath)
     data = Dataset(ds.val, model_inputs(onnx.load(str(ds.model))), ds.preprocess, limit=samples)
-    return q, data, build_engines(ds.model, qpath, data, tmp_path / "engines", quiet=True)
+    return q, data, engines_on(ds.model, qpath, data, tmp_path / "engines", quiet=True)
 
 
 def test_trt_build_serializes_both_engines_on_cpu(prepared, tmp_path):

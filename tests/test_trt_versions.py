@@ -4,7 +4,8 @@ TensorRT-RTX's real parser and builder."""
 import pytest
 
 from qdq.pipeline import quantize
-from qdq.trt.backend import Backend, build_engines, check_model
+from qdq.cli.trt import engines_on
+from qdq.trt.backend import Backend, check_model
 from trt_standins import make
 
 VERSIONS = [("8.5.2", "trt8"), ("8.6.1", "trt8"), ("10.3.0", "trt10"), ("11.0.0", "trt11")]
@@ -78,7 +79,7 @@ def test_trt_build_per_api(prepared, tmp_path, version):
     qpath = save_model(q.model, tmp_path / "int8.onnx")
     data = Dataset(ds.val, model_inputs(load_model(ds.model)), ds.preprocess, limit=2)
     b, mod = _backend(version)
-    eng = build_engines(ds.model, qpath, data, tmp_path / "engines", backend=b, quiet=True)
+    eng = engines_on(ds.model, qpath, data, tmp_path / "engines", backend=b, quiet=True)
     assert eng.fp16.stat().st_size > 1e6 and eng.int8.stat().st_size > 1e6
     cast_files = [(tmp_path / "engines" / f).exists() for f in ("fp16.onnx", "int8_fp16.onnx")]
     if version.startswith("11"):

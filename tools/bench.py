@@ -232,7 +232,7 @@ def interval_coverage(total: int = 198, calib: int = 48) -> list:
 
 # (hidden, heads, layers, seq): MiniLM's architecture widened past 2.5 GB of weights, and made deep and
 # narrow until it has over 1,000 calibrated tensors
-MEMORY_MODELS = {"wide": (3072, 24, 6, 8), "deep": (64, 4, 128, 32)}
+MEMORY_MODELS = {"wide": (3072, 24, 6, 8), "mid": (1024, 16, 6, 8), "deep": (64, 4, 128, 32)}
 
 
 def _memory_child(model: str, data: str, target: str, out: str, root: str) -> None:

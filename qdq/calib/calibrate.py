@@ -45,7 +45,7 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
     reduced, extrema_of = with_extrema(model, range_only, [t for t in tensors if t not in inputs], shapes)
     shape_of = extrema_of.pop("shapes", {})
     sess = session_for(reduced, providers, threads=threads)
-    del reduced   # ONNX Runtime holds its own copy
+    del reduced   # the session borrows the weights it needs from the store
     cal = into if into is not None else Calibration()
     for t in tensors:
         cal.stats.setdefault(t, TensorStats(t))

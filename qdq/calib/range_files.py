@@ -16,6 +16,7 @@ Every range is reduced to a symmetric ``amax`` (INT8 scale = amax / 127):
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -191,3 +192,59 @@ def qdq_json_text(entries: dict, method: str, **extra) -> str:
     """qdq's ranges JSON (what ``--ranges-out`` and ``qdq ranges --to json`` write, and ``read_ranges``
     reads): ``entries[tensor]`` is a dict with at least ``amax``; ``extra`` adds top-level fields."""
     return json.dumps({"qdq_version": __version__, "method": method, **extra, "ranges": entries}, indent=1)
+
+
+def check_sources(imp: RangeFile | None, given: dict | None, wanted: list, known: set, have_data: bool,
+                  source: str) -> str | None:
+    """Every tensor in ``wanted`` (the placed activations) needs a range: from ``imp``, from a given
+    calibration's statistics ``given`` (tensor → stats), or calibrated (``have_data``); else a
+    :class:`QdqError`.  Entries of ``imp`` naming no tensor in ``known`` (the model's) give the text to
+    tell the user, with the nearest names; all of them naming none is an error."""
+    text = _unknown_entries(imp, known, source) if imp is not None else None
+    missing = [t for t in wanted if imp is None or t not in imp.amax]
+    if given is not None:
+        lacking = [t for t in missing if t not in given]
+        if lacking:
+            raise QdqError(f"the given calibration has no statistics for {lacking[0]!r}; calibrate again")
+    elif missing and not have_data:
+        raise QdqError(f"no range for {len(missing)} tensors (e.g. {missing[0]!r})"
+                       + (f" in {imp.path}" if imp else "") + ": pass --calib DATA to calibrate them")
+    return text
+
+
+def _unknown_entries(imp: RangeFile, known: set, source: str) -> str | None:
+    lost = sorted(t for t in imp.amax if t not in known)
+    if not lost:
+        return None
+    near = {t: difflib.get_close_matches(t, known, n=2, cutoff=0.6) for t in lost[:5]}
+    hint = "; ".join(f"{t!r}" + (f" (nearest: {', '.join(map(repr, c))})" if c else "") for t, c in near.items())
+    if len(lost) == len(imp.amax):
+        raise QdqError(f"{imp.path}: none of its {len(lost)} entries names a tensor of {source} ({hint}); "
+                       "is it the ranges file of this model?")
+    return f"{len(lost)} of {len(imp.amax)} entries of {imp.path} name no tensor of the model: {hint}"
+
+
+def range_warnings(ranges: dict, stats: dict, imp: RangeFile | None, activations: list) -> list:
+    """What the user should know of ``ranges`` (tensor → Range): zero or constant tensors on the
+    calibration ``stats``; imported ranges ONNX Runtime's .cache lost (below the negative values the
+    data reaches), asymmetric entries made symmetric."""
+    w = []
+    for t, r in ranges.items():
+        st = stats.get(t)
+        if r.amax == 0.0:
+            w.append(f"tensor {t!r} has a zero range; given scale 1")
+        elif st is not None and st.min == st.max:
+            w.append(f"tensor {t!r} is constant ({st.min:g}) on the calibration data")
+    if imp is None:
+        return w
+    if imp.note:
+        w.append(imp.note)
+    if imp.kind == "ort-cache":
+        lost = [t for t in activations if t in imp.amax and t in stats and -stats[t].min > imp.amax[t] * 1.001]
+        if lost:
+            w.append(f"{len(lost)} imported ranges are smaller than the negative values the calibration data "
+                     f"reaches (lost in ONNX Runtime's .cache): {', '.join(lost[:5])}" + (" …" if len(lost) > 5 else ""))
+    if imp.asymmetric:
+        w.append(f"{len(imp.asymmetric)} asymmetric [min, max] ranges made symmetric max(|min|, |max|): "
+                 + ", ".join(imp.asymmetric[:5]) + (" …" if len(imp.asymmetric) > 5 else ""))
+    return w

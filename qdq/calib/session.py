@@ -1,14 +1,98 @@
-"""ONNX Runtime sessions: one way to load a model (external data beyond the protobuf limit, Q/DQ
-run as float ops) and one way to run it (failures as one-line errors)."""
+"""ONNX Runtime sessions: one way to load a model (its weights lent from one store, Q/DQ run as float
+ops) and one way to run it (failures as one-line errors).
+
+Weights: ONNX Runtime given a serialized model deserializes its own copy of every initializer, and the
+serialization is another.  Here a session is given a *skeleton*: each initializer of at least
+:data:`LENT_BYTES` is an external reference, its data lent from a :class:`WeightStore` as an OrtValue
+through ``SessionOptions.add_external_initializers`` (ONNX Runtime's CPU provider uses the buffer as
+is).  Inside :func:`shared_weights` every session of a run borrows from one store, so the float
+weights, and the INT8 weights every candidate of a placement shares, are held once however many
+sessions read them.
+"""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import contextlib
+import contextvars
+import weakref
 
+import numpy as np
 import onnx
 
 from ..errors import QdqError
-from ..modelio import too_large, write_external
+from ..modelio import values_bytes, without_initializers
+
+# initializers from this size on are lent to sessions instead of serialized into them
+LENT_BYTES = 4096
+# a session whose lent weights pass this many bytes does not prepack MatMul weights (a second copy)
+PREPACK_LIMIT = 1 << 28
+_STORE: contextvars.ContextVar = contextvars.ContextVar("qdq_weight_store", default=None)
+
+
+class WeightStore:
+    """Initializer data lent to live sessions: ``{(name, dtype, dims): [(array, OrtValue) weakly]}``, an
+    entry per distinct content under that key (contents are compared, never assumed from the name).
+    The sessions hold the OrtValues (each holding its array); an entry no live session borrows is
+    gone, so the store never holds more than the sessions alive read."""
+
+    def __init__(self):
+        self._held: dict = {}
+
+    def lend(self, t: onnx.TensorProto):
+        """The OrtValue holding ``t``'s data (raw_data, little-endian): one a live session already
+        borrows when the contents are equal, else a new one."""
+        import onnxruntime as ort
+
+        arr = np.frombuffer(t.raw_data, onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
+        key = (t.name, t.data_type, tuple(t.dims))
+        live = [(a, v) for a, v in ((a(), v()) for a, v in self._held.get(key, ())) if v is not None]
+        for held, value in live:
+            if np.array_equal(held, arr):
+                return value
+        value = ort.OrtValue.ortvalue_from_numpy(arr)
+        self._held[key] = [(weakref.ref(a), weakref.ref(v)) for a, v in live + [(arr, value)]]
+        return value
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the entries live sessions borrow."""
+        return sum(a().nbytes for entries in self._held.values() for a, v in entries if v() is not None)
+
+
+@contextlib.contextmanager
+def shared_weights():
+    """Every session made inside borrows its weights from one :class:`WeightStore` (dropped on exit;
+    inside another such block, that block's store)."""
+    if _STORE.get() is not None:
+        yield _STORE.get()
+        return
+    token = _STORE.set(WeightStore())
+    try:
+        yield _STORE.get()
+    finally:
+        _STORE.reset(token)
+
+
+def _lendable(t: onnx.TensorProto) -> bool:
+    return (t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL and len(t.dims) > 0
+            and t.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED)
+            and values_bytes(t) >= LENT_BYTES)
+
+
+def lean(model: onnx.ModelProto, store: WeightStore) -> tuple[onnx.ModelProto, list, list]:
+    """``model`` with each large initializer an external reference (no data), and the (names, OrtValues)
+    to lend for them; ``model`` is not changed and its weights are not copied into the result."""
+    m = without_initializers(model)
+    names, values = [], []
+    for t in model.graph.initializer:
+        if not _lendable(t):
+            m.graph.initializer.append(t)
+            continue
+        ref = m.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
+                                      data_location=onnx.TensorProto.EXTERNAL)
+        ref.external_data.add(key="location", value="qdq-weight-store")
+        names.append(t.name)
+        values.append(store.lend(t))
+    return m, names, values
 
 
 def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), threads: int | None = None,
@@ -19,7 +103,9 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
     hides much of FP16's rounding: measurements hand it :func:`qdq.graph.precision.runnable` first."""
     import onnxruntime as ort
 
-    m = with_extrema(model, (), extra_outputs)[0] if extra_outputs else model
+    store = _STORE.get() or WeightStore()
+    m, names, values = lean(model, store)
+    m = with_extrema(m, (), extra_outputs)[0] if extra_outputs else m
     so = ort.SessionOptions()
     so.log_severity_level = 3
     # idle ORT workers must not spin: the histogram thread needs the core between runs
@@ -34,17 +120,19 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
         so.intra_op_num_threads = threads
     available = ort.get_available_providers()
     providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-    try:
-        if too_large(m):  # cannot be serialised: hand ORT a file with external data
-            # ONNX Runtime maps the data file; prepacking MatMul weights would add a second copy of them
+    if names:
+        so.add_external_initializers(names, values)
+        lent = set(names)
+        if sum(values_bytes(t) for t in m.graph.initializer if t.name in lent) > PREPACK_LIMIT:
+            # prepacking MatMul weights would make a second copy of the lent ones
             so.add_session_config_entry("session.disable_prepacking", "1")
-            with tempfile.TemporaryDirectory() as d:
-                write_external(m, Path(d) / "model.onnx", "model.data")
-                return ort.InferenceSession(str(Path(d) / "model.onnx"), so, providers=providers)
-        return ort.InferenceSession(m.SerializeToString(), so, providers=providers)
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=providers)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:300]
         raise QdqError(f"ONNX Runtime cannot load the model: {msg}") from None
+    sess.qdq_lent = (store, values)   # the lent buffers live as long as the session
+    return sess
 
 
 def with_extrema(model: onnx.ModelProto, names, outputs=(), shapes=()) -> tuple[onnx.ModelProto, dict]:

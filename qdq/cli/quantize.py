@@ -5,7 +5,8 @@ from pathlib import Path
 
 from ..calib.ranges import DEFAULT_METHOD, METHODS
 from ..modelio import check_output, save_model
-from ..pipeline import quantize, write_ranges
+from ..pipeline import quantize
+from ..report.summary import write_ranges
 from ..report.text import print_summary, summary_json
 from ..targets import TARGETS
 from ..trt.backend import built_view

@@ -6,9 +6,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..calib.data import Dataset, model_inputs
+from ..errors import QdqError
+from ..measure.autocast import fp16_model
+from ..measure.engines import compare_engines
 from ..modelio import load_model
-from ..trt.backend import build_engines
-from ..trt.runner import compare_engines
+from ..trt.backend import Backend, Engines, build_engines
 from . import args as A
 
 
@@ -35,9 +37,8 @@ def run(args) -> int:
     A.check_reports(args.json)
     dataset = Dataset(args.data, model_inputs(load_model(args.float_model)), A.preprocess(args), limit=args.limit)
     quiet = args.quiet or args.json == "-"
-    engines = build_engines(args.float_model, args.quant_model, dataset, args.workdir,
-                            A.shapes(args.shapes, [i.name for i in dataset.inputs]) or None,
-                            quiet=quiet)
+    engines = engines_on(args.float_model, args.quant_model, dataset, args.workdir,
+                         A.shapes(args.shapes, [i.name for i in dataset.inputs]) or None, quiet=quiet)
     doc = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(engines).items()}
     if args.trt_command == "compare":
         doc["comparison"] = compare_engines(engines, dataset, args.runs, quiet)
@@ -46,6 +47,19 @@ def run(args) -> int:
     if not quiet:
         _print(engines, doc)
     return 0
+
+
+def engines_on(float_model, quant_model, dataset, workdir: Path, shapes: dict | None = None,
+               backend: Backend | None = None, quiet: bool = False) -> Engines:
+    """:func:`qdq.trt.backend.build_engines` at ``shapes`` (default: the first sample's), FP16 casts
+    (strongly typed builds) checked for overflow on ``dataset`` (:func:`qdq.measure.autocast.fp16_model`)."""
+    if not shapes:
+        first = next(iter(dataset), None)
+        if first is None:
+            raise QdqError(f"{dataset.path}: contains no samples")
+        shapes = {k: tuple(v.shape) for k, v in first[1].items()}
+    return build_engines(float_model, quant_model, workdir, shapes, backend=backend,
+                         fp16=lambda m, keep: fp16_model(m, dataset, quiet, keep_names=keep))
 
 
 def _print(engines, doc: dict) -> None:

@@ -256,3 +256,9 @@ def cross_layer_equalization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
         nxt.inputs[1] = g.Constant(fresh_name(nxt.inputs[1].name + "_cle", taken), w2.astype(np.float32))
         pairs += 1
     return export_graph(graph, model, "cross-layer equalization"), pairs
+
+
+def smoothable(model: onnx.ModelProto, mode: str) -> bool:
+    """Worth a calibration pass: any MatMul/Gemm (``all``), or any LayerNormalization (``auto``)."""
+    ops = {n.op_type for n in model.graph.node}
+    return bool(ops & {"MatMul", "Gemm"}) and (mode == "all" or "LayerNormalization" in ops)

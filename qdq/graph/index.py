@@ -73,6 +73,9 @@ class GraphIndex:
     inputs: list = field(default_factory=list)          # graph input names (not initializers)
     outputs: list = field(default_factory=list)
     typed: onnx.ModelProto | None = None                 # ``model`` with inferred value_info (same nodes)
+    # (weight tensor, axis) -> its per-channel INT8 codes, scales, floored: every candidate file of this
+    # model quantizes a weight the same way, so it is quantized once (qdq.graph.rewrite.insert_qdq)
+    weight_codes: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, model: onnx.ModelProto, infer_shapes: bool = True) -> "GraphIndex":

@@ -432,3 +432,14 @@ class _UnionFind:
         for x in self.parent:
             out.setdefault(self.find(x), []).append(x)
         return [sorted(v) for v in out.values()]
+
+
+def why_none(idx: GraphIndex, plan: Placement) -> str:
+    """Why a placement quantizes no layer, from its skip reasons (the commonest first)."""
+    if not plan.skipped:
+        return "the model has no Conv, ConvTranspose, Gemm or MatMul"
+    kinds: dict = {}   # the same rule with other numbers is one kind
+    for pos, why in plan.skipped:
+        kinds.setdefault(re.sub(r"\d+", "#", why), []).append((idx.labels[pos], why))
+    parts = [f"{len(v)} like {v[0][0]!r} ({v[0][1]})" for v in sorted(kinds.values(), key=lambda v: -len(v))[:3]]
+    return f"all {len(plan.skipped)} weighted layers stay float by the placement rules: " + "; ".join(parts)

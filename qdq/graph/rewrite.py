@@ -80,7 +80,8 @@ def quantize_weight(w: np.ndarray, axis: int, scale_dtype) -> tuple[np.ndarray, 
     return q.astype(np.int8), scale, floored
 
 
-def insert_qdq(graph, nodes: list, plan: Placement, amax: dict, method: dict, bias: dict | None = None) -> tuple:
+def insert_qdq(graph, nodes: list, plan: Placement, amax: dict, method: dict, bias: dict | None = None,
+               codes: dict | None = None) -> tuple:
     """Insert the Q/DQ pairs of ``plan`` into the gs ``graph`` in place, FP32 scales (an FP16 target
     casts them later, :mod:`qdq.graph.precision`).  ``nodes`` are the graph's nodes by id at import
     (node ids in ``plan`` refer to them); ``amax[t]`` per activation tensor; ``method[t]`` its label;
@@ -96,7 +97,11 @@ def insert_qdq(graph, nodes: list, plan: Placement, amax: dict, method: dict, bi
     for t, users in plan.activations.items():
         notes.append(_activation_qdq(graph, nodes, tensors[t], users, float(amax[t]), method.get(t, "?"), taken, docs))
     for key, spec in plan.weights.items():
-        notes.append(_weight_dq(graph, nodes, key, spec, tensors[spec.tensor], taken, docs))
+        src = tensors[spec.tensor]
+        cache = codes if codes is not None else {}
+        if (spec.tensor, spec.axis) not in cache:
+            cache[spec.tensor, spec.axis] = quantize_weight(np.asarray(src.values), spec.axis, np.float32)
+        notes.append(_weight_dq(graph, nodes, key, spec, src, cache[spec.tensor, spec.axis], taken, docs))
     return notes, docs
 
 
@@ -119,10 +124,11 @@ def _activation_qdq(graph, nodes, src, users, amax: float, method: str, taken: s
     return QdqNote(t, amax, float(scale), method, floored)
 
 
-def _weight_dq(graph, nodes, key: str, spec, src, taken: set, docs: dict) -> QdqNote:
-    """The weight ``src`` as INT8 codes with a per-channel DequantizeLinear feeding ``spec``'s layers."""
+def _weight_dq(graph, nodes, key: str, spec, src, coded: tuple, taken: set, docs: dict) -> QdqNote:
+    """The weight ``src`` as INT8 codes (``coded``: :func:`quantize_weight`'s result) with a per-channel
+    DequantizeLinear feeding ``spec``'s layers."""
     g = gs()
-    qw, scale, floored = quantize_weight(np.asarray(src.values), spec.axis, np.float32)
+    qw, scale, floored = coded
     q_c = g.Constant(fresh_name(f"{key}_quantized", taken), qw)
     s_c = g.Constant(fresh_name(f"{key}_scale", taken), scale)
     z_c = g.Constant(fresh_name(f"{key}_zero_point", taken), np.zeros(scale.shape, np.int8))

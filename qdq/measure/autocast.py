@@ -119,6 +119,7 @@ def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None
     aug = g.export_onnx(graph, do_type_check=False)
     aug.ir_version = model.ir_version
     sess = session_for(aug, fold=False)   # FP32 inside; its own roundings explicit, not folded into copies
+    del aug   # the session borrows the weights it needs from the store
     power = {(pos, ref): [0.0, 0.0] for pos, ref, _ in pairs}
     for k, feed in enumerate(feeds):
         outs = run_session(sess, feed, f"sample {k}")

@@ -28,7 +28,7 @@ import onnx
 
 from ..calib.data import Dataset, Feeds, Preprocess, batches, first_feeds, model_inputs
 from ..calib.ranges import QMAX, Range, compute_range, fake_quant
-from ..calib.session import run_session, session_for
+from ..calib.session import run_session, session_for, shared_weights
 from ..calib.stats import TensorStats
 from ..errors import QdqError
 from ..graph.bypass import activations_only, weights_only, without_bias_correction
@@ -143,6 +143,13 @@ def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwis
     as TensorRT does with ``--int8 --fp16``: its non-INT8 layers in FP16 except the ones it pins."""
     if reference not in ("fp32", "fp16"):
         raise QdqError(f"unknown reference {reference!r}; choose fp32 or fp16")
+    with shared_weights():   # the float weights held once for the reference, budget and file sessions
+        return _compare(float_model, quant_model, data, reference, layerwise, threshold_db, budget, preprocess, limit,
+                        batch_size, quiet, task, remainder)
+
+
+def _compare(float_model, quant_model, data, reference, layerwise, threshold_db, budget, preprocess, limit,
+             batch_size, quiet, task, remainder) -> CompareResult:
     fmodel = float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model)
     qmodel = quant_model if isinstance(quant_model, onnx.ModelProto) else load_model(quant_model)
     f_out = [o.name for o in fmodel.graph.output]

@@ -18,7 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import onnx
+
 from ..calib.data import Dataset, Preprocess, first_feeds, model_inputs
+from ..calib.ranges import compute_range
+from ..graph.placement import replace
+from ..graph.writer import build_model, share_ranges
 from ..errors import QdqError
 from ..progress import progress
 from .analysis import analyze
@@ -90,12 +95,12 @@ def sensitivity(result, data, *, preprocess: Preprocess | None = None, limit: in
 def end_to_end(result, layers: list, feeds: list, only: bool = True, quiet: bool = False) -> dict:
     """Measured output SQNR, per layer id in ``layers``: with every quantized layer INT8 but that one
     (``all_but``) and, with ``only``, with only that one INT8 (``only``); key None: all INT8.
-    Two model builds (``result.variant``) and ONNX Runtime runs per layer."""
+    Two model builds (:func:`variant`) and ONNX Runtime runs per layer."""
     plan = result.placement
     ev = Evaluator(result.float_model, feeds)
 
     def sqnr(keep_float):
-        return ev.sqnr(result.variant(keep_float))
+        return ev.sqnr(variant(result, keep_float))
 
     out = {None: sqnr(set())}
     everything = set(plan.quantized_layers)
@@ -106,3 +111,19 @@ def end_to_end(result, layers: list, feeds: list, only: bool = True, quiet: bool
                 out[layer]["only"] = sqnr(everything - {layer})
             advance()
     return out
+
+
+def variant(result, keep_float: set) -> onnx.ModelProto:
+    """``result``'s file (a :class:`qdq.pipeline.QuantizeResult`) with the layers ``keep_float`` (node
+    ids) in float too: the placement redone with its own skips and user choices, its ranges (new
+    tensors from its calibration, by its method), its bias corrections on the layers still INT8; trt10
+    form, unchecked (evaluated, never written)."""
+    keep = dict(result.placement.skipped)
+    keep.update({q: "float (variant)" for q in keep_float})
+    p = replace(result.index, result.placement, keep) if keep_float else result.placement
+    ranges = {t: result.ranges[t] if t in result.ranges else compute_range(result.calibration.stats[t], result.summary.method)
+              for t in p.activations}
+    given = {t for t, r in ranges.items() if r.method.startswith("imported")}
+    model, _ = build_model(result.float_model, result.index, p, share_ranges(p, ranges, result.calibration, given),
+                           "trt10", bias=result.bias, check=False)
+    return model

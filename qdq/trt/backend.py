@@ -30,7 +30,6 @@ from pathlib import Path
 import onnx
 
 from ..errors import QdqError
-from ..measure.autocast import fp16_model
 from ..modelio import load_model, metadata, save_model, too_large, write_external
 from ..targets import prepare
 from .cuda import cudart
@@ -292,21 +291,15 @@ class Engines:
     int8_layers: dict | None = None   # the INT8 engine's layer view (qdq.trt.layers), when readable
 
 
-def _data_shapes(dataset) -> dict:
-    """Input shapes of the first sample (engines are built for the data's shapes)."""
-    for _, feed in dataset:
-        return {k: tuple(v.shape) for k, v in feed.items()}
-    raise QdqError(f"{dataset.path}: contains no samples")
-
-
-def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict | None = None,
-                  backend: Backend | None = None, quiet: bool = False) -> Engines:
-    """Build the FP16 and the INT8 engine (see module doc for the precision per API) into ``workdir``,
-    sharing one timing cache there."""
+def build_engines(float_model, quant_model, workdir: Path, shapes: dict, fp16=None,
+                  backend: Backend | None = None) -> Engines:
+    """Build the FP16 and the INT8 engine (see module doc for the precision per API) into ``workdir``
+    at the input ``shapes`` ({input: dims}), sharing one timing cache there.  Strongly typed builds
+    need ``fp16``: a callable (model, keep_names or None) → the model's FP16 cast keeping those nodes
+    FP32 (the caller's choice, e.g. :func:`qdq.measure.autocast.fp16_model` on its data)."""
     b = backend or load_backend()
     fm = float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model)
     qm = quant_model if isinstance(quant_model, onnx.ModelProto) else load_model(quant_model)
-    shapes = shapes or _data_shapes(dataset)
     workdir.mkdir(parents=True, exist_ok=True)
     cache = workdir / "timing.cache"
     fp16_src, q_src, written = fm, qm, {}
@@ -318,9 +311,11 @@ def build_engines(float_model, quant_model, dataset, workdir: Path, shapes: dict
     names = {node.name for node in fm.graph.node}
     float_pins = [n for n in pins if n in names]
     if b.strongly_typed:  # precision lives in the graph: FP16 casts of both (Q/DQ kept INT8)
-        fp16_src = fp16_model(fm, dataset, quiet)
+        if fp16 is None:
+            raise QdqError(f"{b.name} builds strongly typed networks: build_engines needs the fp16 cast (fp16=)")
+        fp16_src = fp16(fm, None)
         has_fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in qm.graph.initializer)
-        q_src = qm if has_fp16 else fp16_model(qm, dataset, quiet, keep_names=pins or None)
+        q_src = qm if has_fp16 else fp16(qm, pins or None)
         for label, m in (("fp16.onnx", fp16_src), ("int8_fp16.onnx", q_src)):
             written[label] = str(save_model(m, workdir / label, overwrite=True))
     out = {}

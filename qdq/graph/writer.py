@@ -1,0 +1,56 @@
+"""The file writer: a float model, a placement and its ranges → the Q/DQ ONNX (and, for ``trt11``, its
+FP16 remainder), in one graph-surgeon pass checked once.  Candidates evaluated but never written
+skip the check."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..calib.calibrate import Calibration
+from ..calib.ranges import Range, clipped_fraction
+from .index import GraphIndex
+from .placement import Placement
+from .precision import cast_graph, opsets_of
+from .rewrite import insert_qdq, set_docs
+from .surgery import export_graph, import_graph
+
+
+def share_ranges(plan: Placement, ranges: dict, cal: Calibration, given=frozenset()) -> dict:
+    """Tensors of one scale group (a Concat's inputs and output, MaxPool/Resize in and out) take one
+    amax: the largest of the group, or the user's where the group holds ranges they gave (``given``:
+    those tensors), which are never changed; a group whose given ranges differ is left unshared."""
+    ranges = dict(ranges)
+    for group in plan.groups:
+        mine = {ranges[t].amax for t in group if t in given}
+        if len(mine) > 1:
+            continue
+        shared = mine.pop() if mine else max(ranges[t].amax for t in group)
+        for t in group:
+            r = ranges[t]
+            if t in given:
+                continue
+            clipped = clipped_fraction(cal.stats[t], shared) if t in cal.stats else None
+            ranges[t] = Range(amax=shared, method=f"{r.method} (shared)", clipped=clipped)
+    return ranges
+
+
+def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, target: str,
+                fp16=None, warnings: list | None = None, bias: dict | None = None, check: bool = True) -> tuple:
+    """The Q/DQ model for ``plan`` with ``ranges`` (tensor → Range), in one graph-surgeon pass: Q/DQ
+    insertion with the bias corrections ``bias`` (layer id → mean error per channel) and, for trt11,
+    the FP16 remainder with the nodes of ``fp16`` (a :class:`qdq.measure.autocast.Fp16Plan`) kept
+    FP32; ``idx`` indexes ``float_model``.  Returns (model, notes); appends what the user should know
+    to ``warnings``.  ``check=False`` skips the final full check, for candidates only evaluated."""
+    graph = import_graph(idx)
+    nodes = list(graph.nodes)
+    notes, docs = insert_qdq(graph, nodes, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
+                             {t: r.method for t, r in ranges.items()}, bias=bias, codes=idx.weight_codes)
+    if target == "trt11":
+        cast_graph(graph, opsets_of(float_model), np.float16, [nodes[i] for i in (fp16.keep if fp16 is not None else {})])
+    qmodel = export_graph(graph, float_model, "Q/DQ insertion" + (" and FP16 cast" if target == "trt11" else ""), check)
+    set_docs(qmodel, docs)
+    for n in notes:
+        if n.floored and n.tensor in plan.weights and warnings is not None:
+            warnings.append(f"weight {n.tensor!r} has all-zero (dead) channels or scales below the float32 range; "
+                            "those channels got a positive placeholder scale")
+    return qmodel, notes
