@@ -15,7 +15,7 @@ FLOORS = [
     ("qdq.trt",),
     ("qdq.measure",),
     ("qdq.report",),
-    ("qdq.pipeline", "qdq.trt_cache"),
+    ("qdq.pipeline", "qdq.stages", "qdq.options", "qdq.trt_cache"),
     ("qdq.cli", "qdq.demo"),
     ("qdq",),
 ]
@@ -168,3 +168,34 @@ def test_core_imports_no_optional_dependency():
                 continue
             bad += [f"{name}: {r}" for r in roots if r in heavy]
     assert not bad, bad
+
+
+# classes whose fields are a public schema, not pass state: the --json summary, quantize's keywords,
+# compare's per-layer rows and their accumulator (grouping them is still to do: issue 27)
+WIDE_RECORDS = {"qdq.report.summary.Summary", "qdq.options.Options", "qdq.measure.comparison.LayerReport",
+                "qdq.measure.comparison._Accumulators"}
+
+
+def _attributes(cls: ast.ClassDef) -> set:
+    """Fields declared in the class body and attributes assigned on self anywhere in it."""
+    names = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    for n in ast.walk(cls):
+        targets = n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []
+        for t in targets:
+            for e in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) and e.value.id == "self":
+                    names.add(e.attr)
+    return names
+
+
+def test_no_class_holds_more_than_twelve_things():
+    wide = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and len(_attributes(node)) > 12 and f"{name}.{node.name}" not in WIDE_RECORDS:
+                wide.append(f"{name}.{node.name} ({len(_attributes(node))})")
+    assert not wide, wide
+
+
+def test_the_orchestrator_only_composes():
+    assert len((ROOT / "pipeline.py").read_text().splitlines()) <= 300

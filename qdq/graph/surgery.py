@@ -14,15 +14,13 @@ Passes here prepare a float model for quantization without changing what it comp
 from __future__ import annotations
 
 import re
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ..errors import QdqError
-from ..modelio import fresh_name, too_large, unique_names, write_external
+from ..modelio import check_onnx, fresh_name, unique_names
 from .index import GraphIndex, infer_types
 
 # Smallest normal float16.  Smaller FP16 scales are subnormal or round to 0: TensorRT rejects 0, and
@@ -101,14 +99,10 @@ def _first_line(e: Exception) -> str:
 
 def verify(model: onnx.ModelProto, pass_name: str) -> None:
     """``onnx.checker.check_model(full_check=True)`` (structure, then strict type and shape
-    inference); a failure is an internal error naming the pass and, where ONNX says, the node."""
+    inference; on the model's skeleton, :func:`qdq.modelio.check_onnx`); a failure is an internal
+    error naming the pass and, where ONNX says, the node."""
     try:
-        if not too_large(model):
-            onnx.checker.check_model(model, full_check=True)
-        else:  # too large to serialise: check through a file with external data (model left as it was)
-            with tempfile.TemporaryDirectory() as d:
-                write_external(model, Path(d) / "model.onnx", "model.data")
-                onnx.checker.check_model(str(Path(d) / "model.onnx"), full_check=True)
+        check_onnx(model, full_check=True)
     except Exception as e:
         msg = _first_line(e)
         node = re.search(r"node \(([^)]*)\)|Node \(([^)]*)\)|node '([^']*)'|node name: ([^\s)]+)|name: \"([^\"]+)\"", str(e))

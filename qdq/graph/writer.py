@@ -3,16 +3,54 @@ FP16 remainder), in one graph-surgeon pass checked once.  Candidates evaluated b
 skip the check."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+
 import numpy as np
 import onnx
 
 from ..calib.calibrate import Calibration
-from ..calib.ranges import Range, clipped_fraction
+from ..calib.range_files import RangeFile
+from ..calib.ranges import Range, clipped_fraction, compute_range
 from .index import GraphIndex
 from .placement import Placement
 from .precision import cast_graph, opsets_of
 from .rewrite import insert_qdq, set_docs
 from .surgery import export_graph, import_graph
+
+
+@dataclass(frozen=True)
+class RangeBook:
+    """The ranges of any placement of one model: the user's where ``imported`` gives them (as given),
+    else computed from ``cal``'s statistics by ``method`` (by the method the smoothing chose, per
+    tensor, in ``tensor_methods``), each (tensor, method) computed once for every candidate; then one
+    amax per scale group (:func:`share_ranges`)."""
+
+    cal: Calibration
+    method: str
+    percentile: float = 99.99
+    imported: RangeFile | None = None
+    tensor_methods: dict = field(default_factory=dict)
+    computed: dict = field(default_factory=dict, repr=False, compare=False)   # (tensor, method) -> Range
+
+    def ranges(self, plan: Placement) -> dict:
+        """tensor -> Range for every activation of ``plan``."""
+        imp, out = self.imported, {}
+        for t in plan.activations:
+            if imp is not None and t in imp.amax:
+                a = imp.amax[t]
+                stats = self.cal.stats.get(t)
+                out[t] = Range(a, f"imported ({imp.kind})", clipped_fraction(stats, a) if stats is not None else None)
+                continue
+            key = (t, self.tensor_methods.get(t, self.method))
+            if key not in self.computed:
+                self.computed[key] = compute_range(self.cal.stats[t], key[1], self.percentile)
+            out[t] = self.computed[key]
+        return share_ranges(plan, out, self.cal, set(imp.amax) if imp is not None else ())
+
+    def using(self, method: str) -> "RangeBook":
+        """The same book by another method (its computed ranges shared)."""
+        return dataclasses.replace(self, method=method, computed=self.computed)
 
 
 def share_ranges(plan: Placement, ranges: dict, cal: Calibration, given=frozenset()) -> dict:
