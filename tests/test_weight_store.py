@@ -43,3 +43,26 @@ def test_a_session_outside_a_store_keeps_its_weights_alive():
     gc.collect()
     x = {"x": np.ones((1, 64), np.float32)}
     np.testing.assert_allclose(run_session(sess, x, "s")["y"], x["x"] @ w, rtol=1e-5)
+
+
+def test_a_graph_exported_for_a_session_carries_no_weights_and_computes_the_same():
+    from qdq.graph.surgery import export_lent, gs, import_graph
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    model = _matmul(w)
+    graph = import_graph(model)
+    extra = gs().Constant("W2", (w * 3).astype(np.float32))          # an array made by a pass
+    y2 = gs().Variable("y2", dtype=np.float32, shape=[1, 64])
+    graph.nodes.append(gs().Node("MatMul", "mm2", inputs=[graph.inputs[0], extra], outputs=[y2]))
+    graph.outputs.append(y2)
+    lean, lent = export_lent(graph, model)
+    assert sorted(lent) == ["W", "W2"]
+    assert all(not t.raw_data for t in lean.graph.initializer if t.name in lent)
+    assert lean.ByteSize() < w.nbytes / 4
+    x = {"x": rng.standard_normal((1, 64)).astype(np.float32)}
+    out = run_session(session_for(lean, lent=lent), x, "s")
+    np.testing.assert_allclose(out["y"], x["x"] @ w, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out["y2"], x["x"] @ (w * 3), rtol=1e-5, atol=1e-4)
+    assert isinstance(graph.tensors()["W2"].values, np.ndarray)     # the graph is left as it was
+    np.testing.assert_array_equal(np.asarray(graph.tensors()["W"].values), w)

@@ -11,7 +11,7 @@ import onnx
 from ..errors import QdqError
 from ..progress import progress
 from .data import batches, prefetch
-from .session import run_session, session_for, with_extrema
+from .session import lent_view, run_session, session_for, with_extrema
 from .stats import TensorStats
 
 
@@ -42,10 +42,10 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
     range_only = [t for t in dict.fromkeys(range_only) if t not in tensors]
     inputs = {i.name for i in dataset.inputs}
     want_shapes, shapes = bool(shapes), [t for t in dict.fromkeys(shapes) if t not in inputs]
-    reduced, extrema_of = with_extrema(model, range_only, [t for t in tensors if t not in inputs], shapes)
+    view, lent = lent_view(model)   # the copy with_extrema makes holds no weights
+    reduced, extrema_of = with_extrema(view, range_only, [t for t in tensors if t not in inputs], shapes)
     shape_of = extrema_of.pop("shapes", {})
-    sess = session_for(reduced, providers, threads=threads)
-    del reduced   # the session borrows the weights it needs from the store
+    sess = session_for(reduced, providers, threads=threads, lent=lent)
     cal = into if into is not None else Calibration()
     for t in tensors:
         cal.stats.setdefault(t, TensorStats(t))

@@ -23,6 +23,7 @@ from ..modelio import values_bytes, without_initializers
 
 # initializers from this size on are lent to sessions instead of serialized into them
 LENT_BYTES = 4096
+LENT_LOCATION = "qdq-weight-store"   # the external-data location of a lent initializer
 # a session whose lent weights pass this many bytes does not prepack MatMul weights (a second copy)
 PREPACK_LIMIT = 1 << 28
 _STORE: contextvars.ContextVar = contextvars.ContextVar("qdq_weight_store", default=None)
@@ -40,10 +41,16 @@ class WeightStore:
     def lend(self, t: onnx.TensorProto):
         """The OrtValue holding ``t``'s data (raw_data, little-endian): one a live session already
         borrows when the contents are equal, else a new one."""
+        arr = np.frombuffer(t.raw_data, onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
+        return self.lend_array(t.name, arr)
+
+    def lend_array(self, name: str, arr: np.ndarray):
+        """The OrtValue of ``arr`` under ``name`` (an equal one a live session borrows, else ``arr``
+        itself, not copied: it must not change while lent)."""
         import onnxruntime as ort
 
-        arr = np.frombuffer(t.raw_data, onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
-        key = (t.name, t.data_type, tuple(t.dims))
+        arr = np.ascontiguousarray(arr)
+        key = (name, arr.dtype.str, arr.shape)
         live = [(a, v) for a, v in ((a(), v()) for a, v in self._held.get(key, ())) if v is not None]
         for held, value in live:
             if np.array_equal(held, arr):
@@ -78,33 +85,40 @@ def _lendable(t: onnx.TensorProto) -> bool:
             and values_bytes(t) >= LENT_BYTES)
 
 
-def lean(model: onnx.ModelProto, store: WeightStore) -> tuple[onnx.ModelProto, list, list]:
-    """``model`` with each large initializer an external reference (no data), and the (names, OrtValues)
-    to lend for them; ``model`` is not changed and its weights are not copied into the result."""
+def lent_view(model: onnx.ModelProto, lent: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+    """``model`` with each large initializer an external reference to :data:`LENT_LOCATION` (no data),
+    and {name: its TensorProto in ``model``} to lend for them; ``model`` is not changed and its
+    weights are not copied.  References already there take their data from ``lent`` (name → array
+    or TensorProto: :func:`qdq.graph.surgery.export_lent`)."""
     m = without_initializers(model)
-    names, values = [], []
+    out = {}
     for t in model.graph.initializer:
-        if not _lendable(t):
+        if lent and t.data_location == onnx.TensorProto.EXTERNAL and t.name in lent:
             m.graph.initializer.append(t)
-            continue
-        ref = m.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
-                                      data_location=onnx.TensorProto.EXTERNAL)
-        ref.external_data.add(key="location", value="qdq-weight-store")
-        names.append(t.name)
-        values.append(store.lend(t))
-    return m, names, values
+            out[t.name] = lent[t.name]
+        elif _lendable(t):
+            ref = m.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
+                                          data_location=onnx.TensorProto.EXTERNAL)
+            ref.external_data.add(key="location", value=LENT_LOCATION)
+            out[t.name] = t
+        else:
+            m.graph.initializer.append(t)
+    return m, out
 
 
 def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), threads: int | None = None,
-                fold: bool = True):
+                fold: bool = True, lent: dict | None = None):
     """An ONNX Runtime session of ``model`` as given that also returns ``extra_outputs`` (tensor
-    names).  ``fold=False`` turns ONNX Runtime's graph optimizations off (a Cast of a weight stays a
+    names); ``lent`` lends the data of initializers ``model`` holds as references (:func:`lent_view`).
+    ``fold=False`` turns ONNX Runtime's graph optimizations off (a Cast of a weight stays a
     Cast instead of becoming a second copy of the weight).  A model that computes in FP16 runs here as ONNX Runtime's CPU provider runs it, which
     hides much of FP16's rounding: measurements hand it :func:`qdq.graph.precision.runnable` first."""
     import onnxruntime as ort
 
     store = _STORE.get() or WeightStore()
-    m, names, values = lean(model, store)
+    m, lent = lent_view(model, lent)
+    names = list(lent)
+    values = [store.lend_array(k, v) if isinstance(v, np.ndarray) else store.lend(v) for k, v in lent.items()]
     m = with_extrema(m, (), extra_outputs)[0] if extra_outputs else m
     so = ort.SessionOptions()
     so.log_severity_level = 3

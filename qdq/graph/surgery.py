@@ -20,7 +20,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import QdqError
-from ..modelio import check_onnx, fresh_name, unique_names
+from ..calib.session import LENT_BYTES, LENT_LOCATION
+from ..modelio import check_onnx, fresh_name, unique_names, values_bytes
 from .index import GraphIndex, infer_types
 
 # Smallest normal float16.  Smaller FP16 scales are subnormal or round to 0: TensorRT rejects 0, and
@@ -83,6 +84,41 @@ def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool =
     if check:
         verify(model, pass_name)
     return model
+
+
+def export_lent(graph, template: onnx.ModelProto) -> tuple:
+    """``graph`` exported for an ONNX Runtime session only (unchecked, never written) with each constant
+    of :data:`qdq.calib.session.LENT_BYTES` or more an external reference: (model, {name: np.ndarray or
+    the float model's TensorProto}) for :func:`qdq.calib.session.session_for`'s ``lent``, so no copy of
+    the weights is serialized.  ``graph`` is left as it was."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    lent, swapped = {}, []
+    for t in graph.tensors().values():
+        if not isinstance(t, gs().Constant):
+            continue
+        old = t._values   # gs exports a LazyValues' own TensorProto, and an array's bytes
+        proto = old.tensor if isinstance(old, LazyValues) else None
+        if proto is None and not isinstance(old, np.ndarray):
+            continue
+        nbytes = values_bytes(proto) if proto is not None else old.nbytes
+        if nbytes < LENT_BYTES or (proto is not None and not proto.HasField("raw_data")):
+            continue
+        ref = onnx.TensorProto(name=t.name, dims=list(proto.dims) if proto is not None else list(old.shape),
+                               data_type=proto.data_type if proto is not None else
+                               onnx.helper.np_dtype_to_tensor_dtype(old.dtype),
+                               data_location=onnx.TensorProto.EXTERNAL)
+        ref.external_data.add(key="location", value=LENT_LOCATION)
+        lent[t.name] = proto if proto is not None else old
+        swapped.append((t, old))
+        t._values = LazyValues(ref)
+    try:
+        model = gs().export_onnx(graph, do_type_check=False)
+    finally:
+        for t, old in swapped:
+            t._values = old
+    model.ir_version = template.ir_version
+    return model, lent
 
 
 def _min_ir_version(model: onnx.ModelProto) -> int:

@@ -36,7 +36,7 @@ from ..errors import QdqError
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, fused_tail
 from ..graph.rewrite import quantize_weight, safe_scale
-from ..graph.surgery import gs, import_graph, taken_names
+from ..graph.surgery import export_lent, gs, import_graph, taken_names
 from ..modelio import fresh_name
 from ..progress import progress
 from .metrics import power_db
@@ -193,9 +193,8 @@ class _Augmented:
         self.graph.nodes += self.extra
         self.graph.outputs += self.outputs
         self.graph.toposort()
-        aug = gs().export_onnx(self.graph, do_type_check=False)
-        aug.ir_version = template.ir_version
-        return session_for(aug)   # FP32 inside; its own roundings are explicit
+        aug, lent = export_lent(self.graph, template)
+        return session_for(aug, lent=lent)   # FP32 inside; its own roundings are explicit
 
 
 def _layer_plans(aug: _Augmented) -> list:

@@ -24,7 +24,7 @@ from ..calib.session import run_session, session_for
 from ..graph.index import GraphIndex
 from ..graph.precision import (BOUND_OPS, F16, FP16_MAX, FP16_OUTPUT_MIN_DB, FP16_SAFE_MAX, NO_BOUND, NODE_FP16_MIN_DB,
                                cast_float, fp16_round_trip, opsets_of, resolve)
-from ..graph.surgery import gs, import_graph, taken_names
+from ..graph.surgery import export_lent, gs, import_graph, taken_names
 from ..modelio import fresh_name
 from ..targets import prepare
 from .evaluate import Evaluator
@@ -116,10 +116,9 @@ def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None
                 graph.outputs += sums
                 pairs.append((pos, sums[0].name, sums[1].name))
     graph.toposort()
-    aug = g.export_onnx(graph, do_type_check=False)
-    aug.ir_version = model.ir_version
-    sess = session_for(aug, fold=False)   # FP32 inside; its own roundings explicit, not folded into copies
-    del aug   # the session borrows the weights it needs from the store
+    aug, lent = export_lent(graph, model)
+    sess = session_for(aug, fold=False, lent=lent)   # FP32 inside; its own roundings explicit, not folded into copies
+    del aug, lent   # the session borrows the weights it needs from the store
     power = {(pos, ref): [0.0, 0.0] for pos, ref, _ in pairs}
     for k, feed in enumerate(feeds):
         outs = run_session(sess, feed, f"sample {k}")
