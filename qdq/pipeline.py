@@ -26,6 +26,7 @@ from .calib.range_files import RangeFile, range_warnings, read_ranges
 from .calib.session import shared_weights
 from .graph.index import GraphIndex
 from .graph.placement import Placement
+from .graph.precision import has_fp16
 from .graph.rewrite import set_metadata
 from .graph.writer import RangeBook, build_model
 from .measure.analysis import analyze
@@ -116,9 +117,10 @@ class Decided:
 def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts: Options, warnings: list) -> Decided:
     """Method, analysis, bias correction, mixed precision, range warnings and the file's figures."""
     book = RangeBook(samples.cal, opts.method, opts.percentile, imported, prep.tensor_methods)
-    method = choose_method(Candidates(prep.float_model, prep.idx, book), prep.placed, check, opts.method)
+    keep = None if fp16 is None or has_fp16(prep.float_model) else (lambda: fp16.names(prep.idx))
+    method = choose_method(Candidates(prep.float_model, prep.idx, book, keep), prep.placed, check, opts.method)
     warnings += [method.warning] if method.warning else []
-    cands = Candidates(prep.float_model, prep.idx, book.using(method.method))
+    cands = Candidates(prep.float_model, prep.idx, book.using(method.method), keep)
     split, analysis = samples.split, None
     if split is not None and split.kept and (opts.bias_correction or opts.mixed_precision):
         analysis = analyze(prep.float_model, prep.idx, prep.placed, cands.book.ranges(prep.placed), split.kept,

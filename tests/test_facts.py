@@ -369,3 +369,25 @@ def test_max_task_loss_acts_only_on_a_task_named_or_confirmed(tmp_path):
     assert any(w.startswith("--max-task-loss did not act: the task classify was inferred") for w in inferred.warnings)
     named = quantize(m, tmp_path, quiet=True, max_task_loss=0.0, task=TaskOptions(task="auto", confirmed=True)).summary
     assert not any("--max-task-loss did not act" in w for w in named.warnings)
+
+
+def test_a_candidate_built_as_the_device_runs_it_matches_the_file_then_its_device_view(tmp_path):
+    """graph.writer.device_view (Q/DQ, FP16 remainder and its emulation on one graph, weights lent)
+    computes exactly what remainder_fp16 of the written trt10 file computes, with and without pins."""
+    from qdq.calib.session import run_session, session_for
+    from qdq.graph.precision import remainder_fp16
+    from qdq.graph.writer import build_model, device_view
+    m = _two_heads()
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    r = quantize(m, tmp_path, quiet=True, mixed_precision=False)
+    feed = {"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    file, _ = build_model(r.float_model, r.index, r.placement, r.ranges, "trt10", bias=r.bias)
+    pins = [lab for p, lab in enumerate(r.index.labels) if p not in r.placement.quantized_layers][:2]
+    assert pins
+    for keep in ([], pins):
+        lean, lent = device_view(r.float_model, r.index, r.placement, r.ranges, r.bias, keep)
+        got = run_session(session_for(lean, lent=lent), feed, "x")
+        want = run_session(session_for(remainder_fp16(file, keep)), feed, "x")
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])

@@ -243,7 +243,7 @@ def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     tensor the model holds in FP16 is rounded to FP16 (Cast to FP16 and back) where it is produced;
     FP16 constants become FP32 of the same values.  Inputs and outputs keep their declared types."""
     graph = import_graph(model)
-    _emulate(graph, opsets_of(model))
+    emulate_in_place(graph, opsets_of(model))
     return export_graph(graph, model, "FP16 emulation")
 
 
@@ -259,11 +259,11 @@ def remainder_fp16(model: onnx.ModelProto, keep_names=(), check: bool = False) -
     keep = set(keep_names)
     opsets = opsets_of(model)
     cast_graph(graph, opsets, np.float16, [n for n in graph.nodes if n.name in keep])
-    _emulate(graph, opsets)
+    emulate_in_place(graph, opsets)
     return export_graph(graph, model, "FP16 remainder", check)
 
 
-def _emulate(graph, opsets: dict) -> None:
+def emulate_in_place(graph, opsets: dict) -> None:
     """:func:`emulate_fp16` on a gs graph in place."""
     g = gs()
     half = {t.name for t in graph.tensors().values() if isinstance(t, g.Variable) and _dtype(t) == F16}

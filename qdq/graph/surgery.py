@@ -64,11 +64,7 @@ def import_graph(source):
 def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool = True) -> onnx.ModelProto:
     """Clean up, sort, export and verify ``graph``; model-level fields come from ``template``.
     ``check=False`` only for throw-away candidates that are evaluated, never written."""
-    graph.cleanup().toposort()
-    io = {t.name for t in graph.inputs + graph.outputs}
-    for t in graph.tensors().values():   # a dtype without a shape would export as an invalid value_info
-        if isinstance(t, gs().Variable) and t.shape is None and t.name not in io:
-            t.dtype = None
+    tidy(graph)
     try:
         model = gs().export_onnx(graph, do_type_check=False)
     except Exception as e:
@@ -84,6 +80,16 @@ def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool =
     if check:
         verify(model, pass_name)
     return model
+
+
+def tidy(graph) -> None:
+    """Dead nodes and tensors removed, nodes in graph order, and no dtype on a tensor without a shape
+    (it would export as an invalid value_info)."""
+    graph.cleanup().toposort()
+    io = {t.name for t in graph.inputs + graph.outputs}
+    for t in graph.tensors().values():
+        if isinstance(t, gs().Variable) and t.shape is None and t.name not in io:
+            t.dtype = None
 
 
 def export_lent(graph, template: onnx.ModelProto) -> tuple:
@@ -117,7 +123,7 @@ def export_lent(graph, template: onnx.ModelProto) -> tuple:
     finally:
         for t, old in swapped:
             t._values = old
-    model.ir_version = template.ir_version
+    model.ir_version = max(template.ir_version, _min_ir_version(model))
     return model, lent
 
 

@@ -14,9 +14,9 @@ from ..calib.range_files import RangeFile
 from ..calib.ranges import Range, clipped_fraction, compute_range
 from .index import GraphIndex
 from .placement import Placement
-from .precision import cast_graph, opsets_of
+from .precision import cast_graph, emulate_in_place, opsets_of
 from .rewrite import insert_qdq, set_docs
-from .surgery import export_graph, import_graph
+from .surgery import export_graph, export_lent, import_graph, tidy
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,23 @@ def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, 
             warnings.append(f"weight {n.tensor!r} has all-zero (dead) channels or scales below the float32 range; "
                             "those channels got a positive placeholder scale")
     return qmodel, notes
+
+
+def device_view(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, bias: dict,
+                keep_names) -> tuple:
+    """The trt10 file :func:`build_model` makes for ``plan``, as weakly typed TensorRT runs it with
+    ``--int8 --fp16`` (what :func:`qdq.graph.precision.remainder_fp16` makes of that file: the float
+    nodes in FP16 but those named in ``keep_names``, emulated in FP32 with explicit FP16 rounding), on
+    one graph and exported for an ONNX Runtime session only: (model, lent) for
+    :func:`qdq.calib.session.session_for`.  Never written, never checked."""
+    graph = import_graph(idx)
+    nodes = list(graph.nodes)
+    insert_qdq(graph, nodes, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
+               {t: r.method for t, r in ranges.items()}, bias=bias, codes=idx.weight_codes)
+    tidy(graph)
+    opsets = opsets_of(float_model)
+    keep = set(keep_names)
+    cast_graph(graph, opsets, np.float16, [n for n in graph.nodes if n.name in keep])
+    emulate_in_place(graph, opsets)
+    tidy(graph)
+    return export_lent(graph, float_model)

@@ -15,9 +15,9 @@ from ..graph.bypass import weights_only
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, attention_units, replace, served_layers
 from ..graph.precision import FP16_OUTPUT_MIN_DB
-from ..graph.writer import RangeBook, build_model
+from ..graph.writer import RangeBook, build_model, device_view
 from .autocast import raise_floor
-from .evaluate import Measurement
+from .evaluate import DeviceModel, Measurement
 from .heldback import HeldBack
 from .mixed_precision import Choice, by_unit, candidates, choose
 
@@ -28,15 +28,26 @@ AUTO_METHODS = ("mse", "percentile", "max")
 @dataclass(frozen=True)
 class Candidates:
     """The candidate files of one float model (``idx`` indexes it) with the ranges of ``book``: trt10
-    form, unchecked (measured, never written)."""
+    form, unchecked (measured, never written).  ``keep`` (() → the FP16 plan's FP32 node names, read
+    when called: the final figures raise its floor) builds what is measured as the device runs it on
+    one graph (:func:`qdq.graph.writer.device_view`); None measures the file through the
+    evaluator's own device view."""
 
     float_model: onnx.ModelProto
     idx: GraphIndex
     book: RangeBook
+    keep: object = None
 
     def build(self, plan: Placement, bias: dict, book: RangeBook | None = None) -> onnx.ModelProto:
         book = book or self.book
         return build_model(self.float_model, self.idx, plan, book.ranges(plan), "trt10", bias=bias, check=False)[0]
+
+    def device(self, plan: Placement, bias: dict, book: RangeBook | None = None):
+        """What an evaluator measures for ``plan``: a :class:`DeviceModel`, or the file."""
+        if self.keep is None:
+            return self.build(plan, bias, book)
+        ranges = (book or self.book).ranges(plan)
+        return DeviceModel(*device_view(self.float_model, self.idx, plan, ranges, bias, self.keep()))
 
     def weights_view(self, plan: Placement, bias: dict) -> onnx.ModelProto:
         """``plan``'s file with only its weights quantized (``bias``: the corrections of the weights'
@@ -60,7 +71,7 @@ def choose_method(cands: Candidates, plan: Placement, check: HeldBack | None, me
         return MethodChoice(DEFAULT_METHOD, warning=f"--method auto needs held-back samples; used {DEFAULT_METHOD}")
     scores = {}
     for m in AUTO_METHODS:
-        model = cands.build(plan, {}, cands.book.using(m))
+        model = cands.device(plan, {}, cands.book.using(m))
         nsr = [10 ** (-ev.measure(model).sqnr().value / 10) for ev in (check.ev, check.robust())]
         scores[m] = -10 * np.log10(sum(nsr) / 2)
     return MethodChoice(max(scores, key=scores.get), scores)
@@ -87,9 +98,9 @@ def correct_bias(cands: Candidates, plan: Placement, analysis, check: HeldBack |
     options = {"full": analysis.bias, "weights": analysis.weight_bias, "off": {}}
     if check is None:
         return BiasChoice("full", options["full"], analysis.weight_bias)
-    scores = {mode: check.ev.measure(cands.build(plan, options[mode])) for mode in ("full", "off")}
+    scores = {mode: check.ev.measure(cands.device(plan, options[mode])) for mode in ("full", "off")}
     if scores["full"].sqnr().value < scores["off"].sqnr().value + 1.0:   # not a clear win: try weight-only
-        scores["weights"] = check.ev.measure(cands.build(plan, options["weights"]))
+        scores["weights"] = check.ev.measure(cands.device(plan, options["weights"]))
     mode = max(scores, key=lambda k: scores[k].sqnr().value)
     return BiasChoice(mode, options[mode], analysis.weight_bias, scores[mode])
 
@@ -120,7 +131,7 @@ def mixed_precision(cands: Candidates, plan: Placement, analysis, check: HeldBac
 
     def build(float_layers, weights=False):   # an attention block moves as a whole
         p = replace(idx, plan, {q: "float" for q in expand(float_layers)})
-        return cands.weights_view(p, bias.for_weights()) if weights else cands.build(p, bias.bias)
+        return cands.weights_view(p, bias.for_weights()) if weights else cands.device(p, bias.bias)
 
     c = choose(cands_, unit_macs, build, check.ev, opts.max_loss_db, opts.min_int8_share,
                total_macs=sum(macs.values()), int8=bias.int8, task_ok=task_ok, weights=lambda fl: build(fl, True))
@@ -180,17 +191,18 @@ def final_figures(cands: Candidates, plan: Placement, placed: Placement, bias: B
     place), then the file, its weights alone and the ×1.25 data measured on the reporting samples
     as the device runs them (``placed``: the placement rules' plan, for the all-INT8 figures;
     ``held_sources``: the held-back samples' names, None when none were held back)."""
-    model = cands.build(plan, bias.bias)
+    model = cands.device(plan, bias.bias)
     choice = mixed.choice if mixed is not None else None
     final = choice.final if choice is not None else check.ev.measure(model)
     floor = min(max(final.sqnr().value + 10, FP16_OUTPUT_MIN_DB), 50.0)
     if fp16 is not None and raise_floor(fp16, cands.float_model, floor):
+        model = cands.device(plan, bias.bias)   # the plan pins more nodes now
         final = check.ev.measure(model)
     reported = ()
     if reporter is not check:   # the figures printed, on samples no decision saw
         final = reporter.ev.measure(model)
         if choice is not None:
-            reported = (reporter.ev.measure(cands.build(placed, bias.bias)),
+            reported = (reporter.ev.measure(cands.device(placed, bias.bias)),
                         reporter.ev.measure(cands.weights_view(placed, bias.for_weights())))
     weights = reporter.ev.measure(cands.weights_view(plan, bias.for_weights()))
     acc = reporter.report(final, weights, reporter.robust().measure(model))

@@ -119,6 +119,15 @@ class Measurement:
         return min(paired_gap_low(self.rows[:, j], reference.rows[:, j]) for j in self._decisive())
 
 
+@dataclass(frozen=True)
+class DeviceModel:
+    """A candidate already as the device runs it, exported for a session only: (model, lent) of
+    :func:`qdq.graph.writer.device_view`; an :class:`Evaluator` runs it as it is."""
+
+    model: onnx.ModelProto
+    lent: dict
+
+
 class Evaluator:
     """Candidates against the float model on fixed samples (a list of feeds; ``label`` names them in
     errors).  ``task`` (a :class:`qdq.measure.tasks.Task`) adds task agreement; ``device`` (model →
@@ -132,13 +141,16 @@ class Evaluator:
         self.refs = [run_session(sess, f, f"{label} {k}") for k, f in enumerate(feeds)]
         self.runs = 0
 
-    def outputs(self, model: onnx.ModelProto) -> list:
-        """The candidate's outputs on every sample (after the device view)."""
-        sess = session_for(self.device(model) if self.device is not None else runnable(model))
+    def outputs(self, model) -> list:
+        """The candidate's outputs on every sample (after the device view; a :class:`DeviceModel` as it is)."""
+        if isinstance(model, DeviceModel):
+            sess = session_for(model.model, lent=model.lent)
+        else:
+            sess = session_for(self.device(model) if self.device is not None else runnable(model))
         self.runs += 1
         return [run_session(sess, feed, f"{self.label} {k}") for k, feed in enumerate(self.feeds)]
 
-    def measure(self, model: onnx.ModelProto) -> Measurement:
+    def measure(self, model) -> Measurement:
         outs = self.outputs(model)
         names = figure_outputs(self.refs[0])
         rows = np.array([[signal_noise(ref[n], out[n]) for n in names] for ref, out in zip(self.refs, outs)])
