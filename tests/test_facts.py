@@ -391,3 +391,19 @@ def test_a_candidate_built_as_the_device_runs_it_matches_the_file_then_its_devic
         want = run_session(session_for(remainder_fp16(file, keep)), feed, "x")
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_the_fp16_plans_measured_model_is_the_cast_then_its_emulation():
+    """precision.fp16_emulated (the FP16 cast and its emulation on one graph, weights lent) computes
+    exactly what runnable(cast_float(…)) computes, with and without nodes kept FP32."""
+    from qdq.calib.session import run_session, session_for
+    from qdq.graph.precision import cast_float, fp16_emulated, runnable
+    from qdq.targets import prepare
+    m = prepare(_two_heads())
+    feed = {"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    for keep in (set(), {0, 1}):
+        lean, lent = fp16_emulated(m, keep)
+        got = run_session(session_for(lean, lent=lent), feed, "x")
+        want = run_session(session_for(runnable(cast_float(m, np.float16, keep, check=False))), feed, "x")
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])

@@ -36,7 +36,8 @@ from onnx import TensorProto
 from ..errors import QdqError
 from ..modelio import fresh_name
 from .rewrite import quantize_weight
-from .surgery import FP16_MIN_SCALE, batchnorm_affine, default_domain, export_graph, gs, import_graph, taken_names
+from .surgery import (FP16_MIN_SCALE, batchnorm_affine, default_domain, export_graph, export_lent, gs, import_graph,
+                      taken_names, tidy)
 
 FP16_MAX = 65504.0
 # keep a 2× margin below FP16's maximum for values unseen during calibration
@@ -124,6 +125,22 @@ def cast_float(model: onnx.ModelProto, to, keep: set = frozenset(), pass_name: s
     graph = import_graph(model)
     cast_graph(graph, opsets_of(model), to, [graph.nodes[i] for i in keep], io_types)
     return export_graph(graph, model, pass_name, check)
+
+
+def fp16_emulated(model: onnx.ModelProto, keep: set = frozenset()) -> tuple:
+    """What ONNX Runtime is handed to measure ``cast_float(model, np.float16, keep)`` as TensorRT runs
+    it (:func:`runnable` of that model: the FP16 tensors emulated in FP32 with explicit rounding), on
+    one graph and exported for a session only: (model, lent) for
+    :func:`qdq.calib.session.session_for`.  Never written, never checked."""
+    graph = import_graph(model)
+    opsets = opsets_of(model)
+    cast_graph(graph, opsets, np.float16, [graph.nodes[i] for i in keep])
+    tidy(graph)
+    if any(isinstance(t, gs().Variable) and _dtype(t) == F16 for t in graph.tensors().values()) \
+            or any(isinstance(t, gs().Constant) and t.dtype == np.float16 for t in graph.tensors().values()):
+        emulate_in_place(graph, opsets)
+        tidy(graph)
+    return export_lent(graph, model)
 
 
 def cast_graph(graph, opsets: dict, to, keep=(), io_types: dict | None = None) -> None:

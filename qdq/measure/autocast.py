@@ -23,11 +23,11 @@ from ..calib.data import first_feeds
 from ..calib.session import run_session, session_for
 from ..graph.index import GraphIndex
 from ..graph.precision import (BOUND_OPS, F16, FP16_MAX, FP16_OUTPUT_MIN_DB, FP16_SAFE_MAX, NO_BOUND, NODE_FP16_MIN_DB,
-                               cast_float, fp16_round_trip, opsets_of, resolve)
+                               cast_float, fp16_emulated, fp16_round_trip, opsets_of, resolve)
 from ..graph.surgery import export_lent, gs, import_graph, taken_names
 from ..modelio import fresh_name
 from ..targets import prepare
-from .evaluate import Evaluator
+from .evaluate import DeviceModel, Evaluator
 from .metrics import power_db
 
 _SKIP = ("QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Size", "Identity")
@@ -177,7 +177,7 @@ def raise_floor(plan: Fp16Plan, model: onnx.ModelProto, floor_db: float, rounds:
     ranked = [pos for pos, db in sorted(plan.node_db.items(), key=lambda kv: kv[1]) if pos not in plan.keep]
     batch = 4
     for _ in range(rounds + 1):
-        plan.output_db = plan.evaluator.sqnr(cast_float(model, np.float16, set(plan.keep), "FP16 cast", check=False))
+        plan.output_db = plan.evaluator.sqnr(DeviceModel(*fp16_emulated(model, set(plan.keep))))
         if plan.output_db >= floor_db or not ranked:
             break
         for pos in ranked[:batch]:
