@@ -373,8 +373,10 @@ def test_max_task_loss_acts_only_on_a_task_named_or_confirmed(tmp_path):
 
 def test_a_candidate_built_as_the_device_runs_it_matches_the_file_then_its_device_view(tmp_path):
     """graph.writer.device_view (Q/DQ, FP16 remainder and its emulation on one graph, weights lent)
-    computes exactly what remainder_fp16 of the written trt10 file computes, with and without pins."""
+    computes exactly what remainder_fp16 of the written trt10 file computes, with and without pins, and
+    its weights-alone view exactly what remainder_fp16 of weights_only of the file computes."""
     from qdq.calib.session import run_session, session_for
+    from qdq.graph.bypass import weights_only
     from qdq.graph.precision import remainder_fp16
     from qdq.graph.writer import build_model, device_view
     m = _two_heads()
@@ -389,8 +391,12 @@ def test_a_candidate_built_as_the_device_runs_it_matches_the_file_then_its_devic
         lean, lent = device_view(r.float_model, r.index, r.placement, r.ranges, r.bias, keep)
         got = run_session(session_for(lean, lent=lent), feed, "x")
         want = run_session(session_for(remainder_fp16(file, keep)), feed, "x")
+        lean, lent = device_view(r.float_model, r.index, r.placement, {}, r.bias, keep, weights_alone=True)
+        got_w = run_session(session_for(lean, lent=lent), feed, "x")
+        want_w = run_session(session_for(remainder_fp16(weights_only(file), keep)), feed, "x")
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
+            np.testing.assert_array_equal(got_w[k], want_w[k])
 
 
 def test_the_fp16_plans_measured_model_is_the_cast_then_its_emulation():

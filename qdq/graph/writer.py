@@ -95,14 +95,18 @@ def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, 
 
 
 def device_view(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, bias: dict,
-                keep_names) -> tuple:
+                keep_names, weights_alone: bool = False) -> tuple:
     """The trt10 file :func:`build_model` makes for ``plan``, as weakly typed TensorRT runs it with
     ``--int8 --fp16`` (what :func:`qdq.graph.precision.remainder_fp16` makes of that file: the float
     nodes in FP16 but those named in ``keep_names``, emulated in FP32 with explicit FP16 rounding), on
     one graph and exported for an ONNX Runtime session only: (model, lent) for
-    :func:`qdq.calib.session.session_for`.  Never written, never checked."""
+    :func:`qdq.calib.session.session_for`.  ``weights_alone``: only the weights quantized (what
+    :func:`qdq.graph.bypass.weights_only` makes of the file: its activation Q/DQ pass values through).
+    Never written, never checked."""
     graph = import_graph(idx)
     nodes = list(graph.nodes)
+    if weights_alone:
+        plan = dataclasses.replace(plan, activations={}, groups=[])
     insert_qdq(graph, nodes, plan, {t: r.amax for t, r in ranges.items() if t in plan.activations},
                {t: r.method for t, r in ranges.items()}, bias=bias, codes=idx.weight_codes)
     tidy(graph)

@@ -49,10 +49,13 @@ class Candidates:
         ranges = (book or self.book).ranges(plan)
         return DeviceModel(*device_view(self.float_model, self.idx, plan, ranges, bias, self.keep()))
 
-    def weights_view(self, plan: Placement, bias: dict) -> onnx.ModelProto:
-        """``plan``'s file with only its weights quantized (``bias``: the corrections of the weights'
-        error alone; a correction of the activations' error would be a stale shift without them)."""
-        return weights_only(self.build(plan, bias))
+    def weights_view(self, plan: Placement, bias: dict):
+        """``plan``'s file with only its weights quantized, as an evaluator measures it (``bias``: the
+        corrections of the weights' error alone; a correction of the activations' error would be a
+        stale shift without them)."""
+        if self.keep is None:
+            return weights_only(self.build(plan, bias))
+        return DeviceModel(*device_view(self.float_model, self.idx, plan, {}, bias, self.keep(), weights_alone=True))
 
 
 @dataclass(frozen=True)
