@@ -20,6 +20,8 @@ What differs per version is decided in one place, :class:`Backend` (as Polygraph
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import os
 import shlex
@@ -209,8 +211,30 @@ def pin_fp32(b: Backend, network, config, names) -> list:
     return found
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic garbage collection while TensorRT runs: it calls back into Python (the logger) while
+    holding its own lock, and a collection started there freed a TensorRT object of an earlier build
+    whose destructor waits for that lock (a deadlock, seen with TensorRT-RTX in CI)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def build(model: onnx.ModelProto, precision: str = "int8", shapes: dict | None = None, backend: Backend | None = None,
           timing_cache: Path | None = None, verbose: bool = False, pins=None) -> CheckResult:
+    """Parse and build ``model`` into a serialized engine (see :func:`_build`), the garbage collector
+    paused meanwhile (:func:`gc_paused`)."""
+    with gc_paused():
+        return _build(model, precision, shapes, backend, timing_cache, verbose, pins)
+
+
+def _build(model: onnx.ModelProto, precision: str, shapes: dict | None, backend: Backend | None,
+           timing_cache: Path | None, verbose: bool, pins) -> CheckResult:
     """Parse and build ``model`` into a serialized engine.  ``precision`` sets the builder flags of
     weakly typed TensorRT (``fp16``: FP16; ``int8``: INT8 + FP16) and ``pins`` (default: the file's
     :func:`pinned_layers`) the layers kept FP32 there; strongly typed APIs take the precision from the

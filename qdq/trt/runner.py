@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 
 from ..errors import QdqError
-from .backend import Backend, load_backend, logger_for
+from .backend import Backend, gc_paused, load_backend, logger_for
 from .cuda import Cuda
 from .layers import EngineLogError, from_inspector
 
@@ -22,7 +22,8 @@ class EngineRunner:
         self.cuda = Cuda()
         self.logger = logger_for(trt)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        with gc_paused():
+            self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:
             raise QdqError("TensorRT could not load the engine: " + "; ".join(self.logger.messages[:2]))
         self.context = self.engine.create_execution_context()
