@@ -15,7 +15,7 @@ from .calib.data import Dataset, Feeds, HoldOut, Preprocess, first_feeds, model_
 from .calib.range_files import check_sources
 from .calib.ranges import MASSIVE_RATIO, massive
 from .errors import QdqError
-from .graph.equalize import cross_layer_equalization, smooth_quant, smoothable
+from .graph.equalize import cross_layer_equalization, smooth_quant, smoothable, smoothing_note
 from .graph.index import GraphIndex
 from .graph.placement import Placement, calibration_tensors, place, why_none
 from .graph.precision import FP16_OUTPUT_MIN_DB, remainder_fp16, runnable
@@ -101,14 +101,12 @@ def equalized(fm: onnx.ModelProto, calib, opts: Options, warnings: list) -> tupl
         fm, n = cross_layer_equalization(fm)
         if n:
             warnings.append(f"cross-layer equalization rescaled {n} Conv pairs")
-    if opts.smoothquant != "off" and calib is not None and smoothable(fm, opts.smoothquant):
+    if opts.smoothquant != "off" and calib is not None and smoothable(fm):
         feeds = first_feeds(Dataset(calib, model_inputs(fm), opts.preprocess or Preprocess(), limit=opts.limit), 16)
         fm, smoothed = smooth_quant(fm, feeds, layernorm_only=opts.smoothquant == "auto")
-        methods = {t: m for t, m in smoothed.items() if m}
+        methods = {t: d.method for t, d in smoothed.items() if d.method}
         if smoothed:
-            warnings.append(f"SmoothQuant moved the channel ranges of {len(smoothed)} activations into the next layers' "
-                            "weights" + (" (LayerNorm scale and bias; --smoothquant off to skip)"
-                                         if opts.smoothquant == "auto" else ""))
+            warnings.append(smoothing_note(smoothed, opts.smoothquant))
     return fm, methods
 
 

@@ -10,9 +10,17 @@ so that per-tensor INT8 activations lose less, without changing what the float m
   whichever leaves the least error at the layers' outputs with activation *and* weight quantized
   together: Σ‖X·W − q(X')·q(W')‖² over sampled rows of X, q(X') per tensor at the amax mse
   calibration would pick (coarse grid) or at max|X'| (the range method then used for X'), q(W') per
-  output channel, round half to even.  ``layernorm_only`` smooths only tensors a LayerNormalization
+  output channel, round half to even.  ``layernorm_only`` scales only tensors a LayerNormalization
   produces (the default in ``qdq quantize``: the exact form costs no node).
-  Per-channel max|X| and the rows come from a short pass over calibration samples.
+  Per-channel min/max of X and the rows come from a short pass over calibration samples.
+* Shifting (Wei et al. 2023, Outlier Suppression+), chosen with the scales: a one-sided or off-centre
+  X (GELU, softmax, pooled ReLU outputs) spends half its symmetric INT8 levels on values that never
+  occur.  X' = X − z with z_k = f·(min X_k + max X_k) / 2 moves every channel towards 0 (f = 1
+  centres its range; smaller f suits skewed tensors); the layers' bias
+  takes z·W (into Gemm's C, the Add reading a MatMul, else a new Add), exact in float for Linear layers
+  (not for convolutions: zero padding would become −z).  z goes into the LayerNorm's B (no node),
+  else into one Sub in front of the layers.  Judged out of sample (z from half the samples, the error
+  on the other half); a Sub is kept only where it cuts the joint error by at least 1 − :data:`SHIFT_GAIN`.  On a uniform [0, a] input the shift gives the INT8 grid one more bit (≈ 6 dB).
 * :func:`cross_layer_equalization` (Nagel et al. 2019, "Data-Free Quantization"): for
   Conv₁ → [ReLU | LeakyReLU | identity] → Conv₂ with nothing else reading the tensors in between,
   channel c of Conv₁'s output is divided by s_c and Conv₂'s matching input channel multiplied by it,
@@ -24,38 +32,52 @@ Both end with the full ONNX check (:mod:`qdq.graph.surgery`); the float output c
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
 from ..calib.session import run_session, session_for
 from ..modelio import fresh_name
 from .index import GraphIndex
+from .placement import attention_units
 from .surgery import export_graph, gs, import_graph, taken_names
 
 ALPHAS = (0.2, 0.35, 0.5, 0.65, 0.8)
 ROWS = 2048          # rows of X kept per tensor to choose α
+SHIFT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)   # of the mid-range, tried out of sample
+SHIFT_GAIN = 0.9     # a shift that adds a node must cut the joint error by ≥ 10 % (about 0.5 dB)
 CLIP_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 _HOMOGENEOUS = ("Relu", "LeakyRelu")
 _S_RANGE = (1e-4, 1e4)
 
 
-def channel_absmax(model: onnx.ModelProto, tensors: list, feeds: list, rows: int = 0) -> dict:
-    """tensor -> max |x| per last-axis channel over ``feeds``; with ``rows``, tensor -> (that, up to
-    ``rows`` rows of x (…×K flattened), evenly strided over the samples)."""
+@dataclass(frozen=True)
+class Smoothed:
+    """How :func:`smooth_quant` changed one activation: the range method its choice was made with (None
+    with a fixed α), and whether it was scaled (SmoothQuant) and shifted (Outlier Suppression+)."""
+    method: str | None
+    scaled: bool
+    shifted: bool
+
+
+def channel_ranges(model: onnx.ModelProto, tensors: list, feeds: list, rows: int = 0) -> dict:
+    """tensor -> (min, max) per last-axis channel over ``feeds`` (two (K,) float32 arrays); with ``rows``,
+    tensor -> (min, max, [rows of x (…×K flattened) per feed, evenly strided, up to ``rows`` in all])."""
     if not tensors:
         return {}
     sess = session_for(model, extra_outputs=tensors)
-    out, kept = {}, {t: [] for t in tensors}
+    lo, hi, kept = {}, {}, {t: [] for t in tensors}
     for k, feed in enumerate(feeds):
         res = run_session(sess, feed, f"sample {k}")
         res.update(feed)
         for t in tensors:
             x = res[t].astype(np.float32).reshape(-1, res[t].shape[-1])
-            m = np.abs(x).max(axis=0)
-            out[t] = np.maximum(out[t], m) if t in out else m
+            lo[t] = np.minimum(lo[t], x.min(axis=0)) if t in lo else x.min(axis=0)
+            hi[t] = np.maximum(hi[t], x.max(axis=0)) if t in hi else x.max(axis=0)
             if rows:
-                kept[t].append(x[::max(1, len(x) * len(feeds) // rows)])
-    return {t: (out[t], np.concatenate(kept[t])[:rows]) for t in tensors} if rows else out
+                kept[t].append(x[::max(1, len(x) * len(feeds) // rows)][:max(1, rows // len(feeds))])
+    return {t: (lo[t], hi[t]) + ((kept[t],) if rows else ()) for t in tensors}
 
 
 def _smooth_targets(idx: GraphIndex) -> dict:
@@ -91,7 +113,8 @@ def _mse_amax(x: np.ndarray) -> float:
 
 def _joint_error(x: np.ndarray, weights: list, s: np.ndarray) -> dict:
     """Σ‖X·W − q(X/s)·q(diag(s)·W)‖² over the layers' weights (K×N each), with X/s quantized at the
-    amax mse calibration would give it and at its max: {"mse": error, "max": error}."""
+    amax mse calibration would give it and at its max: {"mse": error, "max": error}.  X is the layers'
+    input after any shift (the shift's z·W goes into their bias, exact in float)."""
     xs = x / s
     out = {}
     for method, amax in (("mse", _mse_amax(xs)), ("max", float(np.abs(xs).max()))):
@@ -111,22 +134,55 @@ def _scales(a: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
     return s
 
 
-def _choose(a: np.ndarray, x: np.ndarray | None, weights: list, alpha: float | None):
-    """(scales, range method) for one tensor: at ``alpha`` (method None: the run's own), or
-    (``alpha=None``) the α of :data:`ALPHAS` and the range method (mse or max) with the least joint
-    error; (None, None) when no smoothing does best."""
+def _best(x: np.ndarray, a: np.ndarray, wmax: np.ndarray, weights: list, alphas: tuple) -> tuple:
+    """(joint error, α or None, scales, range method) with the least error over no scaling and ``alphas``
+    for the layers' input rows ``x`` (``a``: its max |x| per channel)."""
+    best = None
+    for al in (None,) + alphas:
+        s = np.ones(a.size) if al is None else _scales(a, wmax, al)
+        for method, err in _joint_error(x, weights, s).items():
+            if best is None or err < best[0]:
+                best = (err, al, s, method)
+    return best
+
+
+def _shift_fraction(parts: list, weights: list, wmax: np.ndarray, gain: float) -> float:
+    """The f of :data:`SHIFT_FRACTIONS` whose shift z = f·(min + max) / 2 cuts the joint error (unscaled)
+    the most, if below ``gain`` of the unshifted error, else 0.  Judged out of sample: z from the
+    even-numbered samples' rows tried on the odd ones' and the other way round (the mid-range of a few
+    extremes is noisy: in sample, centring symmetric noise would always look better).  f < 1 suits
+    skewed tensors (GELU: most values near 0, a long tail), whose mid-range would push the bulk to an edge."""
+    halves = [np.concatenate(parts[0::2]), np.concatenate(parts[1::2])]
+    plain, moved = 0.0, np.zeros(len(SHIFT_FRACTIONS))
+    for fit, test in (halves, halves[::-1]):
+        mid = (fit.min(axis=0) + fit.max(axis=0)) / 2
+        plain += _best(test, np.abs(test).max(axis=0), wmax, weights, ())[0]
+        for k, f in enumerate(SHIFT_FRACTIONS):
+            moved[k] += _best(test - f * mid, np.abs(test - f * mid).max(axis=0), wmax, weights, ())[0]
+    k = int(np.argmin(moved))
+    return SHIFT_FRACTIONS[k] if moved[k] < gain * plain else 0.0
+
+
+def _choose(lo: np.ndarray, hi: np.ndarray, parts: list, weights: list, alpha: float | None,
+            scale_ok: bool = True, shift_ok: bool = True, shift_free: bool = True) -> tuple:
+    """(shift z, scales s, range method) for one tensor, z and s (K,) arrays or None; ``parts``: rows of
+    X per calibration sample.  At a fixed ``alpha``: s at it, no shift, method None.  Else (``alpha=None``)
+    the per-channel shift z = f·(min + max) / 2 (Outlier Suppression+; when ``shift_ok``) where it pays out of sample
+    (:func:`_shift_fraction`; by :data:`SHIFT_GAIN` when it needs a node of its own, not ``shift_free``),
+    then the α of :data:`ALPHAS` (when ``scale_ok``) or none with the least joint error at the layers'
+    outputs.  (None, None, None): leaving the tensor alone does best."""
     wmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
     if alpha is not None:
-        return _scales(a, wmax, alpha), None
-    x = x.astype(np.float64)
-    base = min(_joint_error(x, weights, np.ones(a.size)).values())
-    best, best_err = (None, None), base
-    for al in ALPHAS:
-        s = _scales(a, wmax, al)
-        for method, err in _joint_error(x, weights, s).items():
-            if err < best_err:
-                best, best_err = (s, method), err
-    return best
+        return None, _scales(np.maximum(-lo, hi), wmax, alpha), None
+    lo, hi = lo.astype(np.float64), hi.astype(np.float64)
+    parts = [p.astype(np.float64) for p in parts]
+    f = _shift_fraction(parts, weights, wmax, 1.0 if shift_free else SHIFT_GAIN) if shift_ok and len(parts) > 1 else 0.0
+    shift, z = f > 0, f * (lo + hi) / 2
+    _, al, s, method = _best(np.concatenate(parts) - z, np.maximum(hi - z, z - lo), wmax, weights,
+                             ALPHAS if scale_ok else ())
+    if not shift and al is None:
+        return None, None, None
+    return (z if shift else None), (None if al is None else s), method
 
 
 def _layer_weights(nodes, layers) -> list:
@@ -138,7 +194,7 @@ def _layer_weights(nodes, layers) -> list:
 
 
 def _absorbs(idx: GraphIndex, tensor: str, layers: list) -> bool:
-    """``tensor`` comes from a LayerNormalization that can take 1/s exactly (see :func:`_layernorm_of`)."""
+    """``tensor`` comes from a LayerNormalization that can take the change exactly (see :func:`_layernorm_of`)."""
     pos = idx.producer.get(tensor)
     ln = idx.nodes[pos] if pos is not None else None
     return (ln is not None and ln.op_type == "LayerNormalization"
@@ -147,8 +203,39 @@ def _absorbs(idx: GraphIndex, tensor: str, layers: list) -> bool:
             and {p for p, _ in idx.consumers.get(tensor, [])} == set(layers))
 
 
+_MOVES = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def _attention_outputs(idx: GraphIndex) -> set:
+    """Tensors that are an attention block's ·V output, directly or through reshapes and transposes.
+    They are never shifted: TensorRT fuses the block (Q·Kᵀ, softmax, ·V) into INT8 kernels only when
+    ·V's output reaches its Q without arithmetic (measured with TensorRT-RTX on MiniLM: a Sub there
+    put all 12 attention MatMuls in FP32)."""
+    out, todo = set(), [idx.nodes[av].output[0] for _, av in attention_units(idx)]
+    while todo:
+        t = todo.pop()
+        out.add(t)
+        todo += [idx.nodes[p].output[0] for p, _ in idx.consumers.get(t, []) if idx.nodes[p].op_type in _MOVES]
+    return out
+
+
+def _bias_slot(idx: GraphIndex, pos: int) -> bool:
+    """Layer ``pos`` can take a bias without a new node (see :func:`_add_bias`): a Gemm with no C or a
+    constant C, or a MatMul read only by an Add of a constant."""
+    node = idx.nodes[pos]
+    if node.op_type == "Gemm":
+        return len(node.input) < 3 or not node.input[2] or idx.constant(node.input[2]) is not None
+    y = node.output[0]
+    readers = idx.consumers.get(y, [])
+    if y in idx.outputs or len(readers) != 1 or idx.nodes[readers[0][0]].op_type != "Add":
+        return False
+    other = idx.nodes[readers[0][0]].input[1 - readers[0][1]]
+    c = idx.constant(other)
+    return c is not None and (c.ndim == 0 or c.shape[-1] in (1, idx.constant(node.input[1]).shape[-1]))
+
+
 def _layernorm_of(g, src, nodes, layers):
-    """The LayerNormalization producing ``src`` when its scale and bias can take 1/s exactly (last
+    """The LayerNormalization producing ``src`` when its scale and bias can take (X − z) / s exactly (last
     axis, constants, nothing but ``layers`` reading it), else None."""
     ln = src.inputs[0] if len(src.inputs) == 1 else None
     if (ln is not None and ln.op == "LayerNormalization" and {id(c) for c in src.outputs} == {id(nodes[p]) for p in layers}
@@ -159,54 +246,104 @@ def _layernorm_of(g, src, nodes, layers):
 
 def smooth_quant(model: onnx.ModelProto, feeds: list, alpha: float | None = None,
                  layernorm_only: bool = False) -> tuple[onnx.ModelProto, dict]:
-    """``model`` with SmoothQuant scales applied (see module doc; ``alpha=None`` chooses it per tensor);
-    returns it and the smoothed activation tensors, each with the range method ("mse" or "max") the
-    choice was made with (None with a fixed ``alpha``)."""
+    """``model`` with SmoothQuant scales and Outlier Suppression+ shifts applied (see module doc;
+    ``alpha=None`` chooses both per tensor); returns it and the changed activation tensors (their new
+    names) -> :class:`Smoothed`.  ``layernorm_only``: only LayerNorm outputs are scaled; other tensors
+    may still be shifted (one Sub)."""
     idx = GraphIndex.build(model)
     targets = _smooth_targets(idx)
-    if layernorm_only:
+    if alpha is not None and layernorm_only:
         targets = {t: ls for t, ls in targets.items() if _absorbs(idx, t, ls)}
     if not targets:   # before importing the graph: a large model is not copied for nothing
         return model, {}
     g = gs()
     graph = import_graph(model)
     nodes, tensors, taken = list(graph.nodes), graph.tensors(), taken_names(graph)
-    stats = channel_absmax(model, list(targets), feeds, rows=ROWS)
-    done = {}
+    stats = channel_ranges(model, list(targets), feeds, rows=ROWS)
+    done, fixed = {}, _attention_outputs(idx)
     for t, layers in targets.items():
         weights = _layer_weights(nodes, layers)
-        a, x = stats[t]
-        if any(w.shape[0] != a.size for w in weights):
+        lo, hi, parts = stats[t]
+        if any(w.shape[0] != lo.size for w in weights):
             continue
-        s, method = _choose(a.astype(np.float64), x, weights, alpha)
-        if s is None:
+        free = _absorbs(idx, t, layers)
+        z, s, method = _choose(lo, hi, parts, weights, alpha, scale_ok=free or not layernorm_only, shift_ok=t not in fixed,
+                               shift_free=free and all(_bias_slot(idx, p) for p in layers))
+        if z is None and s is None:
             continue
-        done[_apply(g, graph, nodes, tensors[t], layers, weights, s, taken)] = method
+        done[_apply(g, graph, nodes, tensors[t], layers, weights, z, s, taken)] = Smoothed(method, s is not None, z is not None)
     return (export_graph(graph, model, "SmoothQuant"), done) if done else (model, {})
 
 
-def _apply(g, graph, nodes, src, layers, weights, s, taken) -> str:
-    """X' = X / s (into the LayerNorm, else a Mul) and W' = diag(s)·W for every layer reading X;
-    returns the name of X' (the layers' input now)."""
+def _apply(g, graph, nodes, src, layers, weights, z, s, taken) -> str:
+    """X' = (X − z) / s (into the LayerNorm, else a Sub and a Mul), W' = diag(s)·W and b' = b + z·W for
+    every layer reading X (z, s: (K,) or None); returns the name of X' (the layers' input now)."""
     for pos, w in zip(layers, weights):
         node = nodes[pos]
-        scaled = w * s[:, None]
-        node.inputs[1] = g.Constant(fresh_name(f"{node.inputs[1].name}_smoothed", taken),
-                                    (scaled.T if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else scaled)
-                                    .astype(np.float32))
+        if s is not None:
+            scaled = w * s[:, None]
+            node.inputs[1] = g.Constant(fresh_name(f"{node.inputs[1].name}_smoothed", taken),
+                                        (scaled.T if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else scaled)
+                                        .astype(np.float32))
+        if z is not None:
+            _add_bias(g, graph, node, z @ w, taken)
     ln = _layernorm_of(g, src, nodes, layers)
     if ln is not None:
+        inv = 1 / s if s is not None else np.ones(len(z))
+        if len(ln.inputs) < 3 and z is not None:
+            ln.inputs.append(g.Constant(fresh_name(f"{ln.name}_bias", taken), np.zeros(inv.size, np.float32)))
         for k in range(1, len(ln.inputs)):
-            ln.inputs[k] = g.Constant(fresh_name(f"{ln.inputs[k].name}_smoothed", taken),
-                                      (np.asarray(ln.inputs[k].values, np.float64) / s).astype(np.float32))
+            v = np.asarray(ln.inputs[k].values, np.float64)
+            v = v * inv if k == 1 else (v - (z if z is not None else 0.0)) * inv
+            ln.inputs[k] = g.Constant(fresh_name(f"{ln.inputs[k].name}_smoothed", taken), v.astype(np.float32))
         return src.name
-    out = g.Variable(fresh_name(f"{src.name}_smoothed", taken), dtype=src.dtype, shape=src.shape)
-    graph.nodes.append(g.Node("Mul", fresh_name(f"{src.name}_SmoothQuant", taken),
-                              inputs=[src, g.Constant(fresh_name(f"{src.name}_smooth_scale", taken), (1 / s).astype(np.float32))],
-                              outputs=[out]))
+    out = src
+    if z is not None:
+        out = _pointwise(g, graph, "Sub", out, z, "shifted", taken)
+    if s is not None:
+        out = _pointwise(g, graph, "Mul", out, 1 / s, "smoothed", taken)
     for pos in layers:
         nodes[pos].inputs[0] = out
     return out.name
+
+
+def _pointwise(g, graph, op: str, src, value: np.ndarray, what: str, taken):
+    """A new ``op``(src, value) node; returns its output tensor."""
+    out = g.Variable(fresh_name(f"{src.name}_{what}", taken), dtype=src.dtype, shape=src.shape)
+    graph.nodes.append(g.Node(op, fresh_name(f"{src.name}_{op}_{what}", taken),
+                              inputs=[src, g.Constant(fresh_name(f"{src.name}_{what}_by", taken), value.astype(np.float32))],
+                              outputs=[out]))
+    return out
+
+
+def _add_bias(g, graph, node, bias: np.ndarray, taken) -> None:
+    """Add ``bias`` (N,) to the output of MatMul/Gemm ``node``: into Gemm's C (scaled by α/β), into the
+    constant of the one Add reading a MatMul's output, else through a new Add after the layer."""
+    name = fresh_name(f"{node.name}_shift_bias", taken)
+    if node.op == "Gemm":
+        alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+        c = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+        if c is None:
+            const = g.Constant(name, (alpha * bias).astype(np.float32))
+            if len(node.inputs) > 2:
+                node.inputs[2] = const
+            else:
+                node.inputs.append(const)
+            node.attrs["beta"] = 1.0
+            return
+        if isinstance(c, g.Constant) and beta != 0:
+            node.inputs[2] = g.Constant(name, (np.asarray(c.values, np.float64) + alpha * bias / beta).astype(np.float32))
+            return
+    y = node.outputs[0]
+    add = y.outputs[0] if len(y.outputs) == 1 and y not in graph.outputs else None
+    other = None if add is None or add.op != "Add" else next((t for t in add.inputs if t is not y), None)
+    if isinstance(other, g.Constant) and (other.values.ndim == 0 or other.values.shape[-1] in (1, bias.size)):
+        add.inputs[next(k for k, t in enumerate(add.inputs) if t is other)] = g.Constant(name, (np.asarray(other.values, np.float64) + bias).astype(np.float32))
+        return
+    raw = g.Variable(fresh_name(f"{y.name}_unshifted", taken), dtype=y.dtype, shape=y.shape)
+    node.outputs[0] = raw
+    graph.nodes.append(g.Node("Add", fresh_name(f"{node.name}_shift", taken),
+                              inputs=[raw, g.Constant(name, bias.astype(np.float32))], outputs=[y]))
 
 
 def cross_layer_equalization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -258,7 +395,17 @@ def cross_layer_equalization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
     return export_graph(graph, model, "cross-layer equalization"), pairs
 
 
-def smoothable(model: onnx.ModelProto, mode: str) -> bool:
-    """Worth a calibration pass: any MatMul/Gemm (``all``), or any LayerNormalization (``auto``)."""
-    ops = {n.op_type for n in model.graph.node}
-    return bool(ops & {"MatMul", "Gemm"}) and (mode == "all" or "LayerNormalization" in ops)
+def smoothable(model: onnx.ModelProto) -> bool:
+    """Worth a calibration pass: any MatMul/Gemm (whose input may be scaled or shifted)."""
+    return any(n.op_type in ("MatMul", "Gemm") for n in model.graph.node)
+
+
+def smoothing_note(done: dict, mode: str) -> str:
+    """One line for the summary: how many activations :func:`smooth_quant` scaled and shifted."""
+    scaled = sum(d.scaled for d in done.values())
+    shifted = sum(d.shifted for d in done.values())
+    parts = ([f"SmoothQuant moved the channel ranges of {scaled} activations into the next layers' weights"
+              + (" (LayerNorm scale and bias)" if mode == "auto" else "")] if scaled else [])
+    parts += [f"{shifted} one-sided or off-centre activations were centred (Outlier Suppression+ shift, "
+              "its product with the weights in the layers' bias)"] if shifted else []
+    return "; ".join(parts) + "; --smoothquant off to skip"
