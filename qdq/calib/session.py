@@ -85,6 +85,14 @@ def _lendable(t: onnx.TensorProto) -> bool:
             and values_bytes(t) >= LENT_BYTES)
 
 
+def lent_reference(name: str, dims, data_type: int) -> onnx.TensorProto:
+    """An initializer with no data: an external reference to :data:`LENT_LOCATION`, which a session
+    fills from what is lent to it (:func:`session_for`)."""
+    ref = onnx.TensorProto(name=name, dims=list(dims), data_type=data_type, data_location=onnx.TensorProto.EXTERNAL)
+    ref.external_data.add(key="location", value=LENT_LOCATION)
+    return ref
+
+
 def lent_view(model: onnx.ModelProto, lent: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     """``model`` with each large initializer an external reference to :data:`LENT_LOCATION` (no data),
     and {name: its TensorProto in ``model``} to lend for them; ``model`` is not changed and its
@@ -97,9 +105,7 @@ def lent_view(model: onnx.ModelProto, lent: dict | None = None) -> tuple[onnx.Mo
             m.graph.initializer.append(t)
             out[t.name] = lent[t.name]
         elif _lendable(t):
-            ref = m.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
-                                          data_location=onnx.TensorProto.EXTERNAL)
-            ref.external_data.add(key="location", value=LENT_LOCATION)
+            m.graph.initializer.append(lent_reference(t.name, t.dims, t.data_type))
             out[t.name] = t
         else:
             m.graph.initializer.append(t)

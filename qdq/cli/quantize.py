@@ -66,8 +66,9 @@ def _add_accuracy(q) -> None:
     mp.add_argument("--no-bias-correction", action="store_true",
                     help="do not fold the mean INT8 error into the biases (default: folded where it helps)")
     mp.add_argument("--smoothquant", nargs="?", const="all", default="auto", choices=("auto", "all", "off"),
-                    help="move activation channel ranges into MatMul/Gemm weights, strength chosen per tensor: auto "
-                         "(default) where a LayerNorm's scale and bias take it exactly, all (a Mul elsewhere), off")
+                    help="move activation channel ranges into MatMul/Gemm weights, and centre one-sided inputs "
+                         "(their offset into the bias), chosen per tensor: auto (default) scales where a LayerNorm's "
+                         "scale and bias take it exactly, all (a Mul elsewhere), off (neither)")
     mp.add_argument("--equalize", action="store_true",
                     help="cross-layer equalization of Conv→ReLU→Conv pairs (off by default)")
     mp.add_argument("--max-task-loss", type=float, metavar="X",

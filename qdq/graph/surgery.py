@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import QdqError
-from ..calib.session import LENT_BYTES, LENT_LOCATION
+from ..calib.session import LENT_BYTES, lent_reference
 from ..modelio import check_onnx, fresh_name, unique_names, values_bytes
 from .index import GraphIndex, infer_types
 
@@ -110,11 +110,8 @@ def export_lent(graph, template: onnx.ModelProto) -> tuple:
         nbytes = values_bytes(proto) if proto is not None else old.nbytes
         if nbytes < LENT_BYTES or (proto is not None and not proto.HasField("raw_data")):
             continue
-        ref = onnx.TensorProto(name=t.name, dims=list(proto.dims) if proto is not None else list(old.shape),
-                               data_type=proto.data_type if proto is not None else
-                               onnx.helper.np_dtype_to_tensor_dtype(old.dtype),
-                               data_location=onnx.TensorProto.EXTERNAL)
-        ref.external_data.add(key="location", value=LENT_LOCATION)
+        ref = (lent_reference(t.name, proto.dims, proto.data_type) if proto is not None
+               else lent_reference(t.name, old.shape, onnx.helper.np_dtype_to_tensor_dtype(old.dtype)))
         lent[t.name] = proto if proto is not None else old
         swapped.append((t, old))
         t._values = LazyValues(ref)
