@@ -125,3 +125,20 @@ def test_tensorrt_fuses_the_shift_into_the_gelu_kernel(tmp_path):
     plain, centred = views["off"], views["auto"]
     assert [(x.type, x.precision) for x in centred.layers] == [(x.type, x.precision) for x in plain.layers]
     assert centred.reformats == 0 and centred.int8_layers == 2 and not centred.findings
+
+
+def test_a_layernorm_output_the_user_reads_keeps_its_values(tmp_path):
+    """The LayerNorm's output is also a graph output: the shift goes into a Sub, never into β."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "beta"], ["ln"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["ln", "w"], ["y"], name="fc")]
+    model = _model(nodes, {"g": np.ones(K), "beta": 2.0 + 0.1 * rng.standard_normal(K), "w": _exact_int8_weight(rng)})
+    model.graph.output.append(helper.make_tensor_value_info("ln", TensorProto.FLOAT, [1, T, K]))
+    feeds = _data(tmp_path, model, lambda: rng.standard_normal((1, T, K)), count=8)
+    shifted, done = smooth_quant(model, feeds, layernorm_only=True)
+    assert [n.op_type for n in shifted.graph.node] == ["LayerNormalization", "Sub", "MatMul", "Add"]
+    for feed in feeds:
+        ref = run_session(session_for(runnable(model)), feed, "x")
+        out = run_session(session_for(runnable(shifted)), feed, "x")
+        for name in ("ln", "y"):
+            assert np.max(np.abs(out[name] - ref[name])) <= 1e-5 * np.max(np.abs(ref[name]))

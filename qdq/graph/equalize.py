@@ -197,7 +197,7 @@ def _absorbs(idx: GraphIndex, tensor: str, layers: list) -> bool:
     """``tensor`` comes from a LayerNormalization that can take the change exactly (see :func:`_layernorm_of`)."""
     pos = idx.producer.get(tensor)
     ln = idx.nodes[pos] if pos is not None else None
-    return (ln is not None and ln.op_type == "LayerNormalization"
+    return (ln is not None and ln.op_type == "LayerNormalization" and tensor not in idx.outputs
             and next((a.i for a in ln.attribute if a.name == "axis"), -1) == -1
             and all(idx.constant(t) is not None for t in ln.input[1:] if t)
             and {p for p, _ in idx.consumers.get(tensor, [])} == set(layers))
@@ -234,10 +234,10 @@ def _bias_slot(idx: GraphIndex, pos: int) -> bool:
     return c is not None and (c.ndim == 0 or c.shape[-1] in (1, idx.constant(node.input[1]).shape[-1]))
 
 
-def _layernorm_of(g, src, nodes, layers):
+def _layernorm_of(g, graph, src, nodes, layers):
     """The LayerNormalization producing ``src`` when its scale and bias can take (X − z) / s exactly (last
-    axis, constants, nothing but ``layers`` reading it), else None."""
-    ln = src.inputs[0] if len(src.inputs) == 1 else None
+    axis, constants, nothing but ``layers`` reading it, not a graph output), else None."""
+    ln = src.inputs[0] if len(src.inputs) == 1 and src not in graph.outputs else None
     if (ln is not None and ln.op == "LayerNormalization" and {id(c) for c in src.outputs} == {id(nodes[p]) for p in layers}
             and int(ln.attrs.get("axis", -1)) == -1 and all(isinstance(x, g.Constant) for x in ln.inputs[1:])):
         return ln
@@ -287,7 +287,7 @@ def _apply(g, graph, nodes, src, layers, weights, z, s, taken) -> str:
                                         .astype(np.float32))
         if z is not None:
             _add_bias(g, graph, node, z @ w, taken)
-    ln = _layernorm_of(g, src, nodes, layers)
+    ln = _layernorm_of(g, graph, src, nodes, layers)
     if ln is not None:
         inv = 1 / s if s is not None else np.ones(len(z))
         if len(ln.inputs) < 3 and z is not None:
