@@ -151,7 +151,8 @@ def _finish(prep, samples, macs, d: Decided, imported, calibrated: bool, opts: O
     qmodel, notes = build_model(prep.float_model, idx, plan, d.ranges, opts.target, d.fp16, warnings, d.bias.bias)
     total = sum(macs.counts.values()) or 1
     int8_share = sum(macs.counts.get(p, 0) for p in plan.quantized_layers) / total
-    facts = RunFacts(opts, idx, prep.placed, d, macs, samples.cal.samples, imported, calibrated, int8_share, len(used_bias))
+    facts = RunFacts(opts, idx, prep.placed, d, macs, samples.cal.samples, imported, calibrated, int8_share, len(used_bias),
+                     prep.equalization)
     set_metadata(qmodel, metadata(facts))
     summary = summarize(facts, prep.source, qmodel, notes, warnings)
     summary.diagnosis = _diagnosis(prep, samples, qmodel, imported, plan, opts)
@@ -167,4 +168,4 @@ def _diagnosis(prep: Prepared, samples: Samples, qmodel, imported, plan: Placeme
         return []
     feeds = Feeds(model_inputs(prep.float_model), split.held or split.kept, "held-back samples")
     return compare(prep.float_model, qmodel, feeds, layerwise=True, budget=False, quiet=True, task=opts.task,
-                   remainder=opts.remainder).diagnosis
+                   remainder=opts.remainder, float_prepared=True).diagnosis

@@ -15,7 +15,7 @@ from .calib.data import Dataset, Feeds, HoldOut, Preprocess, first_feeds, model_
 from .calib.range_files import check_sources
 from .calib.ranges import MASSIVE_RATIO, massive
 from .errors import QdqError
-from .graph.equalize import cross_layer_equalization, smooth_quant, smoothable, smoothing_note
+from .graph.equalize import cross_layer_equalization, record, smooth_quant, smoothable, smoothing_note
 from .graph.index import GraphIndex
 from .graph.placement import Placement, calibration_tensors, place, why_none
 from .graph.precision import FP16_OUTPUT_MIN_DB, remainder_fp16, runnable
@@ -45,6 +45,7 @@ class Prepared:
     idx: GraphIndex
     placed: Placement               # the placement rules' plan (before mixed precision)
     tensor_methods: dict            # tensor -> range method the smoothing chose with it
+    equalization: str = ""          # graph.equalize.record of what was equalized ("" none)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def prepare_model(model, calib, imported, given, opts: Options, warnings: list) 
     if subgraphs:
         warnings.append(f"{len(subgraphs)} nodes with subgraphs (If/Loop/Scan: {', '.join(subgraphs[:3])}) are left "
                         "in float; only the main graph is quantized")
-    fm, methods = equalized(fm, calib, opts, warnings)
+    fm, methods, done = equalized(fm, calib, opts, warnings)
     idx = GraphIndex.build(fm)
     force = tuple(imported.amax) if imported is not None and opts.force_ranges else ()
     plan = place(idx, opts.exclude, force=force, int8_deconv=opts.int8_deconv)
@@ -91,12 +92,13 @@ def prepare_model(model, calib, imported, given, opts: Options, warnings: list) 
     if text:
         notice(text, opts.quiet)
         warnings.append(text)
-    return Prepared(source, fm, idx, plan, methods)
+    return Prepared(source, fm, idx, plan, methods, done)
 
 
 def equalized(fm: onnx.ModelProto, calib, opts: Options, warnings: list) -> tuple:
-    """Cross-layer equalization and SmoothQuant when asked: (model, tensor -> range method chosen with it)."""
-    methods = {}
+    """Cross-layer equalization and SmoothQuant when asked: (model, tensor -> range method chosen with it,
+    :func:`qdq.graph.equalize.record` of both)."""
+    methods, smoothed = {}, {}
     if opts.equalize:
         fm, n = cross_layer_equalization(fm)
         if n:
@@ -107,7 +109,7 @@ def equalized(fm: onnx.ModelProto, calib, opts: Options, warnings: list) -> tupl
         methods = {t: d.method for t, d in smoothed.items() if d.method}
         if smoothed:
             warnings.append(smoothing_note(smoothed, opts.smoothquant))
-    return fm, methods
+    return fm, methods, record(smoothed, opts.equalize)
 
 
 def remainder_wanted(opts: Options) -> bool:

@@ -13,6 +13,7 @@ import onnx
 
 from .errors import QdqError
 from .modelio import convert_opset, fresh_name, load_model, metadata, opset_of, skeleton
+from .graph.equalize import replay
 from .graph.precision import cast_graph, opsets_of
 from .graph.surgery import constants_to_initializers, export_graph, fold_batchnorm, import_graph, name_nodes
 
@@ -134,8 +135,10 @@ def _dims(dims: list) -> str:
 
 def prepared_for(fmodel: onnx.ModelProto, qmodel: onnx.ModelProto) -> onnx.ModelProto:
     """The float model as qdq prepared it before writing ``qmodel`` (BatchNorm folded into the Conv
-    weights, same node names), when ``qmodel`` is a qdq file; else ``fmodel`` as given."""
+    weights, same node names, equalized as the file's ``qdq_equalization`` records), when ``qmodel``
+    is a qdq file; else ``fmodel`` as given."""
     meta = metadata(qmodel)
     if "qdq_version" not in meta:
         return fmodel
-    return prepare(fmodel, meta.get("qdq_target") if meta.get("qdq_target") in TARGETS else "trt10")
+    fm = prepare(fmodel, meta.get("qdq_target") if meta.get("qdq_target") in TARGETS else "trt10")
+    return replay(fm, meta["qdq_equalization"]) if meta.get("qdq_equalization") else fm

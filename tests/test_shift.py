@@ -142,3 +142,32 @@ def test_a_layernorm_output_the_user_reads_keeps_its_values(tmp_path):
         out = run_session(session_for(runnable(shifted)), feed, "x")
         for name in ("ln", "y"):
             assert np.max(np.abs(out[name] - ref[name])) <= 1e-5 * np.max(np.abs(ref[name]))
+
+
+def test_compare_rebuilds_the_equalized_float_model_from_the_file(tmp_path):
+    """The file records its equalization (qdq_equalization): compare's halves start from the same float
+    model quantize used, so weights alone cost what quantize measured, not the shift's bias."""
+    from qdq.modelio import metadata
+    from qdq.targets import prepared_for
+
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "beta"], ["ln"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["ln", "w"], ["mm"], name="fc"), helper.make_node("Add", ["mm", "b"], ["h"], name="fc_bias"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"), helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    gamma = np.ones(K)
+    gamma[3] = 30.0
+    model = _model(nodes, {"g": gamma, "beta": 2.0 + 0.1 * rng.standard_normal(K), "w": rng.standard_normal((K, N)) / 8,
+                           "b": np.zeros(N), "w2": rng.standard_normal((N, N)) / 8})
+    _data(tmp_path, model, lambda: rng.standard_normal((1, T, K)))
+    q = quantize(tmp_path / "m.onnx", tmp_path / "data", quiet=True, mixed_precision=False)
+    assert "qdq_equalization" in metadata(q.model), q.summary.warnings
+    rebuilt = prepared_for(onnx.load(tmp_path / "m.onnx"), q.model)
+    theirs = {i.name: numpy_helper.to_array(i) for i in q.float_model.graph.initializer}
+    ours = {i.name: numpy_helper.to_array(i) for i in rebuilt.graph.initializer}
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    budget = compare(tmp_path / "m.onnx", q.model, tmp_path / "data", quiet=True).budget
+    both = q.summary.accuracy["final_db"]
+    assert budget["weights_only"]["y"] > both + 1.0 and budget["activations_only"]["y"] > both - 1.0, (budget, both)
+    del q.model.metadata_props[next(k for k, p in enumerate(q.model.metadata_props) if p.key == "qdq_equalization")]
+    stale = compare(tmp_path / "m.onnx", q.model, tmp_path / "data", quiet=True).budget
+    assert stale["weights_only"]["y"] < both - 10.0, "without the record the halves mix two float models"

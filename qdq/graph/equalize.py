@@ -32,12 +32,15 @@ Both end with the full ONNX check (:mod:`qdq.graph.surgery`); the float output c
 """
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from ..calib.session import run_session, session_for
+from ..errors import QdqError
 from ..modelio import fresh_name
 from .index import GraphIndex
 from .placement import attention_units
@@ -52,13 +55,22 @@ _HOMOGENEOUS = ("Relu", "LeakyRelu")
 _S_RANGE = (1e-4, 1e4)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Smoothed:
-    """How :func:`smooth_quant` changed one activation: the range method its choice was made with (None
-    with a fixed α), and whether it was scaled (SmoothQuant) and shifted (Outlier Suppression+)."""
+    """How :func:`smooth_quant` changed one activation ``source`` (its name before): the range method its
+    choice was made with (None with a fixed α), its shift z and scales s ((K,) float64, or None)."""
+    source: str
     method: str | None
-    scaled: bool
-    shifted: bool
+    z: np.ndarray | None
+    s: np.ndarray | None
+
+    @property
+    def scaled(self) -> bool:
+        return self.s is not None
+
+    @property
+    def shifted(self) -> bool:
+        return self.z is not None
 
 
 def channel_ranges(model: onnx.ModelProto, tensors: list, feeds: list, rows: int = 0) -> dict:
@@ -271,8 +283,41 @@ def smooth_quant(model: onnx.ModelProto, feeds: list, alpha: float | None = None
                                shift_free=free and all(_bias_slot(idx, p) for p in layers))
         if z is None and s is None:
             continue
-        done[_apply(g, graph, nodes, tensors[t], layers, weights, z, s, taken)] = Smoothed(method, s is not None, z is not None)
+        done[_apply(g, graph, nodes, tensors[t], layers, weights, z, s, taken)] = Smoothed(t, method, z, s)
     return (export_graph(graph, model, "SmoothQuant"), done) if done else (model, {})
+
+
+def record(done: dict, cle: bool) -> str:
+    """The equalization of one run as text for the file's metadata (``qdq_equalization``), from which
+    :func:`replay` rebuilds the equalized float model: {"cle": bool, "tensors": {source: {"z", "s":
+    base64 of float64 bytes, or absent}}}."""
+    enc = (lambda a: base64.b64encode(np.ascontiguousarray(a, "<f8").tobytes()).decode("ascii"))
+    tensors = {d.source: {k: enc(v) for k, v in (("z", d.z), ("s", d.s)) if v is not None} for d in done.values()}
+    return json.dumps({"cle": cle, "tensors": tensors}, separators=(",", ":")) if cle or tensors else ""
+
+
+def replay(model: onnx.ModelProto, text: str) -> onnx.ModelProto:
+    """``model`` (the prepared float model) equalized as :func:`record`'s ``text`` says, exactly as the
+    run did: cross-layer equalization, then each tensor's shift and scales."""
+    try:
+        rec = json.loads(text)
+        todo = {t: {k: np.frombuffer(base64.b64decode(v), "<f8") for k, v in d.items()} for t, d in rec["tensors"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise QdqError("the file's qdq_equalization metadata is not qdq's record; was the file edited? "
+                       "compare it against its float twin with --no-budget") from None
+    if rec.get("cle"):
+        model, _ = cross_layer_equalization(model)
+    if not todo:
+        return model
+    targets = _smooth_targets(GraphIndex.build(model))
+    g, graph = gs(), import_graph(model)
+    nodes, tensors, taken = list(graph.nodes), graph.tensors(), taken_names(graph)
+    for t, d in todo.items():
+        if t not in targets:
+            raise QdqError(f"the file's qdq_equalization names {t!r}, which the float model given does not feed to a "
+                           "MatMul/Gemm; is it the model the file was made from?")
+        _apply(g, graph, nodes, tensors[t], targets[t], _layer_weights(nodes, targets[t]), d.get("z"), d.get("s"), taken)
+    return export_graph(graph, model, "equalization replay")
 
 
 def _apply(g, graph, nodes, src, layers, weights, z, s, taken) -> str:

@@ -135,21 +135,23 @@ class _LayerAcc:
 def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwise: bool = False,
             threshold_db: float = 20.0, budget: bool = True, preprocess: Preprocess | None = None,
             limit: int | None = None, batch_size: int = 1, quiet: bool = False, task: TaskOptions | None = None,
-            remainder: str = "fp16") -> CompareResult:
+            remainder: str = "fp16", float_prepared: bool = False) -> CompareResult:
     """Run float/FP16 reference and quantized models on ``data`` (a path, or samples already fed:
     :class:`qdq.calib.data.Feeds`) and measure where they differ: per
     output, pooled over samples with a 90 % interval, and by the task's agreement (``task``,
     :mod:`qdq.measure.tasks`).  ``remainder="fp16"`` runs a file with an FP32 remainder (trt8/trt10)
-    as TensorRT does with ``--int8 --fp16``: its non-INT8 layers in FP16 except the ones it pins."""
+    as TensorRT does with ``--int8 --fp16``: its non-INT8 layers in FP16 except the ones it pins.
+    ``float_prepared``: ``float_model`` is already the float model qdq made the file from (prepared and
+    equalized: :func:`qdq.targets.prepared_for`), as ``quantize`` holds it."""
     if reference not in ("fp32", "fp16"):
         raise QdqError(f"unknown reference {reference!r}; choose fp32 or fp16")
     with shared_weights():   # the float weights held once for the reference, budget and file sessions
         return _compare(float_model, quant_model, data, reference, layerwise, threshold_db, budget, preprocess, limit,
-                        batch_size, quiet, task, remainder)
+                        batch_size, quiet, task, remainder, float_prepared)
 
 
 def _compare(float_model, quant_model, data, reference, layerwise, threshold_db, budget, preprocess, limit,
-             batch_size, quiet, task, remainder) -> CompareResult:
+             batch_size, quiet, task, remainder, float_prepared) -> CompareResult:
     fmodel = float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model)
     qmodel = quant_model if isinstance(quant_model, onnx.ModelProto) else load_model(quant_model)
     f_out = [o.name for o in fmodel.graph.output]
@@ -160,7 +162,8 @@ def _compare(float_model, quant_model, data, reference, layerwise, threshold_db,
     dataset = data if isinstance(data, Feeds) else Dataset(data, inputs, preprocess or Preprocess(), limit=limit)
     sites = _sites(fmodel, qmodel, inputs) if layerwise else []
     device, how = _device_view(fmodel, qmodel, dataset, remainder, quiet)
-    runs = _sessions(fmodel, qmodel, dataset, reference, budget, sites, quiet, device)
+    made_from = (lambda: fmodel) if float_prepared else (lambda: prepared_for(fmodel, qmodel))
+    runs = _sessions(fmodel, qmodel, dataset, reference, budget, sites, quiet, device, made_from)
     acc = _Accumulators(f_out, reference == "fp16", budget, sites, task or TaskOptions())
     with progress("comparing", dataset.count(), quiet) as advance:
         for sources, feed in batches(dataset, batch_size):
@@ -170,7 +173,7 @@ def _compare(float_model, quant_model, data, reference, layerwise, threshold_db,
     result = acc.result(reference, threshold_db)
     result.remainder = how
     if layerwise:
-        _layerwise(result, acc, fmodel, qmodel, sites, dataset, threshold_db, device)
+        _layerwise(result, acc, made_from(), qmodel, sites, dataset, threshold_db, device)
     return result
 
 
@@ -200,10 +203,12 @@ def _device_view(fmodel, qmodel, dataset, remainder: str, quiet: bool):
     return (lambda m: remainder_fp16(m, keep)), how
 
 
-def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list, quiet: bool, device) -> dict:
+def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list, quiet: bool, device,
+              made_from) -> dict:
     """ONNX Runtime sessions by role: ref (FP32 or FP16), quant, and fp32 / weights_only /
-    activations_only where asked (the quantized ones through ``device``); ref and quant also
-    return the ``sites``' tensors, quant their dequantized tensors too."""
+    activations_only where asked (the quantized ones through ``device``, the halves from ``made_from()``,
+    the float model the file was made from); ref and quant also return the ``sites``' tensors, quant
+    their dequantized tensors too."""
     inner = [s.tensor for s in sites if s.tensor not in {i.name for i in dataset.inputs}]
     ref = fp16_model(fmodel, dataset, quiet) if reference == "fp16" else fmodel
     runs = {"ref": session_for(runnable(ref), extra_outputs=inner),
@@ -211,7 +216,7 @@ def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list
     if reference == "fp16":
         runs["fp32"] = session_for(runnable(fmodel))
     if budget:   # the halves keep no bias correction: one made for both errors is stale with one alone
-        fm = prepared_for(fmodel, qmodel)
+        fm = made_from()
         plain = without_bias_correction(qmodel, fm)
         runs["weights_only"] = session_for(device(weights_only(plain)))
         runs["activations_only"] = session_for(device(activations_only(plain, fm)))
@@ -302,12 +307,12 @@ class _Accumulators:
         return result
 
 
-def _layerwise(result, acc: _Accumulators, fmodel, qmodel, sites: list, dataset, threshold_db: float,
+def _layerwise(result, acc: _Accumulators, fm, qmodel, sites: list, dataset, threshold_db: float,
                device=None, samples: int = 8) -> None:
     """Layer reports in graph order with their output-referred figures, the first tensor below
-    ``threshold_db`` (accumulated), the ranking, and the diagnosis (:mod:`qdq.measure.diagnosis`)."""
+    ``threshold_db`` (accumulated), the ranking, and the diagnosis (:mod:`qdq.measure.diagnosis`);
+    ``fm``: the float model the file was made from."""
     reports = sorted((la.report() for la in acc.layers.values()), key=lambda r: r.position)
-    fm = prepared_for(fmodel, qmodel)
     idx = GraphIndex.build(fm)
     plan, ranges = _file_plan(idx, qmodel, sites)
     feeds = first_feeds(dataset, max(samples, CHECK_SAMPLES))

@@ -106,6 +106,7 @@ class RunFacts:
     calibrated: bool
     int8_share: float
     corrected: int                  # layers whose bias took the mean INT8 error out
+    equalization: str = ""          # graph.equalize.record ("" none)
 
 
 def metadata(f: RunFacts) -> dict:
@@ -119,6 +120,8 @@ def metadata(f: RunFacts) -> dict:
             "qdq_percentile": o.percentile if method == "percentile" else "",
             "qdq_int8_mac_share": f"{f.int8_share:.4f}", "qdq_bias_correction": f"{d.bias.mode} ({f.corrected} layers)",
             "qdq_remainder": "fp16" if d.fp16 is not None else "fp32"}
+    if f.equalization:   # how compare rebuilds the float model the file was made from
+        meta["qdq_equalization"] = f.equalization
     if f.macs.shapes:   # what qdq check and qdq trt build use for dynamic inputs
         meta["qdq_input_shapes"] = shape_text(f.macs.shapes)
     if f.macs.counts:   # one count of each layer's MACs for the summary, inspect and the engine view
