@@ -283,6 +283,7 @@ def smooth_quant(model: onnx.ModelProto, feeds: list, alpha: float | None = None
                                shift_free=free and all(_bias_slot(idx, p) for p in layers))
         if z is None and s is None:
             continue
+        z, s = (None if v is None else v.astype(np.float32).astype(np.float64) for v in (z, s))   # as recorded
         done[_apply(g, graph, nodes, tensors[t], layers, weights, z, s, taken)] = Smoothed(t, method, z, s)
     return (export_graph(graph, model, "SmoothQuant"), done) if done else (model, {})
 
@@ -290,8 +291,8 @@ def smooth_quant(model: onnx.ModelProto, feeds: list, alpha: float | None = None
 def record(done: dict, cle: bool) -> str:
     """The equalization of one run as text for the file's metadata (``qdq_equalization``), from which
     :func:`replay` rebuilds the equalized float model: {"cle": bool, "tensors": {source: {"z", "s":
-    base64 of float64 bytes, or absent}}}."""
-    enc = (lambda a: base64.b64encode(np.ascontiguousarray(a, "<f8").tobytes()).decode("ascii"))
+    base64 of float32 bytes (the values applied), or absent}}}."""
+    enc = (lambda a: base64.b64encode(np.ascontiguousarray(a, "<f4").tobytes()).decode("ascii"))
     tensors = {d.source: {k: enc(v) for k, v in (("z", d.z), ("s", d.s)) if v is not None} for d in done.values()}
     return json.dumps({"cle": cle, "tensors": tensors}, separators=(",", ":")) if cle or tensors else ""
 
@@ -301,7 +302,7 @@ def replay(model: onnx.ModelProto, text: str) -> onnx.ModelProto:
     run did: cross-layer equalization, then each tensor's shift and scales."""
     try:
         rec = json.loads(text)
-        todo = {t: {k: np.frombuffer(base64.b64decode(v), "<f8") for k, v in d.items()} for t, d in rec["tensors"].items()}
+        todo = {t: {k: np.frombuffer(base64.b64decode(v), "<f4").astype(np.float64) for k, v in d.items()} for t, d in rec["tensors"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise QdqError("the file's qdq_equalization metadata is not qdq's record; was the file edited? "
                        "compare it against its float twin with --no-budget") from None
