@@ -15,7 +15,7 @@ FLOORS = [
     ("qdq.trt",),
     ("qdq.measure",),
     ("qdq.report",),
-    ("qdq.pipeline", "qdq.stages", "qdq.options", "qdq.trt_cache"),
+    ("qdq.pipeline", "qdq.stages", "qdq.options", "qdq.trt_cache", "qdq.bundle"),
     ("qdq.cli", "qdq.demo"),
     ("qdq",),
 ]

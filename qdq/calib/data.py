@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import QdqError
+from .polygraphy_io import read_inputs
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 DEFAULT_DYNAMIC_SIZE = 640
@@ -174,11 +175,15 @@ class Dataset:
             images = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
             if npz:
                 return "npz", npz
+            if not images and any(f.suffix == ".json" for f in files):   # Polygraphy's --save-inputs DIR
+                return "json", [f for f in files if f.suffix == ".json"]
             if images:
                 return "images", images
-            raise QdqError(f"{p}: folder holds no .npz files or images ({', '.join(IMAGE_EXTS)})")
+            raise QdqError(f"{p}: folder holds no .npz files, images ({', '.join(IMAGE_EXTS)}) or Polygraphy inputs")
         if p.suffix == ".npz":
             return "npz", [p]
+        if p.suffix == ".json":   # Polygraphy's inputs (polygraphy run --save-inputs / --load-inputs)
+            return "json", [p]
         if p.suffix == ".npy":
             if len(self.inputs) != 1:
                 names = ", ".join(i.name for i in self.inputs)
@@ -186,7 +191,8 @@ class Dataset:
             return "npy", [p]
         if p.suffix.lower() in IMAGE_EXTS:
             return "images", [p]
-        raise QdqError(f"{p}: unsupported data file; use a folder of .npz files or images, a .npz or a .npy")
+        raise QdqError(f"{p}: unsupported data file; use a folder of .npz files or images, a .npz, a .npy or "
+                       "Polygraphy's inputs .json")
 
     def __iter__(self) -> Iterator[tuple[str, dict]]:
         n = 0
@@ -217,6 +223,8 @@ class Dataset:
 
     def _rows(self, f: Path) -> int:
         """Samples in file ``f`` by the header of its first array that is an input (as :meth:`_count`)."""
+        if f.suffix == ".json":
+            return len(read_inputs(f))
         try:
             if f.suffix == ".npy":
                 shapes = {self.inputs[0].name: np.load(f, mmap_mode="r", allow_pickle=False).shape}
@@ -238,6 +246,9 @@ class Dataset:
         if self.kind == "images":
             yield from self._image_samples()
             return
+        if self.kind == "json":
+            yield from self._json_samples()
+            return
         for f in self.files:
             arrays = self._read(f)
             counts = {k: self._count(f, k, v) for k, v in arrays.items()}
@@ -247,6 +258,16 @@ class Dataset:
             for i in range(next(iter(counts.values()))):
                 src = f"{f}[{i}]"
                 yield src, {k: self._check(src, self._spec(k), self._take(k, v, i)) for k, v in arrays.items()}
+
+    def _json_samples(self):
+        """One sample per iteration of Polygraphy's inputs file, each as Polygraphy feeds it (with its batch)."""
+        expected = sorted(s.name for s in self.inputs)
+        for f in self.files:
+            for i, feed in enumerate(read_inputs(f)):
+                src = f"{f}[{i}]"
+                if sorted(feed) != expected:
+                    raise QdqError(f"{src}: inputs {sorted(feed)} do not match the model inputs {expected}")
+                yield src, {k: self._check(src, self._spec(k), v) for k, v in feed.items()}
 
     def _image_samples(self):
         spec = self.inputs[0]

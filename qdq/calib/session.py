@@ -210,6 +210,8 @@ def run_session(sess, feed: dict, source) -> dict:
     try:
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(names, feed)))
+    except QdqError:
+        raise
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:300]
         raise QdqError(f"{source}: ONNX Runtime failed on this sample: {msg}") from None

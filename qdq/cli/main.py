@@ -11,10 +11,10 @@ import sys
 from ..errors import QdqError
 from ..version import __version__
 from . import args as A
-from . import check, compare, demo, inspect, quantize, ranges, sensitivity, trt
+from . import bundle, check, compare, demo, inspect, quantize, ranges, sensitivity, trt
 
 COMMANDS = {"quantize": quantize, "compare": compare, "ranges": ranges, "inspect": inspect,
-            "sensitivity": sensitivity, "check": check, "trt": trt, "demo": demo}
+            "sensitivity": sensitivity, "check": check, "trt": trt, "bundle": bundle, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

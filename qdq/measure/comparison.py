@@ -28,6 +28,7 @@ import onnx
 
 from ..calib.data import Dataset, Feeds, Preprocess, batches, first_feeds, model_inputs
 from ..calib.ranges import QMAX, Range, compute_range, fake_quant
+from ..calib.polygraphy_io import SavedRun
 from ..calib.session import run_session, session_for, shared_weights
 from ..calib.stats import TensorStats
 from ..errors import QdqError
@@ -135,23 +136,26 @@ class _LayerAcc:
 def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwise: bool = False,
             threshold_db: float = 20.0, budget: bool = True, preprocess: Preprocess | None = None,
             limit: int | None = None, batch_size: int = 1, quiet: bool = False, task: TaskOptions | None = None,
-            remainder: str = "fp16", float_prepared: bool = False) -> CompareResult:
+            remainder: str = "fp16", float_prepared: bool = False, outputs=None,
+            reference_outputs=None) -> CompareResult:
     """Run float/FP16 reference and quantized models on ``data`` (a path, or samples already fed:
     :class:`qdq.calib.data.Feeds`) and measure where they differ: per
     output, pooled over samples with a 90 % interval, and by the task's agreement (``task``,
     :mod:`qdq.measure.tasks`).  ``remainder="fp16"`` runs a file with an FP32 remainder (trt8/trt10)
     as TensorRT does with ``--int8 --fp16``: its non-INT8 layers in FP16 except the ones it pins.
     ``float_prepared``: ``float_model`` is already the float model qdq made the file from (prepared and
-    equalized: :func:`qdq.targets.prepared_for`), as ``quantize`` holds it."""
+    equalized: :func:`qdq.targets.prepared_for`), as ``quantize`` holds it.  ``outputs`` /
+    ``reference_outputs``: Polygraphy ``--save-outputs`` files (``FILE[:RUNNER]``) of a run on ``data``
+    that stand in for running the quantized file / the reference here (:class:`SavedRun`)."""
     if reference not in ("fp32", "fp16"):
         raise QdqError(f"unknown reference {reference!r}; choose fp32 or fp16")
     with shared_weights():   # the float weights held once for the reference, budget and file sessions
         return _compare(float_model, quant_model, data, reference, layerwise, threshold_db, budget, preprocess, limit,
-                        batch_size, quiet, task, remainder, float_prepared)
+                        batch_size, quiet, task, remainder, float_prepared, outputs, reference_outputs)
 
 
 def _compare(float_model, quant_model, data, reference, layerwise, threshold_db, budget, preprocess, limit,
-             batch_size, quiet, task, remainder, float_prepared) -> CompareResult:
+             batch_size, quiet, task, remainder, float_prepared, outputs=None, reference_outputs=None) -> CompareResult:
     fmodel = float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model)
     qmodel = quant_model if isinstance(quant_model, onnx.ModelProto) else load_model(quant_model)
     f_out = [o.name for o in fmodel.graph.output]
@@ -160,18 +164,25 @@ def _compare(float_model, quant_model, data, reference, layerwise, threshold_db,
                        "compare a model with its own Q/DQ version")
     inputs = model_inputs(fmodel)
     dataset = data if isinstance(data, Feeds) else Dataset(data, inputs, preprocess or Preprocess(), limit=limit)
+    if outputs is not None and (layerwise or batch_size != 1):
+        raise QdqError("saved outputs are compared sample by sample as the device ran them: drop --layerwise "
+                       "and --batch-size (run qdq compare on the file itself for those)")
     sites = _sites(fmodel, qmodel, inputs) if layerwise else []
-    device, how = _device_view(fmodel, qmodel, dataset, remainder, quiet)
+    device, how = _device_view(fmodel, qmodel, dataset, remainder, quiet) if outputs is None else (None, "")
     made_from = (lambda: fmodel) if float_prepared else (lambda: prepared_for(fmodel, qmodel))
-    runs = _sessions(fmodel, qmodel, dataset, reference, budget, sites, quiet, device, made_from)
-    acc = _Accumulators(f_out, reference == "fp16", budget, sites, task or TaskOptions())
+    saved = {k: SavedRun(v, f_out) for k, v in (("quant", outputs), ("ref", reference_outputs)) if v is not None}
+    budget = budget and not saved   # the halves are files run here, not what a device saved
+    runs = _sessions(fmodel, qmodel, dataset, reference, budget, sites, quiet, device, made_from, saved)
+    acc = _Accumulators(f_out, "fp32" in runs, budget, sites, task or TaskOptions())
     with progress("comparing", dataset.count(), quiet) as advance:
         for sources, feed in batches(dataset, batch_size):
             res = {k: run_session(sess, feed, sources[0]) for k, sess in runs.items()}
             acc.add(res, feed, len(sources))
             advance(len(sources))
+    for run in saved.values():
+        run.finish()
     result = acc.result(reference, threshold_db)
-    result.remainder = how
+    result.remainder = how if outputs is None else f"as the device ran it: {outputs}"
     if layerwise:
         _layerwise(result, acc, made_from(), qmodel, sites, dataset, threshold_db, device)
     return result
@@ -204,17 +215,20 @@ def _device_view(fmodel, qmodel, dataset, remainder: str, quiet: bool):
 
 
 def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list, quiet: bool, device,
-              made_from) -> dict:
+              made_from, saved: dict) -> dict:
     """ONNX Runtime sessions by role: ref (FP32 or FP16), quant, and fp32 / weights_only /
     activations_only where asked (the quantized ones through ``device``, the halves from ``made_from()``,
     the float model the file was made from); ref and quant also return the ``sites``' tensors, quant
-    their dequantized tensors too."""
+    their dequantized tensors too.  ``saved`` (role -> :class:`SavedRun`) stands in for a role's session."""
     inner = [s.tensor for s in sites if s.tensor not in {i.name for i in dataset.inputs}]
-    ref = fp16_model(fmodel, dataset, quiet) if reference == "fp16" else fmodel
-    runs = {"ref": session_for(runnable(ref), extra_outputs=inner),
-            "quant": session_for(device(qmodel), extra_outputs=inner + [s.dequantized for s in sites if s.dequantized])}
-    if reference == "fp16":
-        runs["fp32"] = session_for(runnable(fmodel))
+    runs = dict(saved)
+    if "ref" not in runs:
+        ref = fp16_model(fmodel, dataset, quiet) if reference == "fp16" else fmodel
+        runs["ref"] = session_for(runnable(ref), extra_outputs=inner)
+        if reference == "fp16":
+            runs["fp32"] = session_for(runnable(fmodel))
+    if "quant" not in runs:
+        runs["quant"] = session_for(device(qmodel), extra_outputs=inner + [s.dequantized for s in sites if s.dequantized])
     if budget:   # the halves keep no bias correction: one made for both errors is stale with one alone
         fm = made_from()
         plain = without_bias_correction(qmodel, fm)
@@ -295,8 +309,10 @@ class _Accumulators:
         result = CompareResult(reference, self.samples, outputs, threshold_db=threshold_db)
         m = Measurement(np.array(self.rows).reshape(-1, len(self.figured), 2), self.task,
                         np.array(self.task_rows) if self.task_rows else None, self.figured)
+        rows = m.rows[:, self.figured.index(m.worst)]
         result.sqnr = dict(m.sqnr().to_dict(), output=m.worst, outputs=len(self.figured),
-                           pooled=m.pooled().to_dict(), per_output={k: f.to_dict() for k, f in m.per_output().items()})
+                           pooled=m.pooled().to_dict(), per_output={k: f.to_dict() for k, f in m.per_output().items()},
+                           per_sample=[float(10 * np.log10(r[0] / r[1])) if r[1] > 0 else math.inf for r in rows])
         if self.task is not None:
             result.task = {"name": self.task.name, "reason": self.task.reason,
                            "figures": {k: f.to_dict() for k, f in m.task_figures().items()},
