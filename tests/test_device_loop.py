@@ -71,6 +71,7 @@ def test_bundle_holds_the_samples_the_prediction_and_the_commands(loop):
     assert "polygraphy run model_int8.onnx --trt --int8 --fp16" in run and "--load-inputs inputs.json" in run
     assert "--exportProfile=int8_profile.json --exportLayerInfo=int8_layers.json" in run
     assert "--profilingVerbosity=detailed" in run and "qdq compare model_float.onnx model_int8.onnx" in run
+    assert "qdq check model_int8.onnx --profile int8_profile.json --profile-fp16 fp16_profile.json" in run
 
 
 def test_polygraphy_reads_our_inputs_as_we_wrote_them(loop, tmp_path):

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qdq.pipeline import quantize
 from qdq.trt.backend import Backend
 from qdq.trt.layers import EngineLogError, engine_view, from_inspector, inspector_dtype
+from clitools import one_line_error, run_qdq
 from trt_standins import API, make
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -113,3 +114,55 @@ def test_written_file_keeps_its_names_for_the_engine(qmodel):
     assert {"x_QuantizeLinear", "x_DequantizeLinear", "w1_DequantizeLinear", "h1_DequantizeLinear", "s_DequantizeLinear",
             "c1", "c2", "c3"} <= set(names)
     onnx.checker.check_model(qmodel, full_check=True)
+
+
+def _write(tmp_path, name, doc) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_real_8x_profile_maps_layers_to_nodes_by_name(tmp_path):
+    """The TREx example profile (TensorRT 8.x): layer names join the fused ONNX nodes with ' + '; weight
+    names in them are no nodes; reformats are told apart."""
+    from qdq.trt.profile import attach, read_profile, timing_view
+
+    prof = read_profile(_write(tmp_path, "p.json", json.loads((FIXTURES / "trtexec_profile.json").read_text())["8.x"]))
+    assert len(prof) == 9 and prof[1].ms == pytest.approx(0.201728)
+    known = {"QuantizeLinear_2", "QuantizeLinear_7", "Conv_9", "MaxPool_12", "Conv_22", "Conv_34", "Add_36", "Relu_37"}
+    layers = attach(prof, known)
+    assert layers[1].nodes == ("QuantizeLinear_7", "Conv_9") and layers[3].reformat and not layers[3].nodes
+    view = timing_view({"Conv_9": "Conv", "Conv_22": "Conv", "Conv_34": "Conv"}, layers)
+    assert [n.int8_ms for n in view.nodes] == pytest.approx([0.201728, 0.032768, 0.036864])
+    assert view.reformat_ms["int8"] == pytest.approx(0.036864)
+
+
+@pytest.mark.parametrize("form", ["10.x", "11.x"])
+def test_device_timings_name_the_layer_slower_in_int8(qmodel, tmp_path, form):
+    profiles = json.loads((FIXTURES / "trtexec_profile.json").read_text())
+    info = json.loads((FIXTURES / "engine_inspector.json").read_text())[form]
+    onnx.save(qmodel, tmp_path / "q.onnx")
+    args = ["check", tmp_path / "q.onnx", "--profile", _write(tmp_path, "int8.json", profiles[form]),
+            "--profile-fp16", _write(tmp_path, "fp16.json", profiles["fp16"]),
+            "--layer-info", _write(tmp_path, "int8_layers.json", info), "--json"]
+    r = run_qdq(*args)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    by = {n["node"]: n for n in doc["nodes"]}
+    assert by["c2"]["slower"] and not by["c1"]["slower"] and doc["exclude"] == "--exclude c2"
+    assert by["c3"]["precision"] == "fp16" and by["c1"]["precision"] == "int8"
+    assert doc["reformat_ms"]["int8"] == pytest.approx(0.003) and doc["unmapped"] == {"int8": [], "fp16": []}
+    text = run_qdq(*args[:-1]).stdout
+    assert "1 layers are slower in INT8 than in FP16" in text and "--exclude c2" in text
+
+
+def test_a_profile_qdq_cannot_read_or_map_is_one_clear_line(qmodel, tmp_path):
+    profiles = json.loads((FIXTURES / "trtexec_profile.json").read_text())
+    onnx.save(qmodel, tmp_path / "q.onnx")
+    odd = [dict(e) for e in profiles["10.x"]]
+    odd[1]["stdMs"] = 0.1
+    one_line_error(run_qdq("check", tmp_path / "q.onnx", "--profile", _write(tmp_path, "odd.json", odd)),
+                   "odd.json", "unknown fields ['stdMs']")
+    one_line_error(run_qdq("check", tmp_path / "q.onnx", "--profile", _write(tmp_path, "other.json", profiles["8.x"])),
+                   "names none of the model's weighted layers")
+    one_line_error(run_qdq("check", tmp_path / "q.onnx", "--layer-info", tmp_path / "x.json"), "go with --profile")

@@ -11,7 +11,11 @@ from ..report.inspection import inspect_model
 from ..report.text import print_engine_view
 from ..targets import TARGETS
 from ..trt.backend import check_model
-from ..trt.layers import engine_view, parse_log
+from ..errors import QdqError
+from ..graph.placement import WEIGHTED
+from ..report.text import print_timings
+from ..trt.layers import EngineLogError, engine_view, from_inspector, parse_log
+from ..trt.profile import attach, read_profile, timing_view
 from . import args as A
 
 
@@ -24,10 +28,20 @@ def add(sub) -> None:
                     help="what TensorRT built: each weighted layer's engine layer and precision, reformats, and "
                          "Q/DQ that did not fuse")
     ck.add_argument("--json", action="store_true", help="print as JSON")
+    dev = ck.add_argument_group("layer timings from the device (trtexec --exportProfile; see qdq bundle's RUN.txt)")
+    dev.add_argument("--profile", type=Path, help="the INT8 engine's profile: read it instead of building here")
+    dev.add_argument("--profile-fp16", type=Path, help="the FP16 engine's profile (of the float model)")
+    dev.add_argument("--layer-info", type=Path, help="the INT8 engine's trtexec --exportLayerInfo (maps TensorRT "
+                     "10+ fused kernels to ONNX nodes, and gives each layer's precision)")
+    dev.add_argument("--layer-info-fp16", type=Path, help="the FP16 engine's --exportLayerInfo")
 
 
 def run(args) -> int:
     model = load_model(args.model)
+    if args.profile:
+        return _timings(args, model)
+    if args.profile_fp16 or args.layer_info or args.layer_info_fp16:
+        raise QdqError("--profile-fp16 and --layer-info go with --profile (the INT8 engine's trtexec --exportProfile)")
     lint = inspect_model(model, args.target)
     res = check_model(model, A.shapes(args.shapes, [i.name for i in model_inputs(model)]), verbose=args.layers)
     view = engine_view(model, parse_log(res.log), len(res.engine)) if args.layers and res.ok else None
@@ -56,3 +70,28 @@ def _print(args, res, lint, view) -> None:
         print(f"  {f.rule} ({f.level}) {f.node}: {f.message}")
     if view is not None:
         print_engine_view(view)
+
+
+def _layer_info(path):
+    if path is None:
+        return None
+    try:
+        return from_inspector(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as e:
+        raise QdqError(f"{path}: not trtexec --exportLayerInfo JSON ({str(e)[:100]})") from None
+    except EngineLogError as e:
+        raise QdqError(f"{path}: {e}") from None
+
+
+def _timings(args, model) -> int:
+    """--profile: where the INT8 engine spends its time against the FP16 engine, per weighted ONNX node."""
+    known = {n.name for n in model.graph.node}
+    weighted = {n.name: n.op_type for n in model.graph.node if n.op_type in WEIGHTED}
+    int8 = attach(read_profile(args.profile), known, _layer_info(args.layer_info))
+    fp16 = attach(read_profile(args.profile_fp16), known, _layer_info(args.layer_info_fp16)) if args.profile_fp16 else None
+    view = timing_view(weighted, int8, fp16)
+    if args.json:
+        print(json.dumps(view.to_dict(), indent=1))
+    else:
+        print_timings(view)
+    return 0

@@ -320,3 +320,29 @@ def print_engine_view(view, file=None) -> None:
         con.print(f"{f['kind']}: {f['node']}: {f['message']}", style="yellow")
     if not view.findings:
         con.print("every weighted layer runs in the precision the file asks for; every Q/DQ is fused")
+
+
+def print_timings(view, file=None) -> None:
+    """``qdq check --profile``: the device's per-layer times, INT8 engine against FP16 engine."""
+    con = console(file)
+    fp16 = "fp16" in view.total_ms
+    ms = (lambda v: f"{v:.4f}" if v is not None else "–")
+    con.print(f"INT8 engine {view.total_ms['int8']:.3f} ms per inference ({view.reformat_ms['int8']:.3f} ms in reformats)"
+              + (f"; FP16 engine {view.total_ms['fp16']:.3f} ms ({view.reformat_ms['fp16']:.3f} ms in reformats)" if fp16 else ""))
+    t = table("weighted ONNX nodes: ms per inference on the device", ("node", "op", "INT8 engine", "precision")
+              + (("FP16 engine", "INT8 / FP16") if fp16 else ()))
+    for n in view.nodes:
+        row = [n.node, n.op, ms(n.int8_ms), n.precision or "?"]
+        if fp16:
+            ratio = f"{n.int8_ms / n.fp16_ms:.2f}" if n.int8_ms is not None and n.fp16_ms else "–"
+            row += [ms(n.fp16_ms), ratio + (" slower" if n.slower else "")]
+        t.add_row(*row)
+    con.print(t)
+    for engine, names in view.unmapped.items():
+        if names:
+            con.print(f"{engine} engine: {len(names)} layers name no node of the model (e.g. {names[0]!r}); "
+                      "pass its trtexec --exportLayerInfo to map them", style="yellow")
+    if fp16:
+        slower = view.slower
+        con.print(f"{len(slower)} layers are slower in INT8 than in FP16" + (
+            f"; to keep them in float: qdq quantize … {view.exclude_line()}" if slower else ""))
