@@ -95,9 +95,11 @@ def _commands(target: str, pins: list, float_pins: list, float_name: str, shapes
                  exe.format(model=INT8, flags="--int8 --fp16 " + tpin, sep="--separateProfileRun ", label="int8")]
     return lines + ["# then, here, with the saved files copied back into this folder:",
                     f"qdq compare {FLOAT} {INT8} --data inputs.json --outputs int8.json --reference-outputs "
-                    "fp16.json --reference fp16",
+                    "fp16.json --reference fp16 --layer-info int8_layers.json",
                     f"qdq check {INT8} --profile int8_profile.json --profile-fp16 fp16_profile.json "
-                    "--layer-info int8_layers.json --layer-info-fp16 fp16_layers.json"]
+                    "--layer-info int8_layers.json --layer-info-fp16 fp16_layers.json",
+                    "# and to let the device's timings steer which layers stay in float:",
+                    "qdq quantize YOUR_FLOAT.onnx --calib YOUR_DATA -o model_int8.onnx --overwrite --device-profile ."]
 
 
 def _predict(fmodel, qmodel, inputs: Path, task, quiet: bool) -> dict:

@@ -35,6 +35,7 @@ class Options:
     max_task_loss: float | None = None      # keep layers in float until the task agreement is within this of FP32
     int8_deconv: bool = False               # quantize ungrouped ConvTranspose (TensorRT 8.x/10.x)
     fallback_imported: bool = False         # let mixed precision float layers that read imported ranges
+    device_profile: str | None = None       # a folder with trtexec profiles of both engines (qdq.trt.profile.device_speed)
 
     def __post_init__(self):
         if self.method not in METHODS + ("auto",):

@@ -76,7 +76,8 @@ def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None 
     of MACs never below ``min_int8_share`` (the target counts as reached on the lower end of the
     interval of the gap, not its point estimate); ``max_task_loss`` then keeps more layers in float
     until the held-back task agreement (``task``, :class:`qdq.measure.tasks.TaskOptions`) is within it
-    of FP32.  Every held-back figure is measured as the device runs the file: ``remainder="fp16"``
+    of FP32; ``device_profile`` (a folder with the device's trtexec profiles of both engines) counts a
+    layer's MACs by the time INT8 saves there (:func:`qdq.measure.mixed_precision.rank`).  Every held-back figure is measured as the device runs the file: ``remainder="fp16"``
     runs the non-INT8 layers in FP16 but those the FP16 plan pins to FP32 (written to the file's
     ``qdq_fp32_nodes`` metadata for TensorRT 8.x/10.x), ``"fp32"`` as written.  ``smoothquant`` and
     ``equalize`` (cross-layer equalization) rescale the float model first (:mod:`qdq.graph.equalize`)."""

@@ -128,3 +128,60 @@ def test_saved_outputs_that_do_not_match_are_one_clear_line(loop, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"x": {"array": "AAAA", "polygraphy_class": "ndarray"}}]))
     r = run_qdq("compare", root / "m.onnx", root / "q.onnx", "--data", tmp_path / "bad.json")
     one_line_error(r, "bad.json")
+
+
+def test_rank_puts_a_layer_no_faster_in_int8_first():
+    """Three layers of equal MACs; layer 2 costs least noise but the device runs it slower in INT8."""
+    from qdq.measure.mixed_precision import rank
+
+    cands, macs = {0: 3.0, 1: 2.0, 2: 1.0}, {0: 100, 1: 100, 2: 100}
+    assert rank(cands, macs) == [0, 1, 2]
+    assert rank(cands, macs, {0: 0.5, 1: 0.5, 2: -0.2}) == [2, 0, 1]
+    assert rank(cands, macs, {0: 0.0, 1: 0.5, 2: -0.2}) == [2, 0, 1], "the most slowed first"
+    assert rank(cands, macs, {0: 0.1, 1: 0.6}) == [0, 1, 2], "layer 0 saves little time: its noise per useful MAC rises"
+    assert rank(cands, macs, {0: 0.05, 1: 0.5, 2: 0.5}) == [0, 1, 2]
+    assert rank({0: 1.0, 1: 1.5}, {0: 100, 1: 100}, {0: 0.9, 1: 0.1}) == [1, 0]
+
+
+def test_quantize_floats_the_layer_the_device_runs_slower_in_int8(loop, tmp_path):
+    """With the device's profiles, mixed precision keeps the layer that INT8 does not speed up in float
+    first, where by noise per MAC alone it would keep another."""
+    root, _ = loop
+    q = onnx.load(root / "q.onnx")
+    plain = quantize(root / "m.onnx", root / "data", quiet=True, min_int8_share=0.3, max_loss_db=0.0)
+    first = [f["node"] for f in plain.summary.float_layers]
+    weighted = [n.name for n in q.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    other = next(n for n in ("conv1", "conv2") if n not in first)
+    prof = (lambda ms: [{"count": 1}] + [{"name": n, "timeMs": ms(n), "averageMs": ms(n), "medianMs": ms(n), "percentage": 0}
+                                          for n in weighted])
+    (tmp_path / "int8_profile.json").write_text(json.dumps(prof(lambda n: 0.02 if n == other else 0.01)))
+    (tmp_path / "fp16_profile.json").write_text(json.dumps(prof(lambda n: 0.015)))
+    timed = quantize(root / "m.onnx", root / "data", quiet=True, min_int8_share=0.3, max_loss_db=0.0,
+                     device_profile=tmp_path)
+    assert [f["node"] for f in timed.summary.float_layers][:1] == [other], (first, timed.summary.float_layers)
+    assert any(w.startswith("device profile") and other in w for w in timed.summary.warnings)
+
+
+def test_a_device_that_differs_is_named_with_its_samples(loop, tmp_path):
+    """Outputs scaled by 1.1 on the device (as a wrong scale would): beyond the intervals, said per output
+    with the samples furthest apart, and with the layers the engine ran otherwise when known."""
+    import base64
+    import io
+
+    from qdq.measure.device import agreement
+
+    root, b = loop
+    d = b.folder
+    doc = json.loads((d / "int8.json").read_text())
+    for it in doc["lst"][0][1]:
+        arr = it["outputs"]["logits"]["values"]
+        buf = io.BytesIO()
+        np.save(buf, np.load(io.BytesIO(base64.b64decode(arr["array"]))) * 1.1)
+        arr["array"] = base64.b64encode(buf.getvalue()).decode()
+    (tmp_path / "scaled.json").write_text(json.dumps(doc))
+    dev = compare_device(root / "m.onnx", root / "q.onnx", d / "inputs.json", tmp_path / "scaled.json", quiet=True)
+    a = dev.agreement
+    assert not a.agree and "disagree beyond the intervals on logits" in a.text and len(a.samples) == 3
+    assert a.samples[0]["sample"] in b.samples
+    named = agreement(dev.device.sqnr, dev.predicted.sqnr, None, ["conv2 (Q/DQ in the file, but TensorRT runs it in fp16)"])
+    assert "runs 1 layers in another precision than the file plans: conv2" in named.text

@@ -14,8 +14,8 @@ from ..trt.backend import check_model
 from ..errors import QdqError
 from ..graph.placement import WEIGHTED
 from ..report.text import print_timings
-from ..trt.layers import EngineLogError, engine_view, from_inspector, parse_log
-from ..trt.profile import attach, read_profile, timing_view
+from ..trt.layers import engine_view, parse_log
+from ..trt.profile import attach, read_layer_info, read_profile, timing_view
 from . import args as A
 
 
@@ -72,23 +72,16 @@ def _print(args, res, lint, view) -> None:
         print_engine_view(view)
 
 
-def _layer_info(path):
-    if path is None:
-        return None
-    try:
-        return from_inspector(json.loads(Path(path).read_text()))
-    except (OSError, ValueError) as e:
-        raise QdqError(f"{path}: not trtexec --exportLayerInfo JSON ({str(e)[:100]})") from None
-    except EngineLogError as e:
-        raise QdqError(f"{path}: {e}") from None
+def _info(path):
+    return read_layer_info(path) if path is not None else None
 
 
 def _timings(args, model) -> int:
     """--profile: where the INT8 engine spends its time against the FP16 engine, per weighted ONNX node."""
     known = {n.name for n in model.graph.node}
     weighted = {n.name: n.op_type for n in model.graph.node if n.op_type in WEIGHTED}
-    int8 = attach(read_profile(args.profile), known, _layer_info(args.layer_info))
-    fp16 = attach(read_profile(args.profile_fp16), known, _layer_info(args.layer_info_fp16)) if args.profile_fp16 else None
+    int8 = attach(read_profile(args.profile), known, _info(args.layer_info))
+    fp16 = attach(read_profile(args.profile_fp16), known, _info(args.layer_info_fp16)) if args.profile_fp16 else None
     view = timing_view(weighted, int8, fp16)
     if args.json:
         print(json.dumps(view.to_dict(), indent=1))

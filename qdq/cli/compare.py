@@ -29,6 +29,8 @@ def add(sub) -> None:
                      "printed beside qdq's prediction for the same samples")
     dev.add_argument("--reference-outputs", metavar="FILE[:RUNNER]", help="the reference's outputs saved on the "
                      "device (the FP16 engine: add --reference fp16 so the prediction uses the same reference)")
+    dev.add_argument("--layer-info", type=Path, help="the INT8 engine's trtexec --exportLayerInfo: a disagreement "
+                     "names the layers it runs in another precision than the file plans")
     an = c.add_argument_group("analysis")
     an.add_argument("--reference", choices=("fp32", "fp16"), default="fp32",
                     help="fp16: the FP16 cast of the float model (what a TensorRT FP16 engine computes)")
@@ -50,8 +52,8 @@ def add(sub) -> None:
 
 def run(args) -> int:
     A.check_reports(args.json, args.report)
-    if args.reference_outputs and not args.outputs:
-        raise QdqError("--reference-outputs goes with --outputs (the quantized engine's saved outputs)")
+    if (args.reference_outputs or args.layer_info) and not args.outputs:
+        raise QdqError("--reference-outputs and --layer-info go with --outputs (the quantized engine's saved outputs)")
     if args.outputs:
         return _device(args)
     result = compare(args.float_model, args.quant_model, args.data, reference=args.reference,
@@ -84,7 +86,7 @@ def _device(args) -> int:
     if args.layerwise or args.report or args.batch_size != 1:
         raise QdqError("--outputs compares saved outputs sample by sample: drop --layerwise, --report and --batch-size")
     res = compare_device(args.float_model, args.quant_model, args.data, args.outputs, args.reference_outputs,
-                         reference=args.reference, preprocess=A.preprocess(args), limit=args.limit,
+                         args.layer_info, reference=args.reference, preprocess=A.preprocess(args), limit=args.limit,
                          quiet=args.quiet or args.json == "-", task=A.task_options(args), remainder=args.remainder)
     if args.json:
         A.write_json(json.dumps(res.to_dict(), indent=1), args.json)

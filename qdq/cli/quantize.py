@@ -63,6 +63,9 @@ def _add_accuracy(q) -> None:
     mp.add_argument("--no-fallback", action="store_true", help="write the all-INT8 file: no layer kept in float")
     mp.add_argument("--fallback-imported", action="store_true", help="let mixed precision keep layers that read "
                     "imported ranges in float (by default your ranges are applied and the diagnosis says what they cost)")
+    mp.add_argument("--device-profile", metavar="DIR", help="a qdq bundle folder holding the device's trtexec "
+                    "profiles (int8_profile.json, fp16_profile.json; *_layers.json): layers no faster in INT8 there are "
+                    "the first kept in float")
     mp.add_argument("--no-bias-correction", action="store_true",
                     help="do not fold the mean INT8 error into the biases (default: folded where it helps)")
     mp.add_argument("--smoothquant", nargs="?", const="all", default="auto", choices=("auto", "all", "off"),
@@ -89,7 +92,7 @@ def run(args) -> int:
                       min_int8_share=args.min_int8_share, bias_correction=not args.no_bias_correction,
                       smoothquant=args.smoothquant, equalize=args.equalize, remainder=args.remainder,
                       task=A.task_options(args), max_task_loss=args.max_task_loss, int8_deconv=args.int8_deconv,
-                      fallback_imported=args.fallback_imported)
+                      fallback_imported=args.fallback_imported, device_profile=args.device_profile)
     save_model(result.model, args.output, overwrite=args.overwrite, protect=[args.model])
     result.summary.output = str(args.output)
     if not args.no_engine_check:

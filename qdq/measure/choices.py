@@ -14,6 +14,7 @@ from ..calib.ranges import DEFAULT_METHOD
 from ..graph.bypass import weights_only
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, attention_units, replace, served_layers
+from ..trt.profile import device_speed
 from ..graph.precision import FP16_OUTPUT_MIN_DB
 from ..graph.writer import RangeBook, build_model, device_view
 from .autocast import raise_floor
@@ -136,13 +137,27 @@ def mixed_precision(cands: Candidates, plan: Placement, analysis, check: HeldBac
         p = replace(idx, plan, {q: "float" for q in expand(float_layers)})
         return cands.weights_view(p, bias.for_weights()) if weights else cands.device(p, bias.bias)
 
+    speed = _device_speed(idx, plan, opts.device_profile, cands_) if opts.device_profile else None
     c = choose(cands_, unit_macs, build, check.ev, opts.max_loss_db, opts.min_int8_share,
-               total_macs=sum(macs.values()), int8=bias.int8, task_ok=task_ok, weights=lambda fl: build(fl, True))
+               total_macs=sum(macs.values()), int8=bias.int8, task_ok=task_ok, weights=lambda fl: build(fl, True),
+               speed=speed)
+    if speed is not None:
+        slow = [idx.labels[p] for p, v in speed.items() if v <= 0]
+        warnings.append(f"device profile ({opts.device_profile}): {len(speed)} layers timed; "
+                        + (f"not faster in INT8, so first to keep in float: {', '.join(slow[:5])}" if slow
+                           else "every one faster in INT8"))
     c.float_layers = {q: db for p, db in c.float_layers.items() for q in sorted(expand({p}))}
     if c.float_layers:
         plan = replace(idx, plan, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
                                    for p, db in c.float_layers.items()})
     return Mixed(plan, c, tuple(warnings))
+
+
+def _device_speed(idx: GraphIndex, plan: Placement, folder, layers: dict) -> dict:
+    """layer id (of ``layers``) -> the share of its FP16 time INT8 saves on the device."""
+    weighted = {idx.nodes[p].name: idx.nodes[p].op_type for p in plan.quantized_layers}
+    by_node = device_speed(folder, weighted, {n.name for n in idx.nodes})
+    return {p: by_node[idx.nodes[p].name] for p in layers if idx.nodes[p].name in by_node}
 
 
 def _imported_stay(cands: dict, book: RangeBook, idx: GraphIndex, plan: Placement, fallback: bool) -> tuple:

@@ -5,13 +5,17 @@ Two figures agree when their 90 % intervals overlap (:mod:`qdq.measure.metrics`)
 said per output, with the samples on which device and prediction differ most."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 
 from ..calib.data import Dataset, Feeds, Preprocess, model_inputs
 from ..modelio import load_model
+from ..trt.layers import engine_view
+from ..trt.profile import read_layer_info
 from .comparison import CompareResult, compare
 
 WORST_SAMPLES = 3
@@ -49,8 +53,9 @@ def _fig(f: dict) -> str:
     return f"{f['value']:.1f} dB ({f['low']:.1f}–{f['high']:.1f})"
 
 
-def agreement(device: dict, predicted: dict, names: list | None = None) -> Agreement:
-    """Compare two :attr:`CompareResult.sqnr` figures of the same samples, output by output."""
+def agreement(device: dict, predicted: dict, names: list | None = None, differing: list | None = None) -> Agreement:
+    """Compare two :attr:`CompareResult.sqnr` figures of the same samples, output by output; a
+    disagreement names ``differing`` (layers the engine runs in another precision than the file plans)."""
     outputs = {}
     for o, d in device["per_output"].items():
         p = predicted["per_output"].get(o)
@@ -70,16 +75,39 @@ def agreement(device: dict, predicted: dict, names: list | None = None) -> Agree
                          if o in bad and v["predicted"] is not None)
         text += f"disagree beyond the intervals on {', '.join(bad)} ({gaps}); samples furthest apart: " + \
             "; ".join(f"{s['sample']} {s['device_db']:.1f} vs {s['predicted_db']:.1f} dB" for s in samples)
+        if differing:
+            text += f"; the engine runs {len(differing)} layers in another precision than the file plans: " + \
+                ", ".join(differing[:5])
     return Agreement(agree, text, outputs, samples)
 
 
-def compare_device(float_model, quant_model, data, outputs, reference_outputs=None, **kw) -> DeviceComparison:
+def compare_device(float_model, quant_model, data, outputs, reference_outputs=None, layer_info=None,
+                   **kw) -> DeviceComparison:
     """The device's saved outputs (``outputs``; the reference's in ``reference_outputs``, else the
     reference is run here) on ``data`` (the inputs the device run loaded, e.g. a bundle's inputs.json),
-    against qdq's prediction for the same samples: ``compare`` on the file with the same ``kw``."""
+    against qdq's prediction for the same samples: ``compare`` on the file with the same ``kw``.
+    ``layer_info``: the INT8 engine's trtexec --exportLayerInfo, to name layers whose engine precision
+    differs from the file's plan."""
     fmodel = float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model)
-    device = compare(fmodel, quant_model, data, budget=False, outputs=outputs, reference_outputs=reference_outputs, **kw)
-    predicted = compare(fmodel, quant_model, data, budget=False, **kw)
-    names = None if isinstance(data, Feeds) else \
-        Dataset(data, model_inputs(fmodel), kw.get("preprocess") or Preprocess(), limit=kw.get("limit")).sources()
-    return DeviceComparison(device, predicted, agreement(device.sqnr, predicted.sqnr, names))
+    qmodel = quant_model if isinstance(quant_model, onnx.ModelProto) else load_model(quant_model)
+    differing = None
+    if layer_info is not None:
+        view = engine_view(qmodel, read_layer_info(layer_info))
+        differing = [f"{f['node']} ({f['message'].split(':')[0]})" for f in view.findings
+                     if f["kind"] in ("int8 in the file, not in the engine", "views disagree")]
+    device = compare(fmodel, qmodel, data, budget=False, outputs=outputs, reference_outputs=reference_outputs, **kw)
+    predicted = compare(fmodel, qmodel, data, budget=False, **kw)
+    names = None if isinstance(data, Feeds) else _sample_names(data, fmodel, kw)
+    return DeviceComparison(device, predicted, agreement(device.sqnr, predicted.sqnr, names, differing))
+
+
+def _sample_names(data, fmodel, kw) -> list:
+    """The samples' names: a bundle's inputs.json by the names its prediction.json keeps (the user's
+    files), else as the data names them."""
+    names = Dataset(data, model_inputs(fmodel), kw.get("preprocess") or Preprocess(), limit=kw.get("limit")).sources()
+    kept = Path(data).parent / "prediction.json"
+    try:
+        original = json.loads(kept.read_text()).get("samples") if kept.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        original = None
+    return original if isinstance(original, list) and len(original) == len(names) else names

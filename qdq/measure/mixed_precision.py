@@ -11,7 +11,8 @@ The order: :mod:`qdq.measure.analysis` gives each layer's activation-input noise
 sits (early layers of a detector can pass it on whole, late ones a tenth of it), so the
 activation sites are split into ``GROUPS`` runs in graph order, each measured alone at the model's
 outputs in the analysis pass (its Q/DQ only, weights float): run j's noise N_j gives the gain
-g_j = N_j / Σ_{i∈j} r_i, and layer i's estimated contribution is c_i = g_j·r_i.  Layers go to float in decreasing c_i / MACs_i.
+g_j = N_j / Σ_{i∈j} r_i, and layer i's estimated contribution is c_i = g_j·r_i.  Layers go to float in decreasing c_i / MACs_i
+(with the device's layer timings, MACs count by the time INT8 saves there: :func:`rank`).
 Noise powers of independent sites add at the output, so removing a prefix of the ranking leaves an
 estimated N − Σ c_i; the smallest prefix estimated to reach the target is built and measured, the
 estimate is rescaled to the measurement, and layers are added until the measurement meets the target.
@@ -109,7 +110,7 @@ def by_unit(candidates: dict, macs: dict, units: list):
 
 def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: float = 2.0,
            min_int8_share: float = 0.85, total_macs: int | None = None, int8: Measurement | None = None,
-           task_ok=None, weights=None) -> Choice:
+           task_ok=None, weights=None, speed: dict | None = None) -> Choice:
     """``candidates``: layer id -> estimated contribution of its INT8 input to the output noise
     (see :func:`propagation_gains`); ``macs``: layer id -> MACs of every quantized layer;
     ``total_macs``: of all weighted layers, those in float by the placement rules included;
@@ -118,7 +119,8 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
     view (default: :func:`qdq.graph.bypass.weights_only` of ``build``'s file; a file whose biases
     correct activation errors needs its weight-only correction there).  The target is reached when the lower end of the
     interval of (file − weights-only) is within ``max_loss_db``; then, if ``task_ok(measurement)`` says
-    the task agreement is not yet enough, layers are added in the same order until it is."""
+    the task agreement is not yet enough, layers are added in the same order until it is.  ``speed``:
+    the device's timings, for :func:`rank`."""
     total, int8_macs = total_macs or sum(macs.values()) or 1, sum(macs.values())
     weights = weights or (lambda fl: weights_only(build(fl)))
     out = Choice()
@@ -126,7 +128,7 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
     w = ev.measure(weights(set()))
     out.int8_db, out.weights_only_db = m.sqnr().value, w.sqnr().value
     out.steps.append((0, out.int8_db, out.weights_only_db))
-    ranked = sorted((p for p in candidates if macs.get(p)), key=lambda p: -candidates[p] / macs[p])
+    ranked = rank(candidates, macs, speed)
     fits = _mac_floor(macs, int8_macs, total, min_int8_share)
     chosen, alpha = [], max(_noise(out.int8_db) - _noise(out.weights_only_db), 0.0) / (sum(candidates[p] for p in ranked) or 1.0)
     for _ in range(MAX_ROUNDS):
@@ -150,6 +152,23 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
     for p in chosen:   # what this layer's INT8 input would add back to the final file's noise
         out.float_layers[p] = power_db(1.0, _noise(out.final_db)) - power_db(1.0, _noise(out.final_db) + alpha * candidates[p])
     return out
+
+
+def rank(candidates: dict, macs: dict, speed: dict | None = None) -> list:
+    """Layer ids in the order they go to float: most output noise per multiply-accumulate INT8 speeds up
+    first.  Without ``speed`` every MAC counts; with it (layer id -> the share of its FP16 time INT8
+    saves on the device, :func:`qdq.trt.profile.device_speed`) a layer's MACs count by its share over the
+    median share of the layers timed, so a layer that is no faster in INT8 (share ≤ 0) goes first and
+    layers without a timing count as typical."""
+    typical = sorted(v for v in (speed or {}).values() if v > 0)
+    median = typical[len(typical) // 2] if typical else 1.0
+
+    def key(p):
+        if speed and p in speed and speed[p] <= 0:   # no faster in INT8: the most slowed first
+            return (0, speed[p], -candidates[p])
+        useful = macs[p] * (speed[p] / median if speed and p in speed else 1.0)
+        return (1, -candidates[p] / useful, 0.0)
+    return sorted((p for p in candidates if macs.get(p)), key=key)
 
 
 def _mac_floor(macs: dict, int8_macs: int, total: int, min_int8_share: float):

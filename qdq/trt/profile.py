@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import QdqError
-from .layers import EngineLayer
+from .layers import EngineLayer, EngineLogError, from_inspector
 
 KEYS = ("name", "timeMs", "averageMs", "medianMs", "percentage")
 SLOWER = 1.05   # INT8 this much slower than FP16 counts as slower (timings of one profile run vary by a few %)
@@ -137,3 +137,31 @@ def timing_view(weighted: dict, int8: list, fp16: list | None = None) -> TimingV
                       {k: sum(t.ms for t in v if t.reformat) for k, v in engines.items()},
                       {k: [t.name for t in v if not t.nodes and not t.reformat] for k, v in engines.items()})
 
+
+
+def read_layer_info(path) -> list:
+    """The layers of a ``trtexec --exportLayerInfo`` file (:func:`qdq.trt.layers.from_inspector`)."""
+    try:
+        return from_inspector(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise QdqError(f"{path}: no such file") from None
+    except (OSError, ValueError, AttributeError) as e:
+        raise QdqError(f"{path}: not trtexec --exportLayerInfo JSON ({str(e)[:100]})") from None
+    except EngineLogError as e:
+        raise QdqError(f"{path}: {e}") from None
+
+
+def device_speed(folder, weighted: dict, known: set) -> dict:
+    """node -> the share of its FP16 time INT8 saves on the device ((t_fp16 − t_int8) / t_fp16; ≤ 0 when
+    INT8 is not faster), from the files a bundle's RUN.txt writes into ``folder``: int8_profile.json and
+    fp16_profile.json, with int8_layers.json / fp16_layers.json where present."""
+    folder = Path(folder)
+    if not (folder / "int8_profile.json").exists() or not (folder / "fp16_profile.json").exists():
+        raise QdqError(f"{folder}: --device-profile needs int8_profile.json and fp16_profile.json there (trtexec "
+                       "--exportProfile of both engines, as qdq bundle's RUN.txt writes them)")
+    info = {k: read_layer_info(folder / f"{k}_layers.json") if (folder / f"{k}_layers.json").exists() else None
+            for k in ("int8", "fp16")}
+    view = timing_view(weighted, *(attach(read_profile(folder / f"{k}_profile.json"), known, info[k])
+                                   for k in ("int8", "fp16")))
+    return {n.node: (n.fp16_ms - n.int8_ms) / n.fp16_ms for n in view.nodes
+            if n.int8_ms is not None and n.fp16_ms}
