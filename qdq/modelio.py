@@ -2,6 +2,7 @@
 atomic writes (temp file + rename), opset conversion."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -292,3 +293,15 @@ def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=()
         except OSError as e:
             raise QdqError(f"{path}: cannot write ({e.strerror or e}); nothing was changed") from None
     return path
+
+
+def read_json(path, hint: str = "") -> object:
+    """The parsed JSON file at ``path``; a missing or malformed file is one :class:`QdqError` line
+    (``hint`` appended to say what the file should be)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise QdqError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise QdqError(f"{path}: not JSON ({str(e)[:100]})" + (f"; {hint}" if hint else "")) from None

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QdqError
+from ..modelio import read_json
 
 MARKER, LEGACY_MARKER = "polygraphy_class", "polygraphy_serialized_json_type"
 
@@ -65,14 +66,7 @@ def _decode(obj, where: str):
 
 
 def _load(path) -> object:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise QdqError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise QdqError(f"{path}: not a JSON file ({str(e)[:100]})") from None
-    return _decode(raw, str(path))
+    return _decode(read_json(path, "expected Polygraphy's inputs or outputs"), str(path))
 
 
 def read_inputs(path) -> list[dict]:

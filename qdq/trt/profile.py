@@ -11,11 +11,11 @@ names do not map.  Anything else in the file is an error, never a guess.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import QdqError
+from ..modelio import read_json
 from .layers import EngineLayer, EngineLogError, from_inspector
 
 KEYS = ("name", "timeMs", "averageMs", "medianMs", "percentage")
@@ -33,14 +33,7 @@ class LayerTime:
 
 def read_profile(path) -> list[LayerTime]:
     """The layers of a ``trtexec --exportProfile`` file, in engine order (nodes not yet mapped)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise QdqError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise QdqError(f"{path}: not JSON ({str(e)[:100]}); trtexec writes layer names unescaped, so a name "
-                       "with a quote breaks it") from None
+    data = read_json(path, "trtexec writes layer names unescaped, so a name with a quote breaks it")
     if not (isinstance(data, list) and data and isinstance(data[0], dict) and set(data[0]) == {"count"}):
         raise QdqError(f"{path}: not a trtexec --exportProfile file (a list starting with {{\"count\": …}})")
     out = []
@@ -141,12 +134,11 @@ def timing_view(weighted: dict, int8: list, fp16: list | None = None) -> TimingV
 
 def read_layer_info(path) -> list:
     """The layers of a ``trtexec --exportLayerInfo`` file (:func:`qdq.trt.layers.from_inspector`)."""
+    info = read_json(path, "expected trtexec --exportLayerInfo")
+    if not isinstance(info, dict):
+        raise QdqError(f"{path}: not trtexec --exportLayerInfo JSON (an object with 'Layers')")
     try:
-        return from_inspector(json.loads(Path(path).read_text()))
-    except FileNotFoundError:
-        raise QdqError(f"{path}: no such file") from None
-    except (OSError, ValueError, AttributeError) as e:
-        raise QdqError(f"{path}: not trtexec --exportLayerInfo JSON ({str(e)[:100]})") from None
+        return from_inspector(info)
     except EngineLogError as e:
         raise QdqError(f"{path}: {e}") from None
 
