@@ -45,10 +45,14 @@ class Bundle:
 def _choose(data, fmodel, count: int, seed: int, preprocess) -> tuple:
     """(names, feeds) of ``count`` samples of ``data`` chosen by a seeded hash of their names (all when
     there are fewer), in the data's order."""
-    dataset = Dataset(data, model_inputs(fmodel), preprocess or Preprocess())
+    inputs, pre = model_inputs(fmodel), preprocess or Preprocess()
+    dataset = Dataset(data, inputs, pre)
     names = dataset.sources()
     chosen = set(names) if len(names) <= count else choose_held(names, count, seed)
-    picked = [(src, feed) for src, feed in dataset if src in chosen]
+    if dataset.kind == "images" and inputs[0].group <= 1:   # read only the chosen images
+        picked = [next(iter(Dataset(Path(n), inputs, pre))) for n in names if n in chosen]
+    else:
+        picked = [(src, feed) for src, feed in dataset if src in chosen]
     return [s for s, _ in picked], [f for _, f in picked]
 
 
