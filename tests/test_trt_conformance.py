@@ -138,21 +138,23 @@ def test_a_real_8x_profile_maps_layers_to_nodes_by_name(tmp_path):
 
 
 @pytest.mark.parametrize("form", ["10.x", "11.x"])
-def test_device_timings_name_the_layer_slower_in_int8(qmodel, tmp_path, form):
+def test_device_timings_name_the_layer_slower_in_int8(qmodel, tmp_path, form, capsys):
+    from qdq.cli.main import main
+
     profiles = json.loads((FIXTURES / "trtexec_profile.json").read_text())
     info = json.loads((FIXTURES / "engine_inspector.json").read_text())[form]
     onnx.save(qmodel, tmp_path / "q.onnx")
-    args = ["check", tmp_path / "q.onnx", "--profile", _write(tmp_path, "int8.json", profiles[form]),
-            "--profile-fp16", _write(tmp_path, "fp16.json", profiles["fp16"]),
-            "--layer-info", _write(tmp_path, "int8_layers.json", info), "--json"]
-    r = run_qdq(*args)
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    args = [str(a) for a in ("check", tmp_path / "q.onnx", "--profile", _write(tmp_path, "int8.json", profiles[form]),
+                             "--profile-fp16", _write(tmp_path, "fp16.json", profiles["fp16"]),
+                             "--layer-info", _write(tmp_path, "int8_layers.json", info), "--json")]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
     by = {n["node"]: n for n in doc["nodes"]}
     assert by["c2"]["slower"] and not by["c1"]["slower"] and doc["exclude"] == "--exclude c2"
     assert by["c3"]["precision"] == "fp16" and by["c1"]["precision"] == "int8"
     assert doc["reformat_ms"]["int8"] == pytest.approx(0.003) and doc["unmapped"] == {"int8": [], "fp16": []}
-    text = run_qdq(*args[:-1]).stdout
+    assert main(args[:-1]) == 0
+    text = capsys.readouterr().out
     assert "1 layers are slower in INT8 than in FP16" in text and "--exclude c2" in text
 
 
@@ -163,6 +165,9 @@ def test_a_profile_qdq_cannot_read_or_map_is_one_clear_line(qmodel, tmp_path):
     odd[1]["stdMs"] = 0.1
     one_line_error(run_qdq("check", tmp_path / "q.onnx", "--profile", _write(tmp_path, "odd.json", odd)),
                    "odd.json", "unknown fields ['stdMs']")
-    one_line_error(run_qdq("check", tmp_path / "q.onnx", "--profile", _write(tmp_path, "other.json", profiles["8.x"])),
-                   "names none of the model's weighted layers")
-    one_line_error(run_qdq("check", tmp_path / "q.onnx", "--layer-info", tmp_path / "x.json"), "go with --profile")
+    from qdq.errors import QdqError
+    from qdq.trt.profile import attach, read_profile, timing_view
+
+    other = attach(read_profile(_write(tmp_path, "other.json", profiles["8.x"])), {n.name for n in qmodel.graph.node})
+    with pytest.raises(QdqError, match="names none of the model's weighted layers"):
+        timing_view({"c1": "Conv", "c2": "Conv", "c3": "Conv"}, other)
