@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnx
 
-from .calib.data import Dataset, Preprocess, choose_held, model_inputs
+from .calib.data import Dataset, Preprocess, choose_sources, model_inputs
 from .calib.polygraphy_io import write_inputs
 from .errors import QdqError
 from .measure.autocast import fp16_model
@@ -48,7 +48,7 @@ def _choose(data, fmodel, count: int, seed: int, preprocess) -> tuple:
     inputs, pre = model_inputs(fmodel), preprocess or Preprocess()
     dataset = Dataset(data, inputs, pre)
     names = dataset.sources()
-    chosen = set(names) if len(names) <= count else choose_held(names, count, seed)
+    chosen = set(names) if len(names) <= count else choose_sources(dataset, names, count, seed)
     if dataset.kind == "images" and inputs[0].group <= 1:   # read only the chosen images
         picked = [next(iter(Dataset(Path(n), inputs, pre))) for n in names if n in chosen]
     else:

@@ -393,10 +393,7 @@ class HoldOut:
         wherever the folder lies)."""
         if self._chosen is None:
             names = self.dataset.sources()
-            root = str(self.path)
-            rel = {n[len(root):].lstrip("/\\") if n.startswith(root) else n: n for n in names}
-            picked = choose_held(list(rel), min(len(names) // self.every, self.cap), self.seed)
-            self._chosen = {rel[n] for n in picked}
+            self._chosen = choose_sources(self.dataset, names, min(len(names) // self.every, self.cap), self.seed)
         return self._chosen
 
     def count(self) -> int | None:
@@ -421,6 +418,14 @@ class HoldOut:
 def _unit(name: str, seed: int) -> float:
     """A seeded hash of ``name`` in [0, 1): the same on every machine and Python run."""
     return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+
+
+def choose_sources(dataset, names: list, count: int, seed: int = 0) -> set:
+    """:func:`choose_held` of ``dataset``'s sample ``names``, hashed by their names relative to its
+    folder: the same choice wherever the folder lies."""
+    root = str(dataset.path)
+    rel = {n[len(root):].lstrip("/\\") if n.startswith(root) else n: n for n in names}
+    return {rel[n] for n in choose_held(list(rel), count, seed)}
 
 
 def choose_held(names: list, count: int, seed: int = 0) -> set:
