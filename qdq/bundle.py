@@ -120,14 +120,14 @@ def bundle(float_model, quant_model, data, folder, *, samples: int = 32, seed: i
     """Write the bundle (see module doc) into ``folder`` (created; an existing bundle is replaced only
     with ``overwrite``): ``samples`` of ``data`` chosen with ``seed``."""
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise QdqError(f"{folder}: exists and is not empty; pass --overwrite or another -o")
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
+        raise QdqError(f"{folder}: exists and is not an empty folder; pass --overwrite or another -o")
+    raw = float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model)
     qmodel = quant_model if isinstance(quant_model, onnx.ModelProto) else load_model(quant_model)
     target = metadata(qmodel).get("qdq_target", "trt10")
-    fmodel = prepare(float_model if isinstance(float_model, onnx.ModelProto) else load_model(float_model),
-                     target if target in ("trt8", "trt10", "trt11") else "trt10")
-    names, feeds = _choose(data, fmodel, samples, seed, preprocess)
+    fmodel = prepare(raw, target if target in ("trt8", "trt10", "trt11") else "trt10")
+    names, feeds = _choose(data, fmodel, samples, seed, preprocess)   # bad data fails before anything is written
+    folder.mkdir(parents=True, exist_ok=True)
     write_inputs(folder / "inputs.json", feeds)
     save_model(qmodel, folder / INT8, overwrite=True)
     float_name = FLOAT

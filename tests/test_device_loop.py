@@ -186,3 +186,12 @@ def test_a_device_that_differs_is_named_with_its_samples(loop, tmp_path):
     assert a.samples[0]["sample"] in b.samples
     named = agreement(dev.device.sqnr, dev.predicted.sqnr, None, ["conv2 (Q/DQ in the file, but TensorRT runs it in fp16)"])
     assert "runs 1 layers in another precision than the file plans: conv2" in named.text
+
+
+def test_bundle_with_bad_input_writes_nothing(loop, tmp_path):
+    root, _ = loop
+    r = run_qdq("bundle", root / "m.onnx", tmp_path / "missing.onnx", "--data", root / "data", "-o", tmp_path / "b")
+    one_line_error(r, "missing.onnx")
+    r = run_qdq("bundle", root / "m.onnx", root / "q.onnx", "--data", tmp_path / "nodata", "-o", tmp_path / "b")
+    one_line_error(r, "nodata")
+    assert not (tmp_path / "b").exists()
