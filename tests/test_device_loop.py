@@ -195,3 +195,17 @@ def test_bundle_with_bad_input_writes_nothing(loop, tmp_path):
     r = run_qdq("bundle", root / "m.onnx", root / "q.onnx", "--data", tmp_path / "nodata", "-o", tmp_path / "b")
     one_line_error(r, "nodata")
     assert not (tmp_path / "b").exists()
+
+
+def test_onnx_runtime_outputs_of_an_fp16_file_come_with_the_caveat(loop, tmp_path):
+    """A trt11 file (FP16 scales) run by Polygraphy's ONNX Runtime runner: the agreement says that runner
+    is no stand-in for TensorRT there (docs/jetson.md), whatever the figures."""
+    root, _ = loop
+    q = quantize(root / "m.onnx", root / "data", quiet=True, target="trt11")
+    onnx.save(q.model, tmp_path / "q11.onnx")
+    b = bundle(root / "m.onnx", tmp_path / "q11.onnx", root / "data", tmp_path / "b", samples=4, quiet=True)
+    assert (b.folder / "model_fp16.onnx").exists() and "--int8" not in "\n".join(b.commands)
+    polygraphy("run", b.folder / "model_int8.onnx", "--onnxrt", "--load-inputs", b.folder / "inputs.json",
+               "--save-outputs", tmp_path / "int8.json")
+    dev = compare_device(root / "m.onnx", tmp_path / "q11.onnx", b.folder / "inputs.json", tmp_path / "int8.json", quiet=True)
+    assert "Polygraphy's ONNX Runtime runner" in dev.agreement.text

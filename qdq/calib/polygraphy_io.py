@@ -94,15 +94,22 @@ def write_inputs(path, feeds: list[dict]) -> None:
 
 
 def read_outputs(path, runner: str | None = None) -> list[dict]:
-    """The outputs one runner saved with ``--save-outputs``, one {output name: array} per iteration: a
-    file, or a folder of per-iteration files (``--save-outputs DIR``).  A run of several runners
+    """The outputs one runner saved with ``--save-outputs``, one {output name: array} per iteration
+    (:func:`read_run` without the runner's name)."""
+    return read_run(path, runner)[1]
+
+
+def read_run(path, runner: str | None = None) -> tuple:
+    """(runner name, [{output name: array} per iteration]) of one runner's ``--save-outputs``: a file,
+    or a folder of per-iteration files (``--save-outputs DIR``).  A run of several runners
     (``polygraphy run --trt --onnxrt``) needs ``runner`` (a name or the start of one)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.json"))
         if not files:
             raise QdqError(f"{path}: a folder without Polygraphy's per-iteration .json files")
-        return [it for f in files for it in read_outputs(f, runner)]
+        runs = [read_run(f, runner) for f in files]
+        return runs[0][0], [it for _, its in runs for it in its]
     res = _load(path)
     lst = res.get("lst") if isinstance(res, dict) else None
     if not isinstance(lst, list) or not all(isinstance(r, list) and len(r) == 2 for r in lst):
@@ -112,14 +119,13 @@ def read_outputs(path, runner: str | None = None) -> list[dict]:
     if len(chosen) != 1:
         raise QdqError(f"{path}: holds the runners {names}; " + ("name one" if runner is None else
                        f"{runner!r} matches {len(chosen)}") + " (FILE:RUNNER, e.g. FILE:trt-runner)")
-    iterations = chosen[0][1]
     out = []
-    for k, it in enumerate(iterations):
+    for k, it in enumerate(chosen[0][1]):
         outputs = it.get("outputs") if isinstance(it, dict) else None
         if not isinstance(outputs, dict) or not all(isinstance(v, np.ndarray) for v in outputs.values()):
             raise QdqError(f"{path}: iteration {k} of {chosen[0][0]!r} has no outputs")
         out.append(outputs)
-    return out
+    return str(chosen[0][0]), out
 
 
 class _Output:
@@ -137,7 +143,7 @@ class SavedRun:
         if not Path(path).exists() and ":" in path:
             path, runner = path.rsplit(":", 1)
         self.path, self.names, self.used = path, list(names), 0
-        self.iterations = read_outputs(path, runner)
+        self.runner, self.iterations = read_run(path, runner)
         missing = [n for n in self.names if n not in self.iterations[0]] if self.iterations else self.names
         if missing:
             raise QdqError(f"{path}: has no output {missing[0]!r} (it holds {sorted(self.iterations[0]) if self.iterations else []}); "

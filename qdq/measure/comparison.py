@@ -145,7 +145,7 @@ def compare(float_model, quant_model, data, *, reference: str = "fp32", layerwis
     as TensorRT does with ``--int8 --fp16``: its non-INT8 layers in FP16 except the ones it pins.
     ``float_prepared``: ``float_model`` is already the float model qdq made the file from (prepared and
     equalized: :func:`qdq.targets.prepared_for`), as ``quantize`` holds it.  ``outputs`` /
-    ``reference_outputs``: Polygraphy ``--save-outputs`` files (``FILE[:RUNNER]``) of a run on ``data``
+    ``reference_outputs``: Polygraphy ``--save-outputs`` files (``FILE[:RUNNER]``, or a :class:`SavedRun`) of a run on ``data``
     that stand in for running the quantized file / the reference here (:class:`SavedRun`)."""
     if reference not in ("fp32", "fp16"):
         raise QdqError(f"unknown reference {reference!r}; choose fp32 or fp16")
@@ -170,7 +170,8 @@ def _compare(float_model, quant_model, data, reference, layerwise, threshold_db,
     sites = _sites(fmodel, qmodel, inputs) if layerwise else []
     device, how = _device_view(fmodel, qmodel, dataset, remainder, quiet) if outputs is None else (None, "")
     made_from = (lambda: fmodel) if float_prepared else (lambda: prepared_for(fmodel, qmodel))
-    saved = {k: SavedRun(v, f_out) for k, v in (("quant", outputs), ("ref", reference_outputs)) if v is not None}
+    saved = {k: v if isinstance(v, SavedRun) else SavedRun(v, f_out)
+             for k, v in (("quant", outputs), ("ref", reference_outputs)) if v is not None}
     budget = budget and not saved   # the halves are files run here, not what a device saved
     runs = _sessions(fmodel, qmodel, dataset, reference, budget, sites, quiet, device, made_from, saved)
     acc = _Accumulators(f_out, "fp32" in runs, budget, sites, task or TaskOptions())
@@ -182,7 +183,7 @@ def _compare(float_model, quant_model, data, reference, layerwise, threshold_db,
     for run in saved.values():
         run.finish()
     result = acc.result(reference, threshold_db)
-    result.remainder = how if outputs is None else f"as the device ran it: {outputs}"
+    result.remainder = how if outputs is None else f"as the device ran it: {saved['quant'].path}"
     if layerwise:
         _layerwise(result, acc, made_from(), qmodel, sites, dataset, threshold_db, device)
     return result
