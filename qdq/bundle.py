@@ -28,7 +28,7 @@ from .measure.comparison import compare
 from .measure.metrics import json_safe
 from .modelio import atomic_write_text, load_model, metadata, save_model
 from .targets import prepare
-from .trt.backend import pinned_layers
+from .trt.backend import pin_args, pinned_layers
 
 INT8, FLOAT = "model_int8.onnx", "model_float.onnx"
 
@@ -72,7 +72,7 @@ def _pins(pins: list) -> tuple:
     if not pins:
         return "", ""
     return (f"--precision-constraints obey --layer-precisions {' '.join(shlex.quote(f'{n}:float32') for n in pins)} ",
-            f"--precisionConstraints=obey --layerPrecisions={shlex.quote(','.join(f'{n}:fp32' for n in pins))} ")
+            " ".join(shlex.quote(a) for a in pin_args(pins)) + " ")
 
 
 def _commands(target: str, pins: list, float_pins: list, float_name: str, shapes: list) -> list:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QdqError
-from ..modelio import read_json
+from ..modelio import atomic_write_text, read_json
 
 MARKER, LEGACY_MARKER = "polygraphy_class", "polygraphy_serialized_json_type"
 
@@ -87,10 +87,7 @@ def write_inputs(path, feeds: list[dict]) -> None:
         np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
         return {"array": base64.b64encode(buf.getvalue()).decode(), MARKER: "ndarray"}
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([{k: enc(v) for k, v in f.items()} for f in feeds]))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps([{k: enc(v) for k, v in f.items()} for f in feeds]))
 
 
 def read_outputs(path, runner: str | None = None) -> list[dict]:

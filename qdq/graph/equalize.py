@@ -158,19 +158,22 @@ def _best(x: np.ndarray, a: np.ndarray, wmax: np.ndarray, weights: list, alphas:
     return best
 
 
-def _shift_fraction(parts: list, weights: list, wmax: np.ndarray, gain: float) -> float:
+def _shift_fraction(parts: list, weights: list, gain: float) -> float:
     """The f of :data:`SHIFT_FRACTIONS` whose shift z = f·(min + max) / 2 cuts the joint error (unscaled)
     the most, if below ``gain`` of the unshifted error, else 0.  Judged out of sample: z from the
     even-numbered samples' rows tried on the odd ones' and the other way round (the mid-range of a few
     extremes is noisy: in sample, centring symmetric noise would always look better).  f < 1 suits
     skewed tensors (GELU: most values near 0, a long tail), whose mid-range would push the bulk to an edge."""
+    def unscaled(x):   # the joint error without scales, at the better of the two range methods
+        return min(_joint_error(x, weights, np.ones(x.shape[1])).values())
+
     halves = [np.concatenate(parts[0::2]), np.concatenate(parts[1::2])]
     plain, moved = 0.0, np.zeros(len(SHIFT_FRACTIONS))
     for fit, test in (halves, halves[::-1]):
         mid = (fit.min(axis=0) + fit.max(axis=0)) / 2
-        plain += _best(test, np.abs(test).max(axis=0), wmax, weights, ())[0]
+        plain += unscaled(test)
         for k, f in enumerate(SHIFT_FRACTIONS):
-            moved[k] += _best(test - f * mid, np.abs(test - f * mid).max(axis=0), wmax, weights, ())[0]
+            moved[k] += unscaled(test - f * mid)
     k = int(np.argmin(moved))
     return SHIFT_FRACTIONS[k] if moved[k] < gain * plain else 0.0
 
@@ -188,7 +191,7 @@ def _choose(lo: np.ndarray, hi: np.ndarray, parts: list, weights: list, alpha: f
         return None, _scales(np.maximum(-lo, hi), wmax, alpha), None
     lo, hi = lo.astype(np.float64), hi.astype(np.float64)
     parts = [p.astype(np.float64) for p in parts]
-    f = _shift_fraction(parts, weights, wmax, 1.0 if shift_free else SHIFT_GAIN) if shift_ok and len(parts) > 1 else 0.0
+    f = _shift_fraction(parts, weights, 1.0 if shift_free else SHIFT_GAIN) if shift_ok and len(parts) > 1 else 0.0
     shift, z = f > 0, f * (lo + hi) / 2
     _, al, s, method = _best(np.concatenate(parts) - z, np.maximum(hi - z, z - lo), wmax, weights,
                              ALPHAS if scale_ok else ())

@@ -14,9 +14,9 @@ from ..calib.ranges import DEFAULT_METHOD
 from ..graph.bypass import weights_only
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, attention_units, replace, served_layers
-from ..trt.profile import device_speed
 from ..graph.precision import FP16_OUTPUT_MIN_DB
 from ..graph.writer import RangeBook, build_model, device_view
+from ..trt.profile import device_speed
 from .autocast import raise_floor
 from .evaluate import DeviceModel, Measurement
 from .heldback import HeldBack
