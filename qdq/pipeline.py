@@ -23,7 +23,7 @@ import onnx
 from .calib.calibrate import Calibration
 from .calib.data import Feeds, model_inputs
 from .calib.range_files import RangeFile, range_warnings, read_ranges
-from .calib.session import shared_weights
+from .calib.session import model_bytes, release, shared_weights
 from .graph.index import GraphIndex
 from .graph.placement import Placement
 from .graph.precision import has_fp16
@@ -91,12 +91,16 @@ def _quantize(model, calib, imported: RangeFile | None, given: Calibration | Non
     """The passes in the order their types make: each takes what the earlier ones returned."""
     warnings: list = []
     prep = S.prepare_model(model, calib, imported, given, opts, warnings)
+    release(nbytes := model_bytes(prep.float_model))
     samples = S.calibrate_samples(prep, model, calib, given, opts, warnings)
+    release(nbytes)
     macs = S.count_macs(prep, samples, warnings)
     readers = S.massive_readers(prep, samples.cal, warnings)
     fp16 = S.fp16_remainder(prep, samples, opts, warnings)
+    release(nbytes)
     check, reporter = S.held_back(prep, samples, fp16, opts)
     decided = _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts, warnings)
+    release(nbytes)
     return _finish(prep, samples, macs, decided, imported, given is not None or calib is not None, opts, warnings)
 
 
@@ -118,6 +122,7 @@ class Decided:
 def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts: Options, warnings: list) -> Decided:
     """Method, analysis, bias correction, mixed precision, range warnings and the file's figures."""
     book = RangeBook(samples.cal, opts.method, opts.percentile, imported, prep.tensor_methods)
+    nbytes = model_bytes(prep.float_model)
     keep = None if fp16 is None or has_fp16(prep.float_model) else (lambda: fp16.names(prep.idx))
     method = choose_method(Candidates(prep.float_model, prep.idx, book, keep), prep.placed, check, opts.method)
     warnings += [method.warning] if method.warning else []
@@ -126,13 +131,16 @@ def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts:
     if split is not None and split.kept and (opts.bias_correction or opts.mixed_precision):
         analysis = analyze(prep.float_model, prep.idx, prep.placed, cands.book.ranges(prep.placed), split.kept,
                            opts.quiet, groups=GROUPS if opts.mixed_precision else 0)
+        release(nbytes)
     bias = correct_bias(cands, prep.placed, analysis, check, opts.bias_correction)
+    release(nbytes)
     mixed = None
     if opts.mixed_precision and check is not None and analysis is not None:
         task_ok, why = task_test(check, prep.float_model, opts.max_task_loss, opts.task.confirmed)
         warnings += [why] if why else []
         mixed = mixed_precision(cands, prep.placed, analysis, check, bias, macs.counts, readers, opts, task_ok)
         warnings += mixed.warnings
+        release(nbytes)
     plan = mixed.plan if mixed is not None else prep.placed
     ranges = cands.book.ranges(plan)
     warnings += range_warnings(ranges, samples.cal.stats, imported, list(plan.activations))

@@ -66,3 +66,62 @@ def test_a_graph_exported_for_a_session_carries_no_weights_and_computes_the_same
     np.testing.assert_allclose(out["y2"], x["x"] @ (w * 3), rtol=1e-5, atol=1e-4)
     assert isinstance(graph.tensors()["W2"].values, np.ndarray)     # the graph is left as it was
     np.testing.assert_array_equal(np.asarray(graph.tensors()["W"].values), w)
+
+
+def test_a_checked_export_writes_what_graphsurgeon_writes_without_its_copies():
+    """export_graph exports references and then copies each weight in: the file's bytes are those of
+    onnx-graphsurgeon's own export (a weight the model holds, an array a pass made, a small constant),
+    and the source model's initializers keep their names."""
+    from qdq.graph.surgery import export_graph, gs, import_graph, tidy
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    model = _matmul(w)
+    model.ir_version = 8
+
+    def edited():
+        graph = import_graph(model)
+        graph.tensors()["W"].name = "W_renamed"
+        extra = gs().Constant("W2", (w * 3).astype(np.float32))
+        small = gs().Constant("b", np.ones(64, np.float32))
+        mid, y2 = gs().Variable("mid", dtype=np.float32), gs().Variable("y2", dtype=np.float32, shape=[1, 64])
+        graph.nodes += [gs().Node("MatMul", "mm2", inputs=[graph.inputs[0], extra], outputs=[mid]),
+                        gs().Node("Add", "add", inputs=[mid, small], outputs=[y2])]
+        graph.outputs.append(y2)
+        return graph
+
+    ours = export_graph(edited(), model, "test")
+    assert [t.name for t in model.graph.initializer] == ["W"]
+    graph = edited()
+    tidy(graph)   # as export_graph does first
+    theirs = gs().export_onnx(graph, do_type_check=False)
+    assert [t.name for t in ours.graph.initializer] == ["W_renamed", "W2", "b"]
+    assert ours.graph.SerializeToString() == theirs.graph.SerializeToString()
+
+
+def test_large_weights_are_fed_as_inputs_with_the_same_outputs(monkeypatch):
+    """Past FED_BYTES the lent weights are inputs ONNX Runtime reads in place (its
+    add_external_initializers copies them): the session holds the store's own arrays, and its outputs
+    are bit for bit a plain session's without prepacking (which a session past the limit never had),
+    and within float rounding of a prepacked one."""
+    import onnxruntime as ort
+
+    import qdq.calib.session as S
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    model = _matmul(w)
+    x = {"x": rng.standard_normal((1, 64)).astype(np.float32)}
+    with shared_weights():
+        lent = session_for(model)
+        monkeypatch.setattr(S, "FED_BYTES", 0)
+        fed = session_for(model)
+        assert not lent.qdq_fed and sorted(fed.qdq_fed) == ["W"]
+        assert [i.name for i in fed.get_inputs()] == ["x", "W"]
+        assert fed.qdq_fed["W"] is lent.qdq_lent[1][0]        # one OrtValue: the same buffer
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        plain = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(run_session(fed, x, "s")["y"], plain.run(None, x)[0])
+        np.testing.assert_allclose(run_session(fed, x, "s")["y"], run_session(lent, x, "s")["y"], rtol=1e-5, atol=1e-5)
+    assert model.graph.initializer[0].HasField("raw_data")    # the caller's model keeps its weights

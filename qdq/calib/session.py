@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
+import gc
 import weakref
 
 import numpy as np
@@ -24,8 +26,10 @@ from ..modelio import values_bytes, without_initializers
 # initializers from this size on are lent to sessions instead of serialized into them
 LENT_BYTES = 4096
 LENT_LOCATION = "qdq-weight-store"   # the external-data location of a lent initializer
-# a session whose lent weights pass this many bytes does not prepack MatMul weights (a second copy)
-PREPACK_LIMIT = 1 << 28
+# a session whose lent weights pass this many bytes is fed them as inputs on every run
+FED_BYTES = 1 << 28
+# from this many bytes of weights on, the passes' garbage is collected and returned (release)
+RELEASE_BYTES = 1 << 26
 _STORE: contextvars.ContextVar = contextvars.ContextVar("qdq_weight_store", default=None)
 
 
@@ -63,6 +67,33 @@ class WeightStore:
     def nbytes(self) -> int:
         """Bytes of the entries live sessions borrow."""
         return sum(a().nbytes for entries in self._held.values() for a, v in entries if v() is not None)
+
+
+def release(weight_bytes: int) -> None:
+    """Give the memory of the passes before back to the system when the weights in play
+    (``weight_bytes``) reach :data:`RELEASE_BYTES`: collect the reference cycles that
+    onnx-graphsurgeon graphs form (a pass's graph and the weights it read otherwise live on until
+    Python's oldest generation is collected), then ask glibc to return its freed heap
+    (``malloc_trim``; buffers under its mmap threshold, up to 32 MiB each, are otherwise kept for
+    reuse).  Below the limit it does nothing: a full collection costs 0.02–0.3 s, more than the
+    garbage of a small model weighs.  A no-op beyond glibc."""
+    if weight_bytes < RELEASE_BYTES:
+        return
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of ``model``'s initializers' values (none read)."""
+    return sum(values_bytes(t) for t in model.graph.initializer)
+
+
+def lent_bytes(lent: dict) -> int:
+    """Bytes of what ``lent`` (:func:`lent_view`'s name → TensorProto or array) lends."""
+    return sum(v.nbytes if isinstance(v, np.ndarray) else values_bytes(v) for v in lent.values())
 
 
 @contextlib.contextmanager
@@ -140,19 +171,39 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
         so.intra_op_num_threads = threads
     available = ort.get_available_providers()
     providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-    if names:
+    fed = {}
+    if names and sum(values_bytes(t) for t in m.graph.initializer if t.name in lent) > FED_BYTES:
+        # ONNX Runtime 1.32 copies what add_external_initializers gives it (a second copy of the
+        # weights per session), while it reads inputs in place: large weights become inputs, fed on
+        # every run; they are not constants to its optimizer then, so MatMul weights are not
+        # prepacked (another copy) nor folded
+        m, fed = _as_inputs(m, set(names)), dict(zip(names, values))
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    elif names:
         so.add_external_initializers(names, values)
-        lent = set(names)
-        if sum(values_bytes(t) for t in m.graph.initializer if t.name in lent) > PREPACK_LIMIT:
-            # prepacking MatMul weights would make a second copy of the lent ones
-            so.add_session_config_entry("session.disable_prepacking", "1")
     try:
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=providers)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:300]
         raise QdqError(f"ONNX Runtime cannot load the model: {msg}") from None
     sess.qdq_lent = (store, values)   # the lent buffers live as long as the session
+    sess.qdq_fed = fed
     return sess
+
+
+def _as_inputs(model: onnx.ModelProto, names: set) -> onnx.ModelProto:
+    """``model`` (a skeleton :func:`session_for` owns) with the initializers ``names`` as graph inputs
+    of their type and dims instead."""
+    from onnx import helper
+
+    refs = [t for t in model.graph.initializer if t.name in names]
+    kept = [t for t in model.graph.initializer if t.name not in names]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    declared = {i.name for i in model.graph.input}
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in refs if t.name not in declared)
+    return model
 
 
 def with_extrema(model: onnx.ModelProto, names, outputs=(), shapes=()) -> tuple[onnx.ModelProto, dict]:
@@ -209,7 +260,8 @@ def run_session(sess, feed: dict, source) -> dict:
     """Run and return ``{output name: array}``; ONNX Runtime failures become one-line errors."""
     try:
         names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, feed)))
+        fed = getattr(sess, "qdq_fed", None)
+        return dict(zip(names, sess.run(names, feed | fed if fed else feed)))
     except QdqError:
         raise
     except Exception as e:

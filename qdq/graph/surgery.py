@@ -66,11 +66,11 @@ def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool =
     ``check=False`` only for throw-away candidates that are evaluated, never written."""
     tidy(graph)
     try:
-        model = gs().export_onnx(graph, do_type_check=False)
+        model, lent = export_lent(graph, template)
     except Exception as e:
         raise QdqError(f"internal error in pass {pass_name!r}: cannot export the graph ({_first_line(e)}); "
                        "please report it with the model") from None
-    model.ir_version = max(template.ir_version, _min_ir_version(model))
+    _fill(model, lent)
     model.producer_name, model.producer_version = template.producer_name, template.producer_version
     model.domain, model.model_version, model.doc_string = template.domain, template.model_version, template.doc_string
     del model.metadata_props[:]
@@ -105,8 +105,9 @@ def export_lent(graph, template: onnx.ModelProto) -> tuple:
             continue
         old = t._values   # gs exports a LazyValues' own TensorProto, and an array's bytes
         proto = old.tensor if isinstance(old, LazyValues) else None
-        if proto is None and not isinstance(old, np.ndarray):
-            continue
+        if proto is None and (not isinstance(old, np.ndarray) or old.dtype.kind in "OSUV"
+                              or t.export_dtype != t.dtype or t.data_location is not None):
+            continue   # exported as gs converts it
         nbytes = values_bytes(proto) if proto is not None else old.nbytes
         if nbytes < LENT_BYTES or (proto is not None and not proto.HasField("raw_data")):
             continue
@@ -122,6 +123,21 @@ def export_lent(graph, template: onnx.ModelProto) -> tuple:
             t._values = old
     model.ir_version = max(template.ir_version, _min_ir_version(model))
     return model, lent
+
+
+def _fill(model: onnx.ModelProto, lent: dict) -> None:
+    """The references :func:`export_lent` made given their data, one tensor at a time, as
+    onnx-graphsurgeon's own export writes it (the constant's TensorProto, or its array's bytes raw):
+    gs exports a graph and then copies it into the model, so the weights were held three times."""
+    for t in model.graph.initializer:
+        src = lent.get(t.name)
+        if src is None:
+            continue
+        if isinstance(src, np.ndarray):
+            src = onnx.helper.make_tensor(t.name, t.data_type, src.shape, np.ascontiguousarray(src).tobytes(), raw=True)
+        name = t.name
+        t.CopyFrom(src)
+        t.name = name
 
 
 def _min_ir_version(model: onnx.ModelProto) -> int:

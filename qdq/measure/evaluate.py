@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..calib.session import run_session, session_for
+from ..calib.session import lent_bytes, release, run_session, session_for
 from ..graph.precision import runnable
 from .metrics import (Figure, paired_gap_low, percentile_interval, power_db, resample_sums, sqnr_figure,
                       wilson_interval)
@@ -144,6 +144,7 @@ class Evaluator:
     def outputs(self, model) -> list:
         """The candidate's outputs on every sample (after the device view; a :class:`DeviceModel` as it is)."""
         if isinstance(model, DeviceModel):
+            release(lent_bytes(model.lent))   # the graph it was built on holds the weights it read until collected
             sess = session_for(model.model, lent=model.lent)
         else:
             sess = session_for(self.device(model) if self.device is not None else runnable(model))
