@@ -82,8 +82,10 @@ def values_bytes(t: onnx.TensorProto) -> int:
         return n * 8
 
 
-def load_model(path) -> onnx.ModelProto:
-    """Load an ONNX model; its external data must lie inside the model's own folder."""
+def load_model(path, external: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model; its external data must lie inside the model's own folder.  With
+    ``external=False`` that data stays in its files (references ONNX Runtime can map, see
+    :func:`qdq.calib.session.session_for`'s ``data_folder``)."""
     path = Path(path)
     if not path.is_file():
         raise QdqError(f"{path}: no such model file")
@@ -102,7 +104,7 @@ def load_model(path) -> onnx.ModelProto:
                            "model's folder; refusing to read it (move the data next to the model)")
         if not target.is_file():
             raise QdqError(f"{path}: external data file {loc!r} of tensor {t.name!r} is missing")
-    if any(True for _ in _external_tensors(model)):
+    if external and has_external_data(model):
         onnx.load_external_data_for_model(model, str(base))
     try:
         check_onnx(model)
@@ -111,6 +113,11 @@ def load_model(path) -> onnx.ModelProto:
         raise QdqError(f"{path}: fails onnx.checker ({first}); fix or re-export the model") from None
     name_nodes(model)
     return model
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """Whether a tensor of ``model`` references data outside it."""
+    return any(True for _ in _external_tensors(model))
 
 
 def _external_tensors(model):
@@ -168,13 +175,13 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the bytes of its large initializers (above :data:`SKELETON_BYTES`): each becomes
-    a graph input of the same type and shape, which is all inference needs; small ones (shape
-    vectors, axes, scales) keep their values for data propagation.  Nodes keep their positions."""
+    a graph input of the same type and shape, which is all inference needs, as does one whose data
+    lies in a file; small ones (shape vectors, axes, scales) keep their values for data propagation.  Nodes keep their positions."""
     m = without_initializers(model)
     src, g = model.graph, m.graph
     declared = {i.name for i in src.input}
     for t in src.initializer:
-        if values_bytes(t) <= SKELETON_BYTES:
+        if values_bytes(t) <= SKELETON_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

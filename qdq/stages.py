@@ -23,7 +23,6 @@ from .graph.shapes import data_shapes, layer_tensors, measured_macs, shape_text,
 from .measure.autocast import fp16_plan
 from .measure.heldback import HeldBack
 from .measure.prepared import check_prepared
-from .modelio import load_model
 from .options import Options
 from .progress import notice
 from .report.summary import tensor_names
@@ -145,8 +144,7 @@ def calibrate_samples(prep: Prepared, model, calib, given: Calibration | None, o
         if opts.mixed_precision:
             warnings.append(f"only {cal.samples} samples: none held back; the file was measured on {total} of the "
                             "calibration samples themselves (20 or more let qdq hold some back)")
-    user = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    check_prepared(user, fm, (split.kept or split.held)[:2], prep.source)
+    check_prepared(model, fm, (split.kept or split.held)[:2], prep.source)
     return Samples(cal, split, none_held)
 
 

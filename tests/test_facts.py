@@ -162,6 +162,33 @@ def test_a_prepared_model_that_diverges_stops_the_run():
         check_prepared(m, bad, feeds, "m.onnx")
 
 
+def test_a_file_with_external_data_is_checked_from_its_files(tmp_path, monkeypatch):
+    """Given the path of a file whose weights lie beside it, the check hands ONNX Runtime the files to
+    map instead of loading the weights a second time (loading them here fails the test), and still
+    finds the wrong reference."""
+    from qdq.errors import QdqError
+    from qdq.measure.prepared import check_prepared
+    from qdq.targets import prepare
+    m = _bn_model([])
+    on_disk = onnx.ModelProto()
+    on_disk.CopyFrom(m)   # onnx's writer turns the model it writes into references
+    onnx.save_model(on_disk, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=0)
+    feeds = [{"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)} for _ in range(2)]
+    good = prepare(m)
+    bad = onnx.ModelProto()
+    bad.CopyFrom(good)
+    conv = next(n for n in bad.graph.node if n.op_type == "Conv")
+    bias = next(i for i in bad.graph.initializer if i.name == conv.input[2])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 99.5, bias.name))
+
+    def refuse(*a, **k):
+        raise AssertionError("the user's weights were loaded")
+    monkeypatch.setattr(onnx, "load_external_data_for_model", refuse)
+    check_prepared(tmp_path / "m.onnx", good, feeds, "m.onnx")
+    with pytest.raises(QdqError, match=r"m.onnx: .*output 'y' .* dB away from your model \(first diverging tensor 'bn_out'\)"):
+        check_prepared(tmp_path / "m.onnx", bad, feeds, "m.onnx")
+
+
 def test_trt11_files_with_imported_ranges_are_diagnosed(tmp_path):
     """trt11 with --ranges, and compare --layerwise on a trt11 file: the diagnosis swaps a range on a Q
     whose scale is FP32 beside DQs whose scales are FP16 (one scale per dtype it feeds)."""

@@ -144,11 +144,13 @@ def lent_view(model: onnx.ModelProto, lent: dict | None = None) -> tuple[onnx.Mo
 
 
 def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), threads: int | None = None,
-                fold: bool = True, lent: dict | None = None):
+                fold: bool = True, lent: dict | None = None, data_folder=None):
     """An ONNX Runtime session of ``model`` as given that also returns ``extra_outputs`` (tensor
     names); ``lent`` lends the data of initializers ``model`` holds as references (:func:`lent_view`).
     ``fold=False`` turns ONNX Runtime's graph optimizations off (a Cast of a weight stays a
-    Cast instead of becoming a second copy of the weight).  A model that computes in FP16 runs here as ONNX Runtime's CPU provider runs it, which
+    Cast instead of becoming a second copy of the weight).  ``data_folder``: where the external data
+    ``model`` references lies (ONNX Runtime maps those files itself: no copy in this process's
+    heap).  A model that computes in FP16 runs here as ONNX Runtime's CPU provider runs it, which
     hides much of FP16's rounding: measurements hand it :func:`qdq.graph.precision.runnable` first."""
     import onnxruntime as ort
 
@@ -169,6 +171,8 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
+    if data_folder is not None:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(data_folder))
     available = ort.get_available_providers()
     providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     fed = {}

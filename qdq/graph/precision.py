@@ -60,7 +60,7 @@ _ONNX_OF = {F32: TensorProto.FLOAT, F16: TensorProto.FLOAT16}
 
 def _dtype(t):
     try:
-        d = np.dtype(t.values.dtype if isinstance(t, gs().Constant) else t.dtype)
+        d = np.dtype(t.dtype)   # a Constant's from its TensorProto: its values are not read
     except TypeError:
         return None
     return d if d in (F32, F16) else None

@@ -132,7 +132,7 @@ def _weight_dq(graph, nodes, key: str, spec, src, coded: tuple, taken: set, docs
     q_c = g.Constant(fresh_name(f"{key}_quantized", taken), qw)
     s_c = g.Constant(fresh_name(f"{key}_scale", taken), scale)
     z_c = g.Constant(fresh_name(f"{key}_zero_point", taken), np.zeros(scale.shape, np.int8))
-    dq_out = g.Variable(fresh_name(f"{key}_dequantized", taken), dtype=src.values.dtype, shape=list(qw.shape))
+    dq_out = g.Variable(fresh_name(f"{key}_dequantized", taken), dtype=np.dtype(src.dtype), shape=list(qw.shape))
     axis = spec.axis % qw.ndim
     dq = g.Node("DequantizeLinear", fresh_name(f"{key}_DequantizeLinear", taken), attrs={"axis": axis},
                 inputs=[q_c, s_c, z_c], outputs=[dq_out])
@@ -175,7 +175,7 @@ def with_ranges(model: onnx.ModelProto, amax: dict, method: str, biases: dict | 
             continue
         consts = {}   # one scale per dtype: a trt11 file's Q may take FP32 where its DQ takes FP16
         for n in [q] + [dq for dq in q.outputs[0].outputs if dq.op == "DequantizeLinear"]:
-            dtype = np.dtype(n.inputs[1].values.dtype if isinstance(n.inputs[1], gs().Constant) else np.float32)
+            dtype = np.dtype(n.inputs[1].dtype if isinstance(n.inputs[1], gs().Constant) else np.float32)
             scale, _ = safe_scale(amax[t.name], dtype)
             if dtype not in consts:
                 consts[dtype] = gs().Constant(fresh_name(f"{t.name}_scale", names),

@@ -62,11 +62,12 @@ def import_graph(source):
 
 
 def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool = True) -> onnx.ModelProto:
-    """Clean up, sort, export and verify ``graph``; model-level fields come from ``template``.
+    """Clean up, sort, export and verify ``graph`` (consumed: its large constants are moved into the
+    model, not copied beside it); model-level fields come from ``template``.
     ``check=False`` only for throw-away candidates that are evaluated, never written."""
     tidy(graph)
     try:
-        model, lent = export_lent(graph, template)
+        model, lent = export_lent(graph, template, consume=True)
     except Exception as e:
         raise QdqError(f"internal error in pass {pass_name!r}: cannot export the graph ({_first_line(e)}); "
                        "please report it with the model") from None
@@ -92,11 +93,12 @@ def tidy(graph) -> None:
             t.dtype = None
 
 
-def export_lent(graph, template: onnx.ModelProto) -> tuple:
+def export_lent(graph, template: onnx.ModelProto, consume: bool = False) -> tuple:
     """``graph`` exported for an ONNX Runtime session only (unchecked, never written) with each constant
     of :data:`qdq.calib.session.LENT_BYTES` or more an external reference: (model, {name: np.ndarray or
     the float model's TensorProto}) for :func:`qdq.calib.session.session_for`'s ``lent``, so no copy of
-    the weights is serialized.  ``graph`` is left as it was."""
+    the weights is serialized.  ``graph`` is left as it was, unless ``consume``: then its lent
+    constants keep their references and the returned map is the only holder of their arrays."""
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     lent, swapped = {}, []
@@ -119,7 +121,7 @@ def export_lent(graph, template: onnx.ModelProto) -> tuple:
     try:
         model = gs().export_onnx(graph, do_type_check=False)
     finally:
-        for t, old in swapped:
+        for t, old in swapped if not consume else ():
             t._values = old
     model.ir_version = max(template.ir_version, _min_ir_version(model))
     return model, lent
@@ -128,9 +130,10 @@ def export_lent(graph, template: onnx.ModelProto) -> tuple:
 def _fill(model: onnx.ModelProto, lent: dict) -> None:
     """The references :func:`export_lent` made given their data, one tensor at a time, as
     onnx-graphsurgeon's own export writes it (the constant's TensorProto, or its array's bytes raw):
-    gs exports a graph and then copies it into the model, so the weights were held three times."""
+    gs exports a graph and then copies it into the model, so the weights were held three times.  Each
+    array is dropped from ``lent`` once copied: what a pass computed is held once, not twice."""
     for t in model.graph.initializer:
-        src = lent.get(t.name)
+        src = lent.pop(t.name, None)
         if src is None:
             continue
         if isinstance(src, np.ndarray):

@@ -3,13 +3,15 @@ against the prepared model (BatchNorm folded, opset converted, FP16 computed in 
 compute what the user's model computes, up to the rounding of those folds."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
 from ..calib.session import run_session, session_for
 from ..errors import QdqError
-from ..graph.precision import runnable
-from ..modelio import name_nodes
+from ..graph.precision import has_fp16, runnable
+from ..modelio import has_external_data, load_model, name_nodes
 from .evaluate import signal_noise
 from .metrics import power_db
 
@@ -19,20 +21,35 @@ PREPARED_MIN_DB = 40.0
 ROUNDING = 1e-4
 
 
-def check_prepared(user: onnx.ModelProto, prepared: onnx.ModelProto, feeds: list, source: str) -> None:
-    """Raise a one-line error when an output of ``prepared`` diverges from ``user``'s on ``feeds``
-    (:func:`_diverges`: beyond rounding and below :data:`PREPARED_MIN_DB`), naming the output and the
-    first tensor of the prepared graph (by graph order, among those both models name) that diverges."""
-    user = _runnable_names(user)
-    got, want = _run(prepared, feeds), _run(user, feeds)
+def check_prepared(user, prepared: onnx.ModelProto, feeds: list, source: str) -> None:
+    """Raise a one-line error when an output of ``prepared`` diverges from ``user``'s (a ModelProto or
+    the path of the user's file) on ``feeds`` (:func:`_diverges`: beyond rounding and below
+    :data:`PREPARED_MIN_DB`), naming the output and the first tensor of the prepared graph (by graph
+    order, among those both models name) that diverges."""
+    user, folder = _user_model(user)
+    got, want = _run(prepared, feeds), _run(user, feeds, folder=folder)
     bad = [k for k in want[0] if k in got[0] and _diverges(want, got, k)]
     if not bad:
         return
     name, db = bad[0], _db(want, got, bad[0])
-    first = _first_diverging(user, prepared, feeds[:1])
+    first = _first_diverging(user, prepared, feeds[:1], folder)
     raise QdqError(f"{source}: qdq's prepared float model computes output {name!r} {db:.1f} dB away from your model"
                    + (f" (first diverging tensor {first!r})" if first else "") + "; no figure would be measured against "
                    "your model: please report it with the model")
+
+
+def _user_model(user) -> tuple:
+    """(the user's model to run, the folder of the external data it references or None).  A file's
+    external data stays in its files for ONNX Runtime to map (the weights are not loaded a second
+    time), unless the model computes in FP16: its emulation rewrites them."""
+    if isinstance(user, onnx.ModelProto):
+        return _runnable_names(user), None
+    model = load_model(user, external=False)
+    if not has_external_data(model):
+        return _runnable_names(model), None
+    if has_fp16(model):
+        return _runnable_names(load_model(user)), None
+    return _runnable_names(model), Path(user).resolve().parent
 
 
 def _runnable_names(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -47,8 +64,8 @@ def _runnable_names(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _run(model: onnx.ModelProto, feeds: list, extra=()) -> list:
-    sess = session_for(runnable(model), extra_outputs=extra)
+def _run(model: onnx.ModelProto, feeds: list, extra=(), folder=None) -> list:
+    sess = session_for(runnable(model), extra_outputs=extra, data_folder=folder)
     return [run_session(sess, f, f"sample {k}") for k, f in enumerate(feeds)]
 
 
@@ -77,12 +94,12 @@ def _db(want: list, got: list, name: str) -> float:
     return power_db(sum(s for s, _ in sums), sum(n for _, n in sums))
 
 
-def _first_diverging(user: onnx.ModelProto, prepared: onnx.ModelProto, feeds: list) -> str | None:
+def _first_diverging(user: onnx.ModelProto, prepared: onnx.ModelProto, feeds: list, folder=None) -> str | None:
     """The first float tensor in ``prepared``'s node order that ``user`` also computes and that differs."""
     have = {o for n in user.graph.node for o in n.output}
     names = [o for n in prepared.graph.node for o in n.output if o in have]
     try:
-        got, want = _run(prepared, feeds, names), _run(user, feeds, names)
+        got, want = _run(prepared, feeds, names), _run(user, feeds, names, folder)
     except QdqError:
         return None
     for t in names:
