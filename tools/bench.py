@@ -285,7 +285,7 @@ def _memory_model(kind: str, work: Path) -> tuple[Path, Path, int]:
     rng = np.random.default_rng(0)
     for k in range(16):
         if kind == "chain":
-            np.save(data / f"s{k:02d}.npy", rng.standard_normal((1, seq, hidden), dtype=np.float32))
+            np.savez(data / f"s{k:02d}.npz", x=rng.standard_normal((1, seq, hidden), dtype=np.float32))
         else:
             np.savez(data / f"s{k:02d}.npz", input_ids=rng.integers(0, 1024, (1, seq), dtype=np.int64),
                      attention_mask=np.ones((1, seq), np.int64))

@@ -123,17 +123,28 @@ def _mse_amax(x: np.ndarray) -> float:
     return min((r * top for r in CLIP_GRID), key=lambda a: float(((x - _fq(x, a)) ** 2).sum()))
 
 
-def _joint_error(x: np.ndarray, weights: list, s: np.ndarray) -> dict:
+def _joint_error(x: np.ndarray, weights: list, s: np.ndarray, refs: list | None = None) -> dict:
     """Σ‖X·W − q(X/s)·q(diag(s)·W)‖² over the layers' weights (K×N each), with X/s quantized at the
     amax mse calibration would give it and at its max: {"mse": error, "max": error}.  X is the layers'
-    input after any shift (the shift's z·W goes into their bias, exact in float)."""
-    xs = x / s
+    input after any shift (the shift's z·W goes into their bias, exact in float).  ``refs``: the
+    products X·W when the caller has them (each computed once, however many s are tried)."""
+    refs = [x @ w for w in weights] if refs is None else refs
+    return _errors(x / s, refs, _quantized(weights, s))
+
+
+def _quantized(weights: list, s: np.ndarray) -> list:
+    """q(diag(s)·W) of each weight, per output channel at its max."""
+    return [_fq(ws, np.abs(ws).max(axis=0), axis=1) for ws in (w * s[:, None] for w in weights)]
+
+
+def _errors(xs: np.ndarray, refs: list, qws: list) -> dict:
+    """{"mse": Σ‖ref − q(xs)·qw‖², "max": the same} with xs quantized at mse calibration's amax and at
+    its max (:func:`_joint_error`)."""
     out = {}
     for method, amax in (("mse", _mse_amax(xs)), ("max", float(np.abs(xs).max()))):
         qx, err = _fq(xs, amax), 0.0
-        for w in weights:
-            ws = w * s[:, None]
-            d = x @ w - qx @ _fq(ws, np.abs(ws).max(axis=0), axis=1)
+        for ref, qw in zip(refs, qws):
+            d = ref - qx @ qw
             err += float((d * d).sum())
         out[method] = err
     return out
@@ -149,10 +160,10 @@ def _scales(a: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
 def _best(x: np.ndarray, a: np.ndarray, wmax: np.ndarray, weights: list, alphas: tuple) -> tuple:
     """(joint error, α or None, scales, range method) with the least error over no scaling and ``alphas``
     for the layers' input rows ``x`` (``a``: its max |x| per channel)."""
-    best = None
+    best, refs = None, [x @ w for w in weights]
     for al in (None,) + alphas:
         s = np.ones(a.size) if al is None else _scales(a, wmax, al)
-        for method, err in _joint_error(x, weights, s).items():
+        for method, err in _joint_error(x, weights, s, refs).items():
             if best is None or err < best[0]:
                 best = (err, al, s, method)
     return best
@@ -164,8 +175,10 @@ def _shift_fraction(parts: list, weights: list, gain: float) -> float:
     even-numbered samples' rows tried on the odd ones' and the other way round (the mid-range of a few
     extremes is noisy: in sample, centring symmetric noise would always look better).  f < 1 suits
     skewed tensors (GELU: most values near 0, a long tail), whose mid-range would push the bulk to an edge."""
+    qws = _quantized(weights, np.ones(weights[0].shape[0]))   # unscaled: the same for every shift
+
     def unscaled(x):   # the joint error without scales, at the better of the two range methods
-        return min(_joint_error(x, weights, np.ones(x.shape[1])).values())
+        return min(_errors(x, [x @ w for w in weights], qws).values())
 
     halves = [np.concatenate(parts[0::2]), np.concatenate(parts[1::2])]
     plain, moved = 0.0, np.zeros(len(SHIFT_FRACTIONS))
