@@ -183,6 +183,7 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
         # prepacked (another copy) nor folded
         m, fed = _as_inputs(m, set(names)), dict(zip(names, values))
         so.add_session_config_entry("session.disable_prepacking", "1")
+        so.enable_cpu_mem_arena = False
     elif names:
         so.add_external_initializers(names, values)
     try:

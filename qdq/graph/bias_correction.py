@@ -55,7 +55,7 @@ def apply(graph, nodes, bias: dict, taken: set) -> int:
             if const is not None and np.asarray(const.values).shape in ((err.size,),):
                 i = add.inputs.index(const)
                 add.inputs[i] = g.Constant(fresh_name(f"{const.name}_corrected", taken),
-                                           (np.asarray(const.values, np.float64) - err).astype(const.values.dtype))
+                                           (np.asarray(const.values, np.float64) - err).astype(np.dtype(const.dtype)))
             else:
                 fixed = g.Variable(fresh_name(f"{out.name}_uncorrected", taken), dtype=out.dtype, shape=out.shape)
                 node.outputs[0] = fixed

@@ -44,7 +44,7 @@ from ..errors import QdqError
 from ..modelio import fresh_name
 from .index import GraphIndex
 from .placement import attention_units
-from .surgery import export_graph, gs, import_graph, taken_names
+from .surgery import export_graph, gs, import_graph, peek, taken_names
 
 ALPHAS = (0.2, 0.35, 0.5, 0.65, 0.8)
 ROWS = 2048          # rows of X kept per tensor to choose α
@@ -216,7 +216,7 @@ def _choose(lo: np.ndarray, hi: np.ndarray, parts: list, weights: list, alpha: f
 def _layer_weights(nodes, layers) -> list:
     out = []
     for pos in layers:
-        w = np.asarray(nodes[pos].inputs[1].values, np.float64)
+        w = np.asarray(peek(nodes[pos].inputs[1]), np.float64)
         out.append(w.T if nodes[pos].op == "Gemm" and int(nodes[pos].attrs.get("transB", 0)) else w)   # (K, N)
     return out
 

@@ -22,7 +22,7 @@ from ..calib.ranges import QMAX
 from ..modelio import fresh_name
 from . import bias_correction
 from .placement import Placement
-from .surgery import FP16_MIN_SCALE, export_graph, gs, import_graph, taken_names
+from .surgery import FP16_MIN_SCALE, export_graph, gs, import_graph, peek, taken_names
 
 FP16_SUBNORMAL = 2.0 ** -24  # smallest positive float16
 
@@ -100,7 +100,7 @@ def insert_qdq(graph, nodes: list, plan: Placement, amax: dict, method: dict, bi
         src = tensors[spec.tensor]
         cache = codes if codes is not None else {}
         if (spec.tensor, spec.axis) not in cache:
-            cache[spec.tensor, spec.axis] = quantize_weight(np.asarray(src.values), spec.axis, np.float32)
+            cache[spec.tensor, spec.axis] = quantize_weight(np.asarray(peek(src)), spec.axis, np.float32)
         notes.append(_weight_dq(graph, nodes, key, spec, src, cache[spec.tensor, spec.axis], taken, docs))
     return notes, docs
 

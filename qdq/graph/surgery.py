@@ -93,6 +93,15 @@ def tidy(graph) -> None:
             t.dtype = None
 
 
+def peek(const) -> np.ndarray:
+    """A gs Constant's values, read without keeping them in the graph (``Constant.values`` caches a
+    lazily read weight there for the graph's lifetime: a pass that reads every weight would hold a
+    copy of them all)."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    return const._values.load() if isinstance(const._values, LazyValues) else const.values
+
+
 def export_lent(graph, template: onnx.ModelProto, consume: bool = False) -> tuple:
     """``graph`` exported for an ONNX Runtime session only (unchecked, never written) with each constant
     of :data:`qdq.calib.session.LENT_BYTES` or more an external reference: (model, {name: np.ndarray or

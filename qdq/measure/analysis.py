@@ -36,7 +36,7 @@ from ..errors import QdqError
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, fused_tail
 from ..graph.rewrite import quantize_weight, safe_scale
-from ..graph.surgery import export_lent, gs, import_graph, taken_names
+from ..graph.surgery import export_lent, gs, import_graph, peek, taken_names
 from ..modelio import fresh_name
 from ..progress import progress
 from .metrics import power_db
@@ -117,7 +117,7 @@ class _Augmented:
         g = gs()
         if key not in self._dq:
             spec = self.plan.weights[key]
-            w = np.asarray(self.tensors[spec.tensor].values)
+            w = np.asarray(peek(self.tensors[spec.tensor]))
             qw, scale, _ = quantize_weight(w, spec.axis, np.float32)
             d = g.Variable(self._n(f"{key}__dqw"), dtype=np.float32)
             self.extra.append(g.Node("DequantizeLinear", self._n(f"{key}__DQw"), attrs={"axis": spec.axis % w.ndim},

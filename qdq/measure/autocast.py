@@ -24,7 +24,7 @@ from ..calib.session import run_session, session_for
 from ..graph.index import GraphIndex
 from ..graph.precision import (BOUND_OPS, F16, FP16_MAX, FP16_OUTPUT_MIN_DB, FP16_SAFE_MAX, NO_BOUND, NODE_FP16_MIN_DB,
                                cast_float, fp16_emulated, fp16_round_trip, opsets_of, resolve)
-from ..graph.surgery import export_lent, gs, import_graph, taken_names
+from ..graph.surgery import export_lent, gs, import_graph, peek, taken_names
 from ..modelio import fresh_name
 from ..targets import prepare
 from .evaluate import DeviceModel, Evaluator
@@ -94,8 +94,9 @@ def node_fp16_errors(model: onnx.ModelProto, feeds: list, idx: GraphIndex | None
 
     def fp16_input(t):
         if t.name not in rounded:
-            if isinstance(t, g.Constant) and np.abs(np.asarray(t.values)).max(initial=0) > FP16_MAX:
-                v = np.clip(np.asarray(t.values, np.float64), -FP16_MAX, FP16_MAX)   # saturates, as a cast would not
+            v = np.asarray(peek(t)) if isinstance(t, g.Constant) else None
+            if v is not None and np.abs(v).max(initial=0) > FP16_MAX:
+                v = np.clip(v.astype(np.float64), -FP16_MAX, FP16_MAX)   # saturates, as a cast would not
                 rounded[t.name] = g.Constant(fresh_name(f"{t.name}__r", taken), np.asarray(v.astype(np.float16), np.float32))
             else:   # weights too are rounded in the session, not copied: a large model's weights fit once
                 rounded[t.name] = round_trip(t, t.name)
