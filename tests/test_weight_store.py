@@ -125,3 +125,18 @@ def test_large_weights_are_fed_as_inputs_with_the_same_outputs(monkeypatch):
         np.testing.assert_array_equal(run_session(fed, x, "s")["y"], plain.run(None, x)[0])
         np.testing.assert_allclose(run_session(fed, x, "s")["y"], run_session(lent, x, "s")["y"], rtol=1e-5, atol=1e-5)
     assert model.graph.initializer[0].HasField("raw_data")    # the caller's model keeps its weights
+
+
+def test_peek_reads_a_weight_without_keeping_it_in_the_graph():
+    """gs caches a lazily read weight in its Constant for the graph's lifetime; passes that read every
+    weight read them through surgery.peek, which leaves the Constant lazy."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    from qdq.graph.surgery import import_graph, peek
+
+    w = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    const = import_graph(_matmul(w)).tensors()["W"]
+    np.testing.assert_array_equal(peek(const), w)
+    assert isinstance(const._values, LazyValues)
+    const.values   # gs's own read keeps it
+    assert not isinstance(const._values, LazyValues)
