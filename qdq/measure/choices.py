@@ -209,12 +209,12 @@ def final_figures(cands: Candidates, plan: Placement, placed: Placement, bias: B
     place), then the file, its weights alone and the ×1.25 data measured on the reporting samples
     as the device runs them (``placed``: the placement rules' plan, for the all-INT8 figures;
     ``held_sources``: the held-back samples' names, None when none were held back)."""
-    model = cands.device(plan, bias.bias)
     choice = mixed.choice if mixed is not None else None
-    final = choice.final if choice is not None else check.ev.measure(model)
+    final = choice.final if choice is not None else check.ev.measure(cands.device(plan, bias.bias))
     floor = min(max(final.sqnr().value + 10, FP16_OUTPUT_MIN_DB), 50.0)
-    if fp16 is not None and raise_floor(fp16, cands.float_model, floor):
-        model = cands.device(plan, bias.bias)   # the plan pins more nodes now
+    raised = fp16 is not None and raise_floor(fp16, cands.float_model, floor)
+    model = cands.device(plan, bias.bias)   # built after the floor (the plan may pin more nodes), not held across it
+    if raised:
         final = check.ev.measure(model)
     reported = ()
     if reporter is not check:   # the figures printed, on samples no decision saw
