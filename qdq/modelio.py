@@ -176,7 +176,8 @@ def opset_of(model: onnx.ModelProto) -> int:
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the bytes of its large initializers (above :data:`SKELETON_BYTES`): each becomes
     a graph input of the same type and shape, which is all inference needs, as does one whose data
-    lies in a file; small ones (shape vectors, axes, scales) keep their values for data propagation.  Nodes keep their positions."""
+    lies in a file; small ones (shape vectors, axes, scales) keep their values for data propagation.
+    Nodes keep their positions."""
     m = without_initializers(model)
     src, g = model.graph, m.graph
     declared = {i.name for i in src.input}

@@ -176,11 +176,12 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
     available = ort.get_available_providers()
     providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     fed = {}
-    if names and sum(values_bytes(t) for t in m.graph.initializer if t.name in lent) > FED_BYTES:
+    if names and lent_bytes(lent) > FED_BYTES:
         # ONNX Runtime 1.32 copies what add_external_initializers gives it (a second copy of the
         # weights per session), while it reads inputs in place: large weights become inputs, fed on
         # every run; they are not constants to its optimizer then, so MatMul weights are not
-        # prepacked (another copy) nor folded
+        # prepacked (another copy) nor folded; and no CPU arena, so each weight a node dequantizes or
+        # rounds is freed after it instead of held at the arena's high-water mark
         m, fed = _as_inputs(m, set(names)), dict(zip(names, values))
         so.add_session_config_entry("session.disable_prepacking", "1")
         so.enable_cpu_mem_arena = False

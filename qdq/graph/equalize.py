@@ -123,12 +123,11 @@ def _mse_amax(x: np.ndarray) -> float:
     return min((r * top for r in CLIP_GRID), key=lambda a: float(((x - _fq(x, a)) ** 2).sum()))
 
 
-def _joint_error(x: np.ndarray, weights: list, s: np.ndarray, refs: list | None = None) -> dict:
+def _joint_error(x: np.ndarray, weights: list, s: np.ndarray, refs: list) -> dict:
     """Σ‖X·W − q(X/s)·q(diag(s)·W)‖² over the layers' weights (K×N each), with X/s quantized at the
     amax mse calibration would give it and at its max: {"mse": error, "max": error}.  X is the layers'
     input after any shift (the shift's z·W goes into their bias, exact in float).  ``refs``: the
-    products X·W when the caller has them (each computed once, however many s are tried)."""
-    refs = [x @ w for w in weights] if refs is None else refs
+    products X·W, computed once by the caller however many s it tries."""
     return _errors(x / s, refs, _quantized(weights, s))
 
 
