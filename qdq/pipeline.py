@@ -23,7 +23,7 @@ import onnx
 from .calib.calibrate import Calibration
 from .calib.data import Feeds, model_inputs
 from .calib.range_files import RangeFile, range_warnings, read_ranges
-from .calib.session import model_bytes, release, shared_weights
+from .calib.session import feed_large, model_bytes, release, shared_weights
 from .graph.index import GraphIndex
 from .graph.placement import Placement
 from .graph.precision import has_fp16
@@ -92,6 +92,7 @@ def _quantize(model, calib, imported: RangeFile | None, given: Calibration | Non
     warnings: list = []
     prep = S.prepare_model(model, calib, imported, given, opts, warnings)
     release(nbytes := model_bytes(prep.float_model))
+    feed_large(nbytes)
     samples = S.calibrate_samples(prep, model, calib, given, opts, warnings)
     release(nbytes)
     macs = S.count_macs(prep, samples, warnings)

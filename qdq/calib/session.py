@@ -41,6 +41,7 @@ class WeightStore:
 
     def __init__(self):
         self._held: dict = {}
+        self.feed = False   # every session is fed its weights (:func:`feed_large`)
 
     def lend(self, t: onnx.TensorProto):
         """The OrtValue holding ``t``'s data (raw_data, little-endian): one a live session already
@@ -110,6 +111,17 @@ def shared_weights():
         _STORE.reset(token)
 
 
+def feed_large(weight_bytes: int) -> None:
+    """Inside :func:`shared_weights`: when the run's weights (``weight_bytes``) pass :data:`FED_BYTES`,
+    every session made from here on is fed its weights, whatever it borrows itself.  A candidate of
+    a large model borrows less than the float model (INT8 weights), but ONNX Runtime's copy of it
+    would still sit on the float model's two copies; and one rule for the run keeps the float and
+    candidate sessions computing alike (no prepacked kernels in either)."""
+    store = _STORE.get()
+    if store is not None:
+        store.feed = weight_bytes > FED_BYTES
+
+
 def _lendable(t: onnx.TensorProto) -> bool:
     return (t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL and len(t.dims) > 0
             and t.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED)
@@ -176,7 +188,7 @@ def session_for(model: onnx.ModelProto, providers=None, extra_outputs=(), thread
     available = ort.get_available_providers()
     providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     fed = {}
-    if names and lent_bytes(lent) > FED_BYTES:
+    if names and (store.feed or lent_bytes(lent) > FED_BYTES):
         # ONNX Runtime 1.32 copies what add_external_initializers gives it (a second copy of the
         # weights per session), while it reads inputs in place: large weights become inputs, fed on
         # every run; they are not constants to its optimizer then, so MatMul weights are not

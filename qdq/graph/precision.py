@@ -414,13 +414,15 @@ def _fp16_weight(dq, scale_const) -> np.ndarray:
     q = np.asarray(qc.values).astype(np.float64)
     scale = np.asarray(scale_const.values).astype(np.float64)
     if scale.size == 1:
-        qw, new, _ = quantize_weight((q * scale.reshape(())).reshape(1, -1), 0, np.float16)
+        q *= scale.reshape(())   # w, in place: quantize_weight works in it too
+        qw, new, _ = quantize_weight(q.reshape(1, -1), 0, np.float16, overwrite=True)
         qc.values, new = qw.reshape(q.shape), new.reshape(scale.shape)
     else:
         axis = int(dq.attrs.get("axis", 1)) % q.ndim
         shape = [1] * q.ndim
         shape[axis] = -1
-        qw, new, _ = quantize_weight(q * scale.reshape(shape), axis, np.float16)
+        q *= scale.reshape(shape)
+        qw, new, _ = quantize_weight(q, axis, np.float16, overwrite=True)
         qc.values = qw
     return new.astype(np.float16)
 

@@ -58,8 +58,9 @@ def safe_scale(amax, dtype, smallest: float | None = None) -> tuple[np.ndarray, 
     return scale.astype(dtype), floored
 
 
-def quantize_weight(w: np.ndarray, axis: int, scale_dtype) -> tuple[np.ndarray, np.ndarray, bool]:
+def quantize_weight(w: np.ndarray, axis: int, scale_dtype, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per-channel symmetric INT8 of ``w`` along ``axis``: returns (int8 weights, scales, floored).
+    ``overwrite``: a float64 ``w`` may serve as the scratch (its values are lost).
 
     FP16 scales are rounded up to the FP16 grid (so no code exceeds ±127) and may be subnormal, down
     to 2^-24: the codes are computed against the stored scale, so its rounding costs resolution, not
@@ -67,7 +68,8 @@ def quantize_weight(w: np.ndarray, axis: int, scale_dtype) -> tuple[np.ndarray, 
     (6.1e-5; docs/design.md); flooring them there would leave them a few levels."""
     axis = axis % w.ndim
     other = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.abs(w).max(axis=other) if other else np.abs(w)
+    # max(max, -min): the same amax as |w|'s without an array of |w| (weights can be large)
+    amax = np.maximum(w.max(axis=other), -w.min(axis=other)) if other else np.abs(w)
     if scale_dtype == np.float16:
         scale, floored = safe_scale(amax, np.float64, FP16_SUBNORMAL)
         up = scale.astype(np.float16)
@@ -76,7 +78,10 @@ def quantize_weight(w: np.ndarray, axis: int, scale_dtype) -> tuple[np.ndarray, 
         scale, floored = safe_scale(amax, scale_dtype)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.rint(w.astype(np.float64) / scale.astype(np.float64).reshape(shape)), -QMAX - 1, QMAX)
+    # one float64 temporary, worked in place (weights can be large)
+    q = w.astype(np.float64, copy=not overwrite)
+    np.divide(q, scale.astype(np.float64).reshape(shape), out=q)
+    np.clip(np.rint(q, out=q), -QMAX - 1, QMAX, out=q)
     return q.astype(np.int8), scale, floored
 
 
