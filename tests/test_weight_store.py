@@ -140,3 +140,37 @@ def test_peek_reads_a_weight_without_keeping_it_in_the_graph():
     assert isinstance(const._values, LazyValues)
     const.values   # gs's own read keeps it
     assert not isinstance(const._values, LazyValues)
+
+
+def test_a_large_run_feeds_every_session_even_a_small_one(monkeypatch):
+    """feed_large decides for the whole run from the run's weight bytes: a session that borrows little
+    (a candidate's INT8 weights) is fed too once the run is large, and not before; outside a store nothing changes."""
+    import qdq.calib.session as S
+
+    model = _matmul(np.ones((64, 64), np.float32))    # 16 KiB lent
+    monkeypatch.setattr(S, "FED_BYTES", 1 << 20)
+    S.feed_large(1 << 30)                               # no store: no effect
+    with shared_weights():
+        assert not session_for(model).qdq_fed
+        S.feed_large(1 << 20)                           # not past the limit
+        assert not session_for(model).qdq_fed
+        S.feed_large((1 << 20) + 1)
+        assert sorted(session_for(model).qdq_fed) == ["W"]
+    with shared_weights():                              # a new run starts unfed
+        assert not session_for(model).qdq_fed
+
+
+def test_weight_quantization_leaves_its_input_unless_told():
+    """quantize_weight works in one float64 temporary: a float64 weight is its own scratch only with
+    overwrite=True; the codes are the same either way (amax from max/−min equals |w|'s)."""
+    from qdq.graph.rewrite import quantize_weight
+
+    w = np.random.default_rng(3).standard_normal((8, 5)) * np.arange(1, 6)
+    keep = w.copy()
+    q, s, _ = quantize_weight(w, 1, np.float32)
+    np.testing.assert_array_equal(w, keep)
+    np.testing.assert_array_equal(s, (np.abs(keep).max(axis=0) / 127).astype(np.float32))
+    q2, s2, _ = quantize_weight(w, 1, np.float32, overwrite=True)
+    np.testing.assert_array_equal(q, q2)
+    np.testing.assert_array_equal(s, s2)
+    assert not np.array_equal(w, keep)
