@@ -209,7 +209,7 @@ def final_figures(cands: Candidates, plan: Placement, placed: Placement, bias: B
     place), then the file, its weights alone and the ×1.25 data measured on the reporting samples
     as the device runs them (``placed``: the placement rules' plan, for the all-INT8 figures;
     ``held_sources``: the held-back samples' names, None when none were held back)."""
-    robust = reporter.robust()   # its float references first, while no candidate's weights are held
+    scaled = reporter.robust()   # its float references first, while no candidate's weights are held
     choice = mixed.choice if mixed is not None else None
     final = choice.final if choice is not None else check.ev.measure(cands.device(plan, bias.bias))
     floor = min(max(final.sqnr().value + 10, FP16_OUTPUT_MIN_DB), 50.0)
@@ -217,14 +217,16 @@ def final_figures(cands: Candidates, plan: Placement, placed: Placement, bias: B
     model = cands.device(plan, bias.bias)   # built after the floor (the plan may pin more nodes), not held across it
     if raised:
         final = check.ev.measure(model)
-    reported = ()
     if reporter is not check:   # the figures printed, on samples no decision saw
         final = reporter.ev.measure(model)
-        if choice is not None:
-            reported = (reporter.ev.measure(cands.device(placed, bias.bias)),
-                        reporter.ev.measure(cands.weights_view(placed, bias.for_weights())))
+    robust = scaled.measure(model)
+    del model   # the views below are built without the file's candidate held
+    reported = ()
+    if reporter is not check and choice is not None:
+        reported = (reporter.ev.measure(cands.device(placed, bias.bias)),
+                    reporter.ev.measure(cands.weights_view(placed, bias.for_weights())))
     weights = reporter.ev.measure(cands.weights_view(plan, bias.for_weights()))
-    acc = reporter.report(final, weights, robust.measure(model))
+    acc = reporter.report(final, weights, robust)
     acc.update(chosen_on=0 if reporter is check else len(check.feeds), remainder="fp16" if fp16 is not None else "fp32",
                held_back=held_sources is not None, held_back_sources=list(held_sources or []))
     return Figures(acc, reported, final, weights)
