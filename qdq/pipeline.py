@@ -30,7 +30,8 @@ from .graph.precision import has_fp16
 from .graph.rewrite import set_metadata
 from .graph.writer import RangeBook, build_model
 from .measure.analysis import analyze
-from .measure.choices import (BiasChoice, Candidates, Figures, MethodChoice, Mixed, choose_method, correct_bias,
+from .measure.choices import (BiasChoice, BoundChoice, Candidates, Figures, MethodChoice, Mixed, choose_bounds,
+                              choose_method, correct_bias,
                               final_figures, mixed_precision, target_warning, task_test)
 from .measure.comparison import compare
 from .measure.mixed_precision import GROUPS
@@ -107,9 +108,11 @@ def _quantize(model, calib, imported: RangeFile | None, given: Calibration | Non
 
 @dataclass(frozen=True)
 class Decided:
-    """What the measurements chose: the range method, bias correction, mixed precision, the file's figures."""
+    """What the measurements chose: the range method, known ranges, bias correction, mixed precision, the
+    file's figures."""
 
     method: MethodChoice
+    bounds: BoundChoice
     bias: BiasChoice
     mixed: Mixed | None
     plan: Placement
@@ -121,13 +124,16 @@ class Decided:
 
 
 def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts: Options, warnings: list) -> Decided:
-    """Method, analysis, bias correction, mixed precision, range warnings and the file's figures."""
+    """Method, known ranges, analysis, bias correction, mixed precision, range warnings and the file's figures."""
     book = RangeBook(samples.cal, opts.method, opts.percentile, imported, prep.tensor_methods)
     nbytes = model_bytes(prep.float_model)
     keep = None if fp16 is None or has_fp16(prep.float_model) else (lambda: fp16.names(prep.idx))
     method = choose_method(Candidates(prep.float_model, prep.idx, book, keep), prep.placed, check, opts.method)
     warnings += [method.warning] if method.warning else []
     cands = Candidates(prep.float_model, prep.idx, book.using(method.method), keep)
+    bounds = choose_bounds(cands, prep.placed, check)
+    if bounds.bounds:
+        cands = Candidates(prep.float_model, prep.idx, cands.book.bounded(bounds.bounds), keep)
     split, analysis = samples.split, None
     if split is not None and split.kept and (opts.bias_correction or opts.mixed_precision):
         analysis = analyze(prep.float_model, prep.idx, prep.placed, cands.book.ranges(prep.placed), split.kept,
@@ -151,7 +157,7 @@ def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts:
         if mixed is not None:
             reached, why = target_warning(figures, mixed.choice, opts.max_loss_db, opts.max_task_loss, opts.min_int8_share)
             warnings += [why] if why else []
-    return Decided(method, bias, mixed, plan, ranges, analysis, fp16, figures, reached)
+    return Decided(method, bounds, bias, mixed, plan, ranges, analysis, fp16, figures, reached)
 
 
 def _finish(prep, samples, macs, d: Decided, imported, calibrated: bool, opts: Options, warnings: list) -> QuantizeResult:

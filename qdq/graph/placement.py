@@ -43,6 +43,8 @@ _FUSED_INTO_CONV = ("BatchNormalization",)
 POINTWISE = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
              "Softplus", "Mish", "Gelu", "Erf", "BatchNormalization", "Identity"}
 BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
+# ops whose output the op itself bounds to |y| ≤ 1: Softmax, Sigmoid, HardSigmoid in [0, 1], Tanh in [−1, 1]
+BOUNDED = ("Softmax", "Sigmoid", "HardSigmoid", "Tanh")
 _TAIL_LIMIT = 8   # GELU written out is six nodes after the bias Add
 
 
@@ -380,6 +382,17 @@ def attention_units(idx: GraphIndex) -> list[tuple[int, int]]:
         if qk is not None and av is not None:
             units.append((qk, av))
     return units
+
+
+def known_bounds(idx: GraphIndex, plan: Placement) -> dict:
+    """tensor → producing op, for the activations of ``plan`` an op of :data:`BOUNDED` produces (their
+    range is known without data: |y| ≤ 1)."""
+    out = {}
+    for t in plan.activations:
+        pos = idx.producer.get(t)
+        if pos is not None and idx.nodes[pos].op_type in BOUNDED:
+            out[t] = idx.nodes[pos].op_type
+    return out
 
 
 def calibration_tensors(idx: GraphIndex, plan: Placement) -> list[str]:

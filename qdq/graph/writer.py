@@ -22,7 +22,7 @@ from .surgery import export_graph, export_lent, import_graph, tidy
 @dataclass(frozen=True)
 class RangeBook:
     """The ranges of any placement of one model: the user's where ``imported`` gives them (as given),
-    else computed from ``cal``'s statistics by ``method`` (by the method the smoothing chose, per
+    else the op's known range for the tensors of ``bounds`` (amax 1: softmax, sigmoid, tanh), else computed from ``cal``'s statistics by ``method`` (by the method the smoothing chose, per
     tensor, in ``tensor_methods``), each (tensor, method) computed once for every candidate; then one
     amax per scale group (:func:`share_ranges`)."""
 
@@ -31,6 +31,7 @@ class RangeBook:
     percentile: float = 99.99
     imported: RangeFile | None = None
     tensor_methods: dict = field(default_factory=dict)
+    bounds: dict = field(default_factory=dict)   # tensor -> op: its Q/DQ takes the op's known range, amax 1
     computed: dict = field(default_factory=dict, repr=False, compare=False)   # (tensor, method) -> Range
 
     def ranges(self, plan: Placement) -> dict:
@@ -42,6 +43,10 @@ class RangeBook:
                 stats = self.cal.stats.get(t)
                 out[t] = Range(a, f"imported ({imp.kind})", clipped_fraction(stats, a) if stats is not None else None)
                 continue
+            if t in self.bounds:
+                stats = self.cal.stats.get(t)
+                out[t] = Range(1.0, f"bound ({self.bounds[t]})", clipped_fraction(stats, 1.0) if stats is not None else None)
+                continue
             key = (t, self.tensor_methods.get(t, self.method))
             if key not in self.computed:
                 self.computed[key] = compute_range(self.cal.stats[t], key[1], self.percentile)
@@ -51,6 +56,10 @@ class RangeBook:
     def using(self, method: str) -> "RangeBook":
         """The same book by another method (its computed ranges shared)."""
         return dataclasses.replace(self, method=method, computed=self.computed)
+
+    def bounded(self, bounds: dict) -> "RangeBook":
+        """The same book with the tensors of ``bounds`` (tensor → op) at their op's known range."""
+        return dataclasses.replace(self, bounds=dict(bounds), computed=self.computed)
 
 
 def share_ranges(plan: Placement, ranges: dict, cal: Calibration, given=frozenset()) -> dict:

@@ -13,7 +13,7 @@ import onnx
 from ..calib.ranges import DEFAULT_METHOD
 from ..graph.bypass import weights_only
 from ..graph.index import GraphIndex
-from ..graph.placement import Placement, attention_units, replace, served_layers
+from ..graph.placement import Placement, attention_units, known_bounds, replace, served_layers
 from ..graph.precision import FP16_OUTPUT_MIN_DB
 from ..graph.writer import RangeBook, build_model, device_view
 from ..trt.profile import device_speed
@@ -79,6 +79,32 @@ def choose_method(cands: Candidates, plan: Placement, check: HeldBack | None, me
         nsr = [10 ** (-ev.measure(model).sqnr().value / 10) for ev in (check.ev, check.robust())]
         scores[m] = -10 * np.log10(sum(nsr) / 2)
     return MethodChoice(max(scores, key=scores.get), scores)
+
+
+@dataclass(frozen=True)
+class BoundChoice:
+    bounds: dict = field(default_factory=dict)   # tensor -> op: the tensors whose Q/DQ take its known range
+    tried: tuple = ()                            # the tensors measured at their known range
+    gap_low: float | None = None                 # lower end of the paired gap, known − calibrated (dB)
+
+
+def choose_bounds(cands: Candidates, plan: Placement, check: HeldBack | None) -> BoundChoice:
+    """The known range (amax 1) for the activations of ``plan`` a softmax, sigmoid or tanh produces
+    (:func:`qdq.graph.placement.known_bounds`) whose calibration data reach half of it (below, the
+    bound costs a bit of resolution by construction), your ranges never replaced: taken, all together,
+    when the all-INT8 file with them measures better on the held-back samples than with the calibrated
+    ranges: the lower end of the 90 % interval of the paired gap above 0 (a point figure from a few
+    samples would follow noise).  A calibrated amax below 1 gives the small probabilities finer
+    steps; the bound never clips the peaks data it did not see would reach."""
+    book, imp = cands.book, cands.book.imported
+    stats = book.cal.stats
+    tried = {t: op for t, op in known_bounds(cands.idx, plan).items()
+             if (imp is None or t not in imp.amax) and t in stats and max(-stats[t].min, stats[t].max) >= 0.5}
+    if not tried or check is None:
+        return BoundChoice(tried=tuple(tried))
+    base = check.ev.measure(cands.device(plan, {}))
+    gap = check.ev.measure(cands.device(plan, {}, book.bounded(tried))).gap_low(base)
+    return BoundChoice(tried if gap > 0 else {}, tuple(tried), gap)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,9 @@ def _accuracy(f: RunFacts) -> dict | None:
     acc.update(int8_db=int8_db, weights_only_db=weights_db, max_loss_db=f.opts.max_loss_db,
                reached=d.reached if c is not None else None, evaluations=len(c.steps) if c is not None else 0,
                method_scores=d.method.scores or None)
+    if d.bounds.tried:
+        acc["known_ranges"] = {"tensors": list(d.bounds.tried), "taken": bool(d.bounds.bounds),
+                               "gap_low_db": d.bounds.gap_low}
     return acc
 
 

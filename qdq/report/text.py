@@ -170,6 +170,12 @@ def print_held_back(con, summary) -> None:
     if acc.get("method_scores"):
         con.print("  --method auto: " + ", ".join(f"{m} {v:.2f} dB" for m, v in acc["method_scores"].items())
                   + f" (held-back and ×{robust} together): {summary.method}")
+    known = acc.get("known_ranges")
+    if known:
+        gap = "" if known["gap_low_db"] is None else f" (lower end of the paired gap {known['gap_low_db']:+.2f} dB)"
+        n = len(known["tensors"])
+        con.print(f"  softmax/sigmoid/tanh outputs at their known range, amax 1 ({n} tensor{'s' if n != 1 else ''}): "
+                  + ("taken" if known["taken"] else "not taken, calibrated ranges kept") + gap)
     con.print(f"  these samples come from the calibration data: data from elsewhere can land lower. Measure on your own "
               f"validation data: qdq compare {summary.model} {summary.output or 'FILE'} --data YOUR_DATA")
     if acc.get("more_samples"):
