@@ -31,8 +31,7 @@ from .graph.rewrite import set_metadata
 from .graph.writer import RangeBook, build_model
 from .measure.analysis import analyze
 from .measure.choices import (BiasChoice, BoundChoice, Candidates, Figures, MethodChoice, Mixed, choose_bounds,
-                              choose_method, correct_bias,
-                              final_figures, mixed_precision, target_warning, task_test)
+                              choose_method, correct_bias, final_figures, mixed_precision, target_warning, task_test)
 from .measure.comparison import compare
 from .measure.mixed_precision import GROUPS
 from .report.summary import RunFacts, Summary, metadata, summarize

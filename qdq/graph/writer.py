@@ -22,9 +22,10 @@ from .surgery import export_graph, export_lent, import_graph, tidy
 @dataclass(frozen=True)
 class RangeBook:
     """The ranges of any placement of one model: the user's where ``imported`` gives them (as given),
-    else the op's known range for the tensors of ``bounds`` (amax 1: softmax, sigmoid, tanh), else computed from ``cal``'s statistics by ``method`` (by the method the smoothing chose, per
-    tensor, in ``tensor_methods``), each (tensor, method) computed once for every candidate; then one
-    amax per scale group (:func:`share_ranges`)."""
+    else the op's known range for the tensors of ``bounds`` (amax 1: softmax, sigmoid, tanh), else
+    computed from ``cal``'s statistics by ``method`` (by the method the smoothing chose, per tensor,
+    in ``tensor_methods``), each (tensor, method) computed once for every candidate; then one amax
+    per scale group (:func:`share_ranges`)."""
 
     cal: Calibration
     method: str
