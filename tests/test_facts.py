@@ -440,3 +440,37 @@ def test_the_fp16_plans_measured_model_is_the_cast_then_its_emulation():
         want = run_session(session_for(runnable(cast_float(m, np.float16, keep, check=False))), feed, "x")
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_an_fp16_file_with_external_data_is_checked_from_its_weights_loaded(tmp_path):
+    """An FP16 file with its weights beside it: the check cannot let ONNX Runtime map them (the FP16
+    emulation rewrites the weights), so it loads them; a wrong reference is still found and named."""
+    from qdq.errors import QdqError
+    from qdq.measure.prepared import _user_model, check_prepared
+    from qdq.targets import prepare
+    c = 16
+
+    def half(name, a):
+        return numpy_helper.from_array(np.asarray(a, np.float16), name)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"), helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    g = helper.make_graph(nodes, "h", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, c, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, c, 8, 8])],
+                          [half("w1", RNG.standard_normal((c, c, 3, 3)) * 0.2), half("b1", RNG.standard_normal(c)),
+                           half("w2", RNG.standard_normal((c, c, 1, 1)) * 0.3)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    on_disk = onnx.ModelProto()
+    on_disk.CopyFrom(m)
+    onnx.save_model(on_disk, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=0)
+    user, folder = _user_model(tmp_path / "m.onnx")
+    assert folder is None and all(t.HasField("raw_data") for t in user.graph.initializer)
+    feeds = [{"x": RNG.standard_normal((1, c, 8, 8)).astype(np.float16)} for _ in range(2)]
+    good = prepare(m)
+    check_prepared(tmp_path / "m.onnx", good, feeds, "m.onnx")
+    bad = onnx.ModelProto()
+    bad.CopyFrom(good)
+    b = next(i for i in bad.graph.initializer if i.name == "b1")
+    b.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(b) + np.asarray(99.5, numpy_helper.to_array(b).dtype), "b1"))
+    with pytest.raises(QdqError, match=r"m.onnx: .*output 'y' .* dB away from your model \(first diverging tensor 'a'\)"):
+        check_prepared(tmp_path / "m.onnx", bad, feeds, "m.onnx")
