@@ -29,11 +29,6 @@ from tools import datasets  # noqa: E402
 GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2)
 
 
-def _error(x, refs, qws, amax) -> float:
-    qx = E._fq(x, amax)
-    return sum(float(((ref - qx @ qw) ** 2).sum()) for ref, qw in zip(refs, qws))
-
-
 def _as_quantized(idx, t, layers, lo, hi, parts, weights):
     """The rows and weights as the default quantizes them: after the shift and scales it chooses."""
     free = E._absorbs(idx, t, layers)
@@ -63,9 +58,9 @@ def search(name: str, shifted: bool) -> float:
         e_mse = e_grid = 0.0
         for fit, test in (halves, halves[::-1]):
             fit_refs, test_refs, top = [fit @ w for w in weights], [test @ w for w in weights], float(np.abs(fit).max())
-            r = min(GRID, key=lambda r: _error(fit, fit_refs, qws, r * top))
-            e_mse += _error(test, test_refs, qws, E._mse_amax(fit))
-            e_grid += _error(test, test_refs, qws, r * top)
+            r = min(GRID, key=lambda r: E.error_at(fit, fit_refs, qws, r * top))
+            e_mse += E.error_at(test, test_refs, qws, E._mse_amax(fit))
+            e_grid += E.error_at(test, test_refs, qws, r * top)
         total_mse, total_grid = total_mse + e_mse, total_grid + e_grid
         print(f"{t:60s} {10 * np.log10(e_mse / e_grid):+6.2f} dB")
     gain = 10 * np.log10(total_mse / total_grid)

@@ -139,14 +139,17 @@ def _quantized(weights: list, s: np.ndarray) -> list:
 def _errors(xs: np.ndarray, refs: list, qws: list) -> dict:
     """{"mse": Σ‖ref − q(xs)·qw‖², "max": the same} with xs quantized at mse calibration's amax and at
     its max (:func:`_joint_error`)."""
-    out = {}
-    for method, amax in (("mse", _mse_amax(xs)), ("max", float(np.abs(xs).max()))):
-        qx, err = _fq(xs, amax), 0.0
-        for ref, qw in zip(refs, qws):
-            d = ref - qx @ qw
-            err += float((d * d).sum())
-        out[method] = err
-    return out
+    return {method: error_at(xs, refs, qws, amax) for method, amax in (("mse", _mse_amax(xs)),
+                                                                        ("max", float(np.abs(xs).max())))}
+
+
+def error_at(xs: np.ndarray, refs: list, qws: list, amax: float) -> float:
+    """Σ‖ref − q(xs)·qw‖² over the layers, xs quantized per tensor at ``amax``."""
+    qx, err = _fq(xs, amax), 0.0
+    for ref, qw in zip(refs, qws):
+        d = ref - qx @ qw
+        err += float((d * d).sum())
+    return err
 
 
 def _scales(a: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:

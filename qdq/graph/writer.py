@@ -40,13 +40,10 @@ class RangeBook:
         imp, out = self.imported, {}
         for t in plan.activations:
             if imp is not None and t in imp.amax:
-                a = imp.amax[t]
-                stats = self.cal.stats.get(t)
-                out[t] = Range(a, f"imported ({imp.kind})", clipped_fraction(stats, a) if stats is not None else None)
+                out[t] = fixed_range(self.cal, t, imp.amax[t], f"imported ({imp.kind})")
                 continue
             if t in self.bounds:
-                stats = self.cal.stats.get(t)
-                out[t] = Range(1.0, f"bound ({self.bounds[t]})", clipped_fraction(stats, 1.0) if stats is not None else None)
+                out[t] = fixed_range(self.cal, t, 1.0, f"bound ({self.bounds[t]})")
                 continue
             key = (t, self.tensor_methods.get(t, self.method))
             if key not in self.computed:
@@ -77,9 +74,15 @@ def share_ranges(plan: Placement, ranges: dict, cal: Calibration, given=frozense
             r = ranges[t]
             if t in given:
                 continue
-            clipped = clipped_fraction(cal.stats[t], shared) if t in cal.stats else None
-            ranges[t] = Range(amax=shared, method=f"{r.method} (shared)", clipped=clipped)
+            ranges[t] = fixed_range(cal, t, shared, f"{r.method} (shared)")
     return ranges
+
+
+def fixed_range(cal: Calibration, t: str, amax: float, method: str) -> Range:
+    """``t``'s range at an ``amax`` not computed from its data, with the share of its calibration values
+    beyond it (None when ``cal`` has no statistics of ``t``)."""
+    stats = cal.stats.get(t)
+    return Range(amax, method, clipped_fraction(stats, amax) if stats is not None else None)
 
 
 def build_model(float_model: onnx.ModelProto, idx: GraphIndex, plan: Placement, ranges: dict, target: str,

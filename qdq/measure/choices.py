@@ -99,7 +99,7 @@ def choose_bounds(cands: Candidates, plan: Placement, check: HeldBack | None) ->
     book, imp = cands.book, cands.book.imported
     stats = book.cal.stats
     tried = {t: op for t, op in known_bounds(cands.idx, plan).items()
-             if (imp is None or t not in imp.amax) and t in stats and max(-stats[t].min, stats[t].max) >= 0.5}
+             if (imp is None or t not in imp.amax) and t in stats and stats[t].amax >= 0.5}
     if not tried or check is None:
         return BoundChoice(tried=tuple(tried))
     base = check.ev.measure(cands.device(plan, {}))
