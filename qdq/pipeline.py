@@ -130,7 +130,7 @@ def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts:
     method = choose_method(Candidates(prep.float_model, prep.idx, book, keep), prep.placed, check, opts.method)
     warnings += [method.warning] if method.warning else []
     cands = Candidates(prep.float_model, prep.idx, book.using(method.method), keep)
-    bounds = choose_bounds(cands, prep.placed, check)
+    bounds = choose_bounds(cands, prep.placed, check, method.int8)
     if bounds.bounds:
         cands = Candidates(prep.float_model, prep.idx, cands.book.bounded(bounds.bounds), keep)
     split, analysis = samples.split, None
@@ -138,7 +138,7 @@ def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts:
         analysis = analyze(prep.float_model, prep.idx, prep.placed, cands.book.ranges(prep.placed), split.kept,
                            opts.quiet, groups=GROUPS if opts.mixed_precision else 0)
         release(nbytes)
-    bias = correct_bias(cands, prep.placed, analysis, check, opts.bias_correction)
+    bias = correct_bias(cands, prep.placed, analysis, check, opts.bias_correction, bounds.int8)
     release(nbytes)
     mixed = None
     if opts.mixed_precision and check is not None and analysis is not None:

@@ -64,6 +64,7 @@ class MethodChoice:
     method: str
     scores: dict = field(default_factory=dict)   # method -> dB (held-back and ×1.25 noise powers added)
     warning: str | None = None
+    int8: Measurement | None = None   # the chosen method's all-INT8 file, uncorrected, on the choosing samples
 
 
 def choose_method(cands: Candidates, plan: Placement, check: HeldBack | None, method: str) -> MethodChoice:
@@ -73,12 +74,14 @@ def choose_method(cands: Candidates, plan: Placement, check: HeldBack | None, me
         return MethodChoice(method)
     if check is None:
         return MethodChoice(DEFAULT_METHOD, warning=f"--method auto needs held-back samples; used {DEFAULT_METHOD}")
-    scores = {}
+    scores, held = {}, {}
     for m in AUTO_METHODS:
         model = cands.device(plan, {}, cands.book.using(m))
-        nsr = [10 ** (-ev.measure(model).sqnr().value / 10) for ev in (check.ev, check.robust())]
+        held[m] = check.ev.measure(model)
+        nsr = [10 ** (-x.sqnr().value / 10) for x in (held[m], check.robust().measure(model))]
         scores[m] = -10 * np.log10(sum(nsr) / 2)
-    return MethodChoice(max(scores, key=scores.get), scores)
+    best = max(scores, key=scores.get)
+    return MethodChoice(best, scores, int8=held[best])
 
 
 @dataclass(frozen=True)
@@ -86,25 +89,29 @@ class BoundChoice:
     bounds: dict = field(default_factory=dict)   # tensor -> op: the tensors whose Q/DQ take its known range
     tried: tuple = ()                            # the tensors measured at their known range
     gap_low: float | None = None                 # lower end of the paired gap, known − calibrated (dB)
+    int8: Measurement | None = None   # the all-INT8 file with the ranges chosen, uncorrected, on the choosing samples
 
 
-def choose_bounds(cands: Candidates, plan: Placement, check: HeldBack | None) -> BoundChoice:
+def choose_bounds(cands: Candidates, plan: Placement, check: HeldBack | None,
+                  base: Measurement | None = None) -> BoundChoice:
     """The known range (amax 1) for the activations of ``plan`` a softmax, sigmoid or tanh produces
     (:func:`qdq.graph.placement.known_bounds`) whose calibration data reach half of it (below, the
     bound costs a bit of resolution by construction), your ranges never replaced: taken, all together,
     when the all-INT8 file with them measures better on the held-back samples than with the calibrated
     ranges: the lower end of the 90 % interval of the paired gap above 0 (a point figure from a few
     samples would follow noise).  A calibrated amax below 1 gives the small probabilities finer
-    steps; the bound never clips the peaks data it did not see would reach."""
+    steps; the bound never clips the peaks data it did not see would reach.  ``base``: the all-INT8
+    file with the calibrated ranges, uncorrected, when already measured on the choosing samples."""
     book, imp = cands.book, cands.book.imported
     stats = book.cal.stats
     tried = {t: op for t, op in known_bounds(cands.idx, plan).items()
              if (imp is None or t not in imp.amax) and t in stats and stats[t].amax >= 0.5}
     if not tried or check is None:
-        return BoundChoice(tried=tuple(tried))
-    base = check.ev.measure(cands.device(plan, {}))
-    gap = check.ev.measure(cands.device(plan, {}, book.bounded(tried))).gap_low(base)
-    return BoundChoice(tried if gap > 0 else {}, tuple(tried), gap)
+        return BoundChoice(tried=tuple(tried), int8=base)
+    base = base if base is not None else check.ev.measure(cands.device(plan, {}))
+    known = check.ev.measure(cands.device(plan, {}, book.bounded(tried)))
+    gap = known.gap_low(base)
+    return BoundChoice(tried if gap > 0 else {}, tuple(tried), gap, known if gap > 0 else base)
 
 
 @dataclass(frozen=True)
@@ -112,23 +119,26 @@ class BiasChoice:
     mode: str = "off"                      # full | weights | off
     bias: dict = field(default_factory=dict)          # layer id -> the correction folded into its bias
     weight_bias: dict = field(default_factory=dict)   # the weights' error alone: for weights-only views
-    int8: Measurement | None = None        # the all-INT8 file so corrected, on the choosing samples
+    int8: Measurement | None = None        # the all-INT8 file so corrected, on the choosing samples (if measured)
 
     def for_weights(self) -> dict:
         """The corrections a weights-only view of a file so corrected carries."""
         return self.weight_bias if self.mode == "full" else self.bias
 
 
-def correct_bias(cands: Candidates, plan: Placement, analysis, check: HeldBack | None, enabled: bool) -> BiasChoice:
+def correct_bias(cands: Candidates, plan: Placement, analysis, check: HeldBack | None, enabled: bool,
+                 off: Measurement | None = None) -> BiasChoice:
     """Full, weight-only or no bias correction (``analysis``: :class:`qdq.measure.analysis.Analysis`):
     whichever measures best on the held-back samples (weight-only tried when full is not 1 dB better
-    than none); full without held-back samples."""
+    than none); full without held-back samples.  ``off``: the uncorrected all-INT8 file's measurement
+    on them, when already made."""
     if analysis is None or not enabled:
-        return BiasChoice()
+        return BiasChoice(int8=off)
     options = {"full": analysis.bias, "weights": analysis.weight_bias, "off": {}}
     if check is None:
         return BiasChoice("full", options["full"], analysis.weight_bias)
-    scores = {mode: check.ev.measure(cands.device(plan, options[mode])) for mode in ("full", "off")}
+    scores = {"full": check.ev.measure(cands.device(plan, options["full"])),
+              "off": off if off is not None else check.ev.measure(cands.device(plan, {}))}
     if scores["full"].sqnr().value < scores["off"].sqnr().value + 1.0:   # not a clear win: try weight-only
         scores["weights"] = check.ev.measure(cands.device(plan, options["weights"]))
     mode = max(scores, key=lambda k: scores[k].sqnr().value)
@@ -237,7 +247,12 @@ def final_figures(cands: Candidates, plan: Placement, placed: Placement, bias: B
     ``held_sources``: the held-back samples' names, None when none were held back)."""
     scaled = reporter.robust()   # its float references first, while no candidate's weights are held
     choice = mixed.choice if mixed is not None else None
-    final = choice.final if choice is not None else check.ev.measure(cands.device(plan, bias.bias))
+    if choice is not None:
+        final = choice.final
+    elif bias.int8 is not None and plan is placed:   # the all-INT8 file, as bias correction measured it
+        final = bias.int8
+    else:
+        final = check.ev.measure(cands.device(plan, bias.bias))
     floor = min(max(final.sqnr().value + 10, FP16_OUTPUT_MIN_DB), 50.0)
     raised = fp16 is not None and raise_floor(fp16, cands.float_model, floor)
     model = cands.device(plan, bias.bias)   # built after the floor (the plan may pin more nodes), not held across it
