@@ -238,37 +238,66 @@ def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list
     return runs
 
 
+class _OutputPools:
+    """Per output, pooled over samples: the file's error against the reference, the FP16 reference's
+    against FP32, each budget half's, and top-1/top-5 agreement for logits of 10 or more classes."""
+
+    def __init__(self, outputs: list, fp16: bool, budget: bool):
+        self.out = {o: ErrorAccumulator() for o in outputs}
+        self.fp16 = {o: ErrorAccumulator() for o in outputs} if fp16 else None
+        self.budget = {k: {o: ErrorAccumulator() for o in outputs} for k in ("weights_only", "activations_only")} \
+            if budget else None
+        self.top = {o: [0, 0, 0] for o in outputs}  # top-1 hits, top-5 hits, rows
+
+    def add(self, o: str, res: dict) -> None:
+        """Output ``o`` of one run (``res``: role -> outputs)."""
+        ref, q = res["ref"][o], res["quant"][o]
+        self.out[o].add(ref, q)
+        if self.fp16 is not None:
+            self.fp16[o].add(res["fp32"][o], ref)
+        for k, by in (self.budget or {}).items():
+            by[o].add(ref, res[k][o])
+        if ref.ndim == 2 and ref.shape[1] >= 10:
+            r1 = ref.argmax(1)
+            top5 = np.argsort(-q.astype(np.float64), axis=1)[:, :5]
+            self.top[o][0] += int((q.argmax(1) == r1).sum())
+            self.top[o][1] += int((top5 == r1[:, None]).any(1).sum())
+            self.top[o][2] += ref.shape[0]
+
+    def report(self, o: str) -> "OutputReport":
+        rep = OutputReport(o, self.out[o].to_dict())
+        if self.top[o][2]:
+            rep.top1, rep.top5 = self.top[o][0] / self.top[o][2], self.top[o][1] / self.top[o][2]
+        if self.fp16 is not None:
+            rep.fp16_vs_fp32 = self.fp16[o].to_dict()
+        return rep
+
+    def budget_db(self) -> dict | None:
+        """half -> output -> SQNR dB ("both": the file), or None without the halves."""
+        if self.budget is None:
+            return None
+        out = {k: {o: a.sqnr_db for o, a in v.items()} for k, v in self.budget.items()}
+        out["both"] = {o: a.sqnr_db for o, a in self.out.items()}
+        return out
+
+
 class _Accumulators:
-    """Everything ``compare`` pools over samples: per output, per budget run, per Q/DQ tensor."""
+    """Everything ``compare`` pools over samples: per output (:class:`_OutputPools`), per sample (the
+    intervals' rows, the task's), per Q/DQ tensor."""
 
     def __init__(self, outputs: list, fp16: bool, budget: bool, sites: list, task: TaskOptions):
         self.names, self.samples, self.task_opts, self.task = outputs, 0, task, None
         self.rows, self.task_rows = [], []     # per sample: (signal, noise) per output figured; the task's counts
         self.figured = ()                      # the outputs SQNR figures are of (qdq.measure.evaluate.figure_outputs)
         self.pending = []                      # (ref, quantized, feed) of the samples before the task is chosen
-        self.out = {o: ErrorAccumulator() for o in outputs}
-        self.fp16 = {o: ErrorAccumulator() for o in outputs} if fp16 else None
-        self.budget = {k: {o: ErrorAccumulator() for o in outputs} for k in ("weights_only", "activations_only")} \
-            if budget else None
-        self.top = {o: [0, 0, 0] for o in outputs}  # top-1 hits, top-5 hits, rows
+        self.pools = _OutputPools(outputs, fp16, budget)
         self.layers = {s.tensor: _LayerAcc(s) for s in sites}
 
     def add(self, res: dict, feed: dict, samples: int) -> None:
         for k in ("ref", "quant"):
             res[k].update(feed)
         for o in self.names:
-            ref, q = res["ref"][o], res["quant"][o]
-            self.out[o].add(ref, q)
-            if self.fp16 is not None:
-                self.fp16[o].add(res["fp32"][o], ref)
-            for k, by in (self.budget or {}).items():
-                by[o].add(ref, res[k][o])
-            if ref.ndim == 2 and ref.shape[1] >= 10:
-                r1 = ref.argmax(1)
-                top5 = np.argsort(-q.astype(np.float64), axis=1)[:, :5]
-                self.top[o][0] += int((q.argmax(1) == r1).sum())
-                self.top[o][1] += int((top5 == r1[:, None]).any(1).sum())
-                self.top[o][2] += ref.shape[0]
+            self.pools.add(o, res)
         for t, la in self.layers.items():
             la.add(res["ref"][t], res["quant"][t], res["quant"][la.site.dequantized or t])
         self._add_rows(res["ref"], res["quant"], feed, samples)
@@ -299,15 +328,8 @@ class _Accumulators:
     def result(self, reference: str, threshold_db: float) -> "CompareResult":
         if self.pending:   # fewer samples than the evidence wants
             self._flush()
-        outputs = []
-        for o in self.names:
-            rep = OutputReport(o, self.out[o].to_dict())
-            if self.top[o][2]:
-                rep.top1, rep.top5 = self.top[o][0] / self.top[o][2], self.top[o][1] / self.top[o][2]
-            if self.fp16 is not None:
-                rep.fp16_vs_fp32 = self.fp16[o].to_dict()
-            outputs.append(rep)
-        result = CompareResult(reference, self.samples, outputs, threshold_db=threshold_db)
+        result = CompareResult(reference, self.samples, [self.pools.report(o) for o in self.names],
+                               threshold_db=threshold_db)
         m = Measurement(np.array(self.rows).reshape(-1, len(self.figured), 2), self.task,
                         np.array(self.task_rows) if self.task_rows else None, self.figured)
         rows = m.rows[:, self.figured.index(m.worst)]
@@ -318,9 +340,7 @@ class _Accumulators:
             result.task = {"name": self.task.name, "reason": self.task.reason,
                            "figures": {k: f.to_dict() for k, f in m.task_figures().items()},
                            "per_sample": m.per_sample()}
-        if self.budget is not None:
-            result.budget = {k: {o: a.sqnr_db for o, a in v.items()} for k, v in self.budget.items()}
-            result.budget["both"] = {o: self.out[o].sqnr_db for o in self.names}
+        result.budget = self.pools.budget_db()
         return result
 
 
