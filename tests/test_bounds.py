@@ -63,3 +63,12 @@ def test_outputs_far_below_the_bound_are_not_tried(tmp_path):
     m = _act_model("Sigmoid", (0.3 * np.eye(D)).astype(np.float32))
     r = quantize(m, _data(tmp_path, loc=-6.0), **OPTS)
     assert "known_ranges" not in r.summary.accuracy
+
+
+def test_a_file_left_all_int8_has_one_int8_figure(tmp_path):
+    """Without mixed precision the file is the all-INT8 file: the summary's "all layers INT8" figure is
+    the file's own, on the samples that report (not bias correction's, on those that chose)."""
+    m = _act_model("Sigmoid", (3 * np.eye(D)).astype(np.float32))
+    acc = quantize(m, _data(tmp_path), **OPTS).summary.accuracy
+    assert acc["chosen_on"] == 6 and acc["held_back_samples"] == 6
+    assert acc["int8_db"] == acc["final_db"]

@@ -149,8 +149,8 @@ def _accuracy(f: RunFacts) -> dict | None:
     if d.figures is None:
         return None
     acc, c = dict(d.figures.accuracy), d.mixed.choice if d.mixed is not None else None
-    first = c.int8 if c is not None else d.bias.int8
-    int8_db = first.sqnr().value if first is not None else acc["final_db"]
+    # without mixed precision the file is the all-INT8 file: its own figure, on the samples that report
+    int8_db = c.int8.sqnr().value if c is not None else acc["final_db"]
     weights_db = c.weights_only_db if c is not None else acc["final_weights_only_db"]
     if d.figures.reported_int8:
         int8_db, weights_db = (m.sqnr().value for m in d.figures.reported_int8)
