@@ -81,7 +81,7 @@ def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None 
     runs the non-INT8 layers in FP16 but those the FP16 plan pins to FP32 (written to the file's
     ``qdq_fp32_nodes`` metadata for TensorRT 8.x/10.x), ``"fp32"`` as written.  ``smoothquant`` and
     ``equalize`` (cross-layer equalization) rescale the float model first (:mod:`qdq.graph.equalize`)."""
-    opts = Options(**options)
+    opts = Options.of(**options)
     imported = ranges if ranges is None or isinstance(ranges, RangeFile) else read_ranges(ranges)
     with shared_weights():
         return _quantize(model, calib, imported, calibration, opts)
@@ -124,27 +124,28 @@ class Decided:
 
 def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts: Options, warnings: list) -> Decided:
     """Method, known ranges, analysis, bias correction, mixed precision, range warnings and the file's figures."""
-    book = RangeBook(samples.cal, opts.method, opts.percentile, imported, prep.tensor_methods)
+    acc = opts.accuracy
+    book = RangeBook(samples.cal, opts.ranges.method, opts.ranges.percentile, imported, prep.tensor_methods)
     nbytes = model_bytes(prep.float_model)
     keep = None if fp16 is None or has_fp16(prep.float_model) else (lambda: fp16.names(prep.idx))
-    method = choose_method(Candidates(prep.float_model, prep.idx, book, keep), prep.placed, check, opts.method)
+    method = choose_method(Candidates(prep.float_model, prep.idx, book, keep), prep.placed, check, opts.ranges.method)
     warnings += [method.warning] if method.warning else []
     cands = Candidates(prep.float_model, prep.idx, book.using(method.method), keep)
     bounds = choose_bounds(cands, prep.placed, check, method.int8)
     if bounds.bounds:
         cands = Candidates(prep.float_model, prep.idx, cands.book.bounded(bounds.bounds), keep)
     split, analysis = samples.split, None
-    if split is not None and split.kept and (opts.bias_correction or opts.mixed_precision):
+    if split is not None and split.kept and (acc.bias_correction or acc.mixed_precision):
         analysis = analyze(prep.float_model, prep.idx, prep.placed, cands.book.ranges(prep.placed), split.kept,
-                           opts.quiet, groups=GROUPS if opts.mixed_precision else 0)
+                           opts.quiet, groups=GROUPS if acc.mixed_precision else 0)
         release(nbytes)
-    bias = correct_bias(cands, prep.placed, analysis, check, opts.bias_correction, bounds.int8)
+    bias = correct_bias(cands, prep.placed, analysis, check, acc.bias_correction, bounds.int8)
     release(nbytes)
     mixed = None
-    if opts.mixed_precision and check is not None and analysis is not None:
-        task_ok, why = task_test(check, prep.float_model, opts.max_task_loss, opts.task.confirmed)
+    if acc.mixed_precision and check is not None and analysis is not None:
+        task_ok, why = task_test(check, prep.float_model, acc.max_task_loss, acc.task.confirmed)
         warnings += [why] if why else []
-        mixed = mixed_precision(cands, prep.placed, analysis, check, bias, macs.counts, readers, opts, task_ok)
+        mixed = mixed_precision(cands, prep.placed, analysis, check, bias, macs.counts, readers, acc, task_ok)
         warnings += mixed.warnings
         release(nbytes)
     plan = mixed.plan if mixed is not None else prep.placed
@@ -154,7 +155,7 @@ def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts:
     if check is not None:
         figures = final_figures(cands, plan, prep.placed, bias, mixed, check, reporter, fp16, samples.held_sources)
         if mixed is not None:
-            reached, why = target_warning(figures, mixed.choice, opts.max_loss_db, opts.max_task_loss, opts.min_int8_share)
+            reached, why = target_warning(figures, mixed.choice, acc.max_loss_db, acc.max_task_loss, acc.min_int8_share)
             warnings += [why] if why else []
     return Decided(method, bounds, bias, mixed, plan, ranges, analysis, fp16, figures, reached)
 
@@ -163,7 +164,7 @@ def _finish(prep, samples, macs, d: Decided, imported, calibrated: bool, opts: O
     """The file (Q/DQ, FP16 remainder, metadata) and its summary."""
     plan, idx = d.plan, prep.idx
     used_bias = {p: b for p, b in d.bias.bias.items() if p in plan.quantized_layers}
-    qmodel, notes = build_model(prep.float_model, idx, plan, d.ranges, opts.target, d.fp16, warnings, d.bias.bias)
+    qmodel, notes = build_model(prep.float_model, idx, plan, d.ranges, opts.graph.target, d.fp16, warnings, d.bias.bias)
     total = sum(macs.counts.values()) or 1
     int8_share = sum(macs.counts.get(p, 0) for p in plan.quantized_layers) / total
     facts = RunFacts(opts, idx, prep.placed, d, macs, samples.cal.samples, imported, calibrated, int8_share, len(used_bias),
@@ -182,5 +183,5 @@ def _diagnosis(prep: Prepared, samples: Samples, qmodel, imported, plan: Placeme
     if imported is None or split is None or not (split.held or split.kept) or not plan.activations:
         return []
     feeds = Feeds(model_inputs(prep.float_model), split.held or split.kept, "held-back samples")
-    return compare(prep.float_model, qmodel, feeds, layerwise=True, budget=False, quiet=True, task=opts.task,
-                   remainder=opts.remainder, float_prepared=True).diagnosis
+    return compare(prep.float_model, qmodel, feeds, layerwise=True, budget=False, quiet=True, task=opts.accuracy.task,
+                   remainder=opts.accuracy.remainder, float_prepared=True).diagnosis

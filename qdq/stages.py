@@ -71,9 +71,9 @@ class Macs:
 def prepare_model(model, calib, imported, given, opts: Options, warnings: list) -> Prepared:
     """The target's float model, equalized if asked, indexed and placed; every placed tensor has a range source."""
     source = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
-    fm = prepare(model, opts.target, source, warnings)
+    fm = prepare(model, opts.graph.target, source, warnings)
     ops = sorted({n.op_type for n in fm.graph.node} & TRT85_UNSUPPORTED)
-    if opts.target == "trt8" and ops:
+    if opts.graph.target == "trt8" and ops:
         warnings.append(f"ops {ops} are not parsed by TensorRT 8.5; use --target trt10 or replace them")
     subgraphs = [n.name for n in fm.graph.node
                  if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
@@ -82,8 +82,8 @@ def prepare_model(model, calib, imported, given, opts: Options, warnings: list) 
                         "in float; only the main graph is quantized")
     fm, methods, done = equalized(fm, calib, opts, warnings)
     idx = GraphIndex.build(fm)
-    force = tuple(imported.amax) if imported is not None and opts.force_ranges else ()
-    plan = place(idx, opts.exclude, force=force, int8_deconv=opts.int8_deconv)
+    force = tuple(imported.amax) if imported is not None and opts.ranges.force_ranges else ()
+    plan = place(idx, opts.graph.exclude, force=force, int8_deconv=opts.graph.int8_deconv)
     if not plan.quantized_layers:
         raise QdqError(f"{source}: no layer to quantize: {why_none(idx, plan)}")
     text = check_sources(imported, given.stats if given is not None else None, list(plan.activations),
@@ -98,22 +98,22 @@ def equalized(fm: onnx.ModelProto, calib, opts: Options, warnings: list) -> tupl
     """Cross-layer equalization and SmoothQuant when asked: (model, tensor -> range method chosen with it,
     :func:`qdq.graph.equalize.record` of both)."""
     methods, smoothed = {}, {}
-    if opts.equalize:
+    if opts.graph.equalize:
         fm, n = cross_layer_equalization(fm)
         if n:
             warnings.append(f"cross-layer equalization rescaled {n} Conv pairs")
-    if opts.smoothquant != "off" and calib is not None and smoothable(fm):
-        feeds = first_feeds(Dataset(calib, model_inputs(fm), opts.preprocess or Preprocess(), limit=opts.limit), 16)
-        fm, smoothed = smooth_quant(fm, feeds, layernorm_only=opts.smoothquant == "auto")
+    if opts.graph.smoothquant != "off" and calib is not None and smoothable(fm):
+        feeds = first_feeds(Dataset(calib, model_inputs(fm), opts.data.preprocess or Preprocess(), limit=opts.data.limit), 16)
+        fm, smoothed = smooth_quant(fm, feeds, layernorm_only=opts.graph.smoothquant == "auto")
         methods = {t: d.method for t, d in smoothed.items() if d.method}
         if smoothed:
-            warnings.append(smoothing_note(smoothed, opts.smoothquant))
-    return fm, methods, record(smoothed, opts.equalize)
+            warnings.append(smoothing_note(smoothed, opts.graph.smoothquant))
+    return fm, methods, record(smoothed, opts.graph.equalize)
 
 
 def remainder_wanted(opts: Options) -> bool:
     """trt11 writes an FP16 remainder; trt8/trt10 files run with one on the device (unless --remainder fp32)."""
-    return opts.target == "trt11" or opts.remainder == "fp16"
+    return opts.graph.target == "trt11" or opts.accuracy.remainder == "fp16"
 
 
 def calibrate_samples(prep: Prepared, model, calib, given: Calibration | None, opts: Options, warnings: list) -> Samples:
@@ -123,14 +123,14 @@ def calibrate_samples(prep: Prepared, model, calib, given: Calibration | None, o
         return Samples(given or Calibration())
     idx, fm = prep.idx, prep.float_model
     inputs = model_inputs(fm)
-    dataset = Dataset(calib, inputs, opts.preprocess or Preprocess(), limit=opts.limit)
-    batch = 1 if any(s.shape and s.shape[0] is not None and s.shape[0] < opts.batch_size for s in inputs) \
-        else opts.batch_size   # a fixed batch dim: run one sample at a time
+    dataset = Dataset(calib, inputs, opts.data.preprocess or Preprocess(), limit=opts.data.limit)
+    batch = 1 if any(s.shape and s.shape[0] is not None and s.shape[0] < opts.data.batch_size for s in inputs) \
+        else opts.data.batch_size   # a fixed batch dim: run one sample at a time
     split = HoldOut(dataset)
     tensors = calibration_tensors(idx, prep.placed)
     range_only = [t for t in idx.dtypes if idx.is_float(t) and t not in idx.constants] if remainder_wanted(opts) else ()
     if given is None:
-        cal = calibrate(fm, split, tensors, range_only, batch, opts.providers, opts.quiet, shapes=layer_tensors(idx))
+        cal = calibrate(fm, split, tensors, range_only, batch, opts.data.providers, opts.quiet, shapes=layer_tensors(idx))
     else:
         cal = given
         for _ in split:   # the samples are needed, not their statistics
@@ -139,9 +139,9 @@ def calibrate_samples(prep: Prepared, model, calib, given: Calibration | None, o
     if none_held:   # too few to set some aside: calibrate on them too, measure on calibration samples
         total = len(split.rest) + len(split.held)
         if given is None and split.held:
-            calibrate(fm, Feeds(inputs, split.held), tensors, range_only, 1, opts.providers, True, into=cal)
+            calibrate(fm, Feeds(inputs, split.held), tensors, range_only, 1, opts.data.providers, True, into=cal)
         split.kept, split.held = (split.kept + split.held)[:6], split.rest + split.held
-        if opts.mixed_precision:
+        if opts.accuracy.mixed_precision:
             warnings.append(f"only {cal.samples} samples: none held back; the file was measured on {total} of the "
                             "calibration samples themselves (20 or more let qdq hold some back)")
     check_prepared(model, fm, (split.kept or split.held)[:2], prep.source)
@@ -205,7 +205,7 @@ def held_back(prep: Prepared, samples: Samples, fp16, opts: Options) -> tuple:
         return runnable(model) if fp16 is None else remainder_fp16(model, set(fp16.names(idx)))
 
     if len(held) >= SPLIT_HELD_BACK and not samples.none_held:
-        check = HeldBack(fm, held[0::2], opts.task, device)
-        return check, HeldBack(fm, held[1::2], opts.task, device, check.task)
-    check = HeldBack(fm, held, opts.task, device)
+        check = HeldBack(fm, held[0::2], opts.accuracy.task, device)
+        return check, HeldBack(fm, held[1::2], opts.accuracy.task, device, check.task)
+    check = HeldBack(fm, held, opts.accuracy.task, device)
     return check, check

@@ -156,7 +156,8 @@ class Mixed:
 
 def mixed_precision(cands: Candidates, plan: Placement, analysis, check: HeldBack, bias: BiasChoice, macs: dict,
                     readers: tuple, opts, task_ok=None) -> Mixed:
-    """Keep the costliest layers in float until within ``opts.max_loss_db`` of the weights-only figure
+    """Keep the costliest layers in float until within ``opts.max_loss_db`` (``opts``: the run's
+    :class:`qdq.options.AccuracyOptions`) of the weights-only figure
     (and, with ``task_ok``, until it passes): attention blocks, and ``readers`` (the quantized readers
     of massive activations), move as a whole; layers reading imported ranges stay INT8 unless
     ``opts.fallback_imported``.  ``macs``: layer id -> MACs (known ones)."""

@@ -116,8 +116,8 @@ def metadata(f: RunFacts) -> dict:
     method, choice = d.method.method, d.mixed.choice if d.mixed is not None else None
     acc = d.figures.accuracy if d.figures is not None else None
     meta = {"qdq_version": __version__, "qdq_method": method if f.calibrated else "imported",
-            "qdq_samples": f.samples, "qdq_target": o.target,
-            "qdq_percentile": o.percentile if method == "percentile" else "",
+            "qdq_samples": f.samples, "qdq_target": o.graph.target,
+            "qdq_percentile": o.ranges.percentile if method == "percentile" else "",
             "qdq_int8_mac_share": f"{f.int8_share:.4f}", "qdq_bias_correction": f"{d.bias.mode} ({f.corrected} layers)",
             "qdq_remainder": "fp16" if d.fp16 is not None else "fp32"}
     if f.equalization:   # how compare rebuilds the float model the file was made from
@@ -154,7 +154,7 @@ def _accuracy(f: RunFacts) -> dict | None:
     weights_db = c.weights_only_db if c is not None else acc["final_weights_only_db"]
     if d.figures.reported_int8:
         int8_db, weights_db = (m.sqnr().value for m in d.figures.reported_int8)
-    acc.update(int8_db=int8_db, weights_only_db=weights_db, max_loss_db=f.opts.max_loss_db,
+    acc.update(int8_db=int8_db, weights_only_db=weights_db, max_loss_db=f.opts.accuracy.max_loss_db,
                reached=d.reached if c is not None else None, evaluations=len(c.steps) if c is not None else 0,
                method_scores=d.method.scores or None)
     if d.bounds.tried:
@@ -169,8 +169,8 @@ def summarize(f: RunFacts, source: str, qmodel, notes: list, warnings: list) -> 
     plan, c = d.plan, d.mixed.choice if d.mixed is not None else None
     total = sum(f.macs.counts.values()) or 1
     return Summary(
-        ranges_import=import_report(f.imported, f.placed, plan, idx, d.ranges, o.fallback_imported),
-        model=source, target=o.target, method=d.method.method, opset=opset_of(qmodel), samples=f.samples,
+        ranges_import=import_report(f.imported, f.placed, plan, idx, d.ranges, o.accuracy.fallback_imported),
+        model=source, target=o.graph.target, method=d.method.method, opset=opset_of(qmodel), samples=f.samples,
         quantized_layers=[idx.labels[i] for i in plan.quantized_layers],
         weighted_layers=len(plan.quantized_layers) + len(plan.skipped),
         skipped=[{"node": idx.labels[i], "op": idx.nodes[i].op_type, "reason": why} for i, why in plan.skipped],
