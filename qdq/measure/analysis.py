@@ -113,14 +113,17 @@ class _Augmented:
         return self._fq[(t, tag)]
 
     def dq(self, key: str):
-        """The INT8 weight of ``plan.weights[key]``, dequantized."""
+        """The INT8 weight of ``plan.weights[key]``, dequantized (its codes those every candidate of the
+        model uses: ``idx.weight_codes``)."""
         g = gs()
         if key not in self._dq:
-            spec = self.plan.weights[key]
-            w = np.asarray(peek(self.tensors[spec.tensor]))
-            qw, scale, _ = quantize_weight(w, spec.axis, np.float32)
+            spec, codes = self.plan.weights[key], self.idx.weight_codes
+            if (spec.tensor, spec.axis) not in codes:
+                codes[spec.tensor, spec.axis] = quantize_weight(np.asarray(peek(self.tensors[spec.tensor])), spec.axis,
+                                                                np.float32)
+            qw, scale, _ = codes[spec.tensor, spec.axis]
             d = g.Variable(self._n(f"{key}__dqw"), dtype=np.float32)
-            self.extra.append(g.Node("DequantizeLinear", self._n(f"{key}__DQw"), attrs={"axis": spec.axis % w.ndim},
+            self.extra.append(g.Node("DequantizeLinear", self._n(f"{key}__DQw"), attrs={"axis": spec.axis % qw.ndim},
                                      inputs=[g.Constant(self._n(f"{key}__qw"), qw), g.Constant(self._n(f"{key}__ws"), scale),
                                              g.Constant(self._n(f"{key}__wz"), np.zeros(scale.shape, np.int8))], outputs=[d]))
             self._dq[key] = d
