@@ -102,7 +102,9 @@ def _quantize(model, calib, imported: RangeFile | None, given: Calibration | Non
     check, reporter = S.held_back(prep, samples, fp16, opts)
     decided = _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts, warnings)
     release(nbytes)
-    return _finish(prep, samples, macs, decided, imported, given is not None or calib is not None, opts, warnings)
+    result = _finish(prep, samples, macs, decided, imported, given is not None or calib is not None, opts, warnings)
+    release(nbytes)   # before the caller serializes the file: the next peak, on top of what is left
+    return result
 
 
 @dataclass(frozen=True)
