@@ -72,3 +72,22 @@ def test_a_file_left_all_int8_has_one_int8_figure(tmp_path):
     acc = quantize(m, _data(tmp_path), **OPTS).summary.accuracy
     assert acc["chosen_on"] == 6 and acc["held_back_samples"] == 6
     assert acc["int8_db"] == acc["final_db"]
+
+
+def test_the_all_int8_file_is_measured_once(tmp_path, monkeypatch):
+    """The uncorrected all-INT8 file is measured once on the choosing samples: the known-range
+    decision's base serves the final figures (no bias correction, no mixed precision, no FP16 plan
+    here), so the choosing evaluator runs twice, calibrated and known ranges, not three times."""
+    from qdq import pipeline
+
+    checks, held_back = [], pipeline.S.held_back
+
+    def keep(*args):
+        out = held_back(*args)
+        checks.append(out[0])
+        return out
+    monkeypatch.setattr(pipeline.S, "held_back", keep)
+    m = _act_model("Sigmoid", (3 * np.eye(D)).astype(np.float32))
+    acc = quantize(m, _data(tmp_path), bias_correction=False, remainder="fp32", **OPTS).summary.accuracy
+    assert acc["chosen_on"] == 6 and acc["known_ranges"]["tensors"] == ["a"]
+    assert checks[0].ev.runs == 2
