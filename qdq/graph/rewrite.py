@@ -103,11 +103,18 @@ def insert_qdq(graph, nodes: list, plan: Placement, amax: dict, method: dict, bi
         notes.append(_activation_qdq(graph, nodes, tensors[t], users, float(amax[t]), method.get(t, "?"), taken, docs))
     for key, spec in plan.weights.items():
         src = tensors[spec.tensor]
-        cache = codes if codes is not None else {}
-        if (spec.tensor, spec.axis) not in cache:
-            cache[spec.tensor, spec.axis] = quantize_weight(np.asarray(peek(src)), spec.axis, np.float32)
-        notes.append(_weight_dq(graph, nodes, key, spec, src, cache[spec.tensor, spec.axis], taken, docs))
+        notes.append(_weight_dq(graph, nodes, key, spec, src, weight_codes(codes, spec, src), taken, docs))
     return notes, docs
+
+
+def weight_codes(codes: dict | None, spec, src) -> tuple:
+    """:func:`quantize_weight` of the gs weight ``src`` along ``spec.axis`` (FP32 scales), kept in
+    ``codes`` (a :attr:`qdq.graph.index.GraphIndex.weight_codes`; None: not kept) by (tensor, axis)."""
+    if codes is None:
+        return quantize_weight(np.asarray(peek(src)), spec.axis, np.float32)
+    if (spec.tensor, spec.axis) not in codes:
+        codes[spec.tensor, spec.axis] = quantize_weight(np.asarray(peek(src)), spec.axis, np.float32)
+    return codes[spec.tensor, spec.axis]
 
 
 def _activation_qdq(graph, nodes, src, users, amax: float, method: str, taken: set, docs: dict) -> QdqNote:

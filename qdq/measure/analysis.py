@@ -35,8 +35,8 @@ from ..calib.session import run_session, session_for
 from ..errors import QdqError
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, fused_tail
-from ..graph.rewrite import quantize_weight, safe_scale
-from ..graph.surgery import export_lent, gs, import_graph, peek, taken_names
+from ..graph.rewrite import safe_scale, weight_codes
+from ..graph.surgery import export_lent, gs, import_graph, taken_names
 from ..modelio import fresh_name
 from ..progress import progress
 from .metrics import power_db
@@ -117,11 +117,8 @@ class _Augmented:
         model uses: ``idx.weight_codes``)."""
         g = gs()
         if key not in self._dq:
-            spec, codes = self.plan.weights[key], self.idx.weight_codes
-            if (spec.tensor, spec.axis) not in codes:
-                codes[spec.tensor, spec.axis] = quantize_weight(np.asarray(peek(self.tensors[spec.tensor])), spec.axis,
-                                                                np.float32)
-            qw, scale, _ = codes[spec.tensor, spec.axis]
+            spec = self.plan.weights[key]
+            qw, scale, _ = weight_codes(self.idx.weight_codes, spec, self.tensors[spec.tensor])
             d = g.Variable(self._n(f"{key}__dqw"), dtype=np.float32)
             self.extra.append(g.Node("DequantizeLinear", self._n(f"{key}__DQw"), attrs={"axis": spec.axis % qw.ndim},
                                      inputs=[g.Constant(self._n(f"{key}__qw"), qw), g.Constant(self._n(f"{key}__ws"), scale),
