@@ -53,6 +53,7 @@ class QuantizeResult:
     analysis: object | None = None               # the qdq.measure.analysis.Analysis of the full placement
     bias: dict = field(default_factory=dict)     # layer id -> bias correction applied
     macs: dict = field(default_factory=dict)     # layer id -> multiply-accumulates
+    book: RangeBook | None = None                # the ranges of any placement, made as ``ranges`` were
 
 
 def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None = None, **options) -> QuantizeResult:
@@ -118,6 +119,7 @@ class Decided:
     mixed: Mixed | None
     plan: Placement
     ranges: dict
+    book: RangeBook                 # the ranges of any placement, as the file's were made
     analysis: object | None
     fp16: object | None             # the qdq.measure.autocast.Fp16Plan of the remainder
     figures: Figures | None
@@ -159,7 +161,7 @@ def _decide(prep, samples, macs, readers, fp16, check, reporter, imported, opts:
         if mixed is not None:
             reached, why = target_warning(figures, mixed.choice, acc.max_loss_db, acc.max_task_loss, acc.min_int8_share)
             warnings += [why] if why else []
-    return Decided(method, bounds, bias, mixed, plan, ranges, analysis, fp16, figures, reached)
+    return Decided(method, bounds, bias, mixed, plan, ranges, cands.book, analysis, fp16, figures, reached)
 
 
 def _finish(prep, samples, macs, d: Decided, imported, calibrated: bool, opts: Options, warnings: list) -> QuantizeResult:
@@ -175,7 +177,7 @@ def _finish(prep, samples, macs, d: Decided, imported, calibrated: bool, opts: O
     summary = summarize(facts, prep.source, qmodel, notes, warnings)
     summary.diagnosis = _diagnosis(prep, samples, qmodel, imported, plan, opts)
     return QuantizeResult(qmodel, summary, d.ranges, plan, samples.cal, prep.float_model, idx, d.fp16, d.analysis,
-                          used_bias, macs.counts)
+                          used_bias, macs.counts, d.book)
 
 
 def _diagnosis(prep: Prepared, samples: Samples, qmodel, imported, plan: Placement, opts: Options) -> list:

@@ -12,8 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 from clitools import run_qdq
 from qdq.calib.session import run_session, session_for
 from qdq.graph.bypass import activations_only, weights_only
+from qdq.graph.placement import replace
 from qdq.graph.precision import runnable
 from qdq.measure.metrics import sqnr_db
+from qdq.measure.sensitivity import variant
 from qdq.modelio import load_model, save_model
 from qdq.pipeline import quantize
 from qdq.targets import prepare
@@ -154,6 +156,31 @@ def test_sensitivity_keeps_exclusions_of_non_weighted_nodes(tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert len(doc["layers"]) == 3 and all(x["all_but_db"] is not None for x in doc["layers"])
+
+
+def test_a_variant_makes_its_ranges_for_its_own_placement(tmp_path):
+    """A Concat's inputs share one amax only while the Concat's output is quantized: with its consumer
+    floated (a sensitivity variant), the small input ``p`` takes its own amax again, as mixed precision
+    measures the same placement, not the shared one of the full file."""
+    v = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+    nodes = [helper.make_node("MatMul", ["x", "wp"], ["p"], name="mp"), helper.make_node("MatMul", ["x", "wq"], ["q"], name="mq"),
+             helper.make_node("MatMul", ["p", "w1"], ["y1"], name="m1"), helper.make_node("MatMul", ["q", "w2"], ["y2"], name="m2"),
+             helper.make_node("Concat", ["p", "q"], ["cat"], name="cat", axis=-1),
+             helper.make_node("MatMul", ["cat", "w3"], ["y3"], name="m3")]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])], [v("y1"), v("y2"), v("y3")],
+               {"wp": _w(16, 16, scale=0.05), "wq": _w(16, 16, scale=2.0), "w1": _w(16, 16), "w2": _w(16, 16), "w3": _w(32, 16)})
+    r = quantize(m, _npz(tmp_path / "d", x=((1, 8, 16), np.float32)), quiet=True, bias_correction=False,
+                 mixed_precision=False, smoothquant="off")
+    assert [set(g) for g in r.placement.groups] == [{"p", "q", "cat"}]
+    shared = r.ranges["p"].amax
+    assert shared == r.ranges["q"].amax
+    m3 = next(i for i, n in enumerate(r.float_model.graph.node) if n.name == "m3")
+    out = variant(r, {m3})
+    q_of = {n.input[0]: n.input[1] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    scales = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    own = float(scales[q_of["p"]]) * 127
+    assert "cat" not in q_of and own < shared / 10
+    assert own == pytest.approx(r.book.ranges(replace(r.index, r.placement, {m3: "test"}))["p"].amax, rel=1e-6)
 
 
 def test_grouped_deconvolution_stays_float_and_its_batchnorm_folds_exactly(tmp_path):

@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from ..calib.data import Dataset, Preprocess, first_feeds, model_inputs
-from ..calib.ranges import compute_range
 from ..graph.placement import replace
-from ..graph.writer import build_model, share_ranges
+from ..graph.writer import build_model
 from ..errors import QdqError
 from ..progress import progress
 from .analysis import analyze
@@ -115,15 +114,13 @@ def end_to_end(result, layers: list, feeds: list, only: bool = True, quiet: bool
 
 def variant(result, keep_float: set) -> onnx.ModelProto:
     """``result``'s file (a :class:`qdq.pipeline.QuantizeResult`) with the layers ``keep_float`` (node
-    ids) in float too: the placement redone with its own skips and user choices, its ranges (new
-    tensors from its calibration, by its method), its bias corrections on the layers still INT8; trt10
-    form, unchecked (evaluated, never written)."""
+    ids) in float too: the placement redone with its own skips and user choices, its ranges made for
+    that placement by its range book (methods per tensor, known bounds, imported ranges, scale groups
+    shared anew, as mixed precision measured them), its bias corrections on the layers still INT8;
+    trt10 form, unchecked (evaluated, never written)."""
     keep = dict(result.placement.skipped)
     keep.update({q: "float (variant)" for q in keep_float})
     p = replace(result.index, result.placement, keep) if keep_float else result.placement
-    ranges = {t: result.ranges[t] if t in result.ranges else compute_range(result.calibration.stats[t], result.summary.method)
-              for t in p.activations}
-    given = {t for t, r in ranges.items() if r.method.startswith("imported")}
-    model, _ = build_model(result.float_model, result.index, p, share_ranges(p, ranges, result.calibration, given),
-                           "trt10", bias=result.bias, check=False)
+    model, _ = build_model(result.float_model, result.index, p, result.book.ranges(p), "trt10", bias=result.bias,
+                           check=False)
     return model
