@@ -75,3 +75,54 @@ def test_quantize_keeps_a_block_whole_and_inspect_flags_a_split(tmp_path):
     split = quantize(tmp_path / "attn.onnx", tmp_path / "data", quiet=True, exclude=["qk"], mixed_precision=False)
     found = [f for f in inspect_model(split.model).findings if f.rule == "QDQ010"]
     assert len(found) == 1 and "'qk' is float, 'av' INT8" in found[0].message
+
+
+def _heads_block(t: int = 32, d: int = 128, heads: int = 2) -> onnx.ModelProto:
+    """Self-attention as exporters write it for BERT-like models: Linear → Reshape to heads → Transpose
+    (K to [B, N, H, S]) → Q·Kᵀ → Div by √H → mask Add → Softmax → ·V → Transpose → Reshape → Linear."""
+    rng, dh = np.random.default_rng(2), d // heads
+    inits = [numpy_helper.from_array((rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32), k)
+             for k in ("wq", "wk", "wv", "wo")]
+    inits += [numpy_helper.from_array(np.array([1, t, heads, dh], np.int64), "to_heads"),
+              numpy_helper.from_array(np.array([1, t, d], np.int64), "merged"),
+              numpy_helper.from_array(np.float32(np.sqrt(dh)), "sqrt_h"),
+              numpy_helper.from_array(np.triu(np.full((t, t), -1e4, np.float32), 1), "mask")]
+    nodes = [helper.make_node("MatMul", ["x", f"w{k}"], [f"{k}0"], name=f"proj_{k}") for k in "qkv"]
+    nodes += [helper.make_node("Reshape", [f"{k}0", "to_heads"], [f"{k}r"], name=f"heads_{k}") for k in "qkv"]
+    nodes += [helper.make_node("Transpose", ["qr"], ["q"], name="t_q", perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["kr"], ["kt"], name="t_k", perm=[0, 2, 3, 1]),
+              helper.make_node("Transpose", ["vr"], ["v"], name="t_v", perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+              helper.make_node("Div", ["scores", "sqrt_h"], ["scaled"], name="scale_div"),
+              helper.make_node("Add", ["scaled", "mask"], ["masked"], name="mask_add"),
+              helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["probs", "v"], ["ctx"], name="av"),
+              helper.make_node("Transpose", ["ctx"], ["ctx_t"], name="t_ctx", perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ctx_t", "merged"], ["ctx_m"], name="merge"),
+              helper.make_node("MatMul", ["ctx_m", "wo"], ["y"], name="proj_o")]
+    g = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, t, d])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, t, d])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.slow
+def test_an_int8_attention_block_builds_as_one_fused_int8_attention_kernel(tmp_path):
+    """The placement quantizes Q, Kᵀ, V and the softmax output, the inputs TensorRT's fused attention
+    takes in INT8: TensorRT-RTX builds Q·Kᵀ, the softmax and ·V as one engine layer in INT8, and the
+    file's INT8 layers are the engine's (the graph input's Q runs alone, as any input's does)."""
+    from qdq.trt.backend import built_view
+
+    onnx.save(_heads_block(), tmp_path / "heads.onnx")
+    (tmp_path / "data").mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(24):
+        np.savez(tmp_path / "data" / f"s{k:02d}.npz", x=3 * rng.standard_normal((1, 32, 128)).astype(np.float32))
+    q = quantize(tmp_path / "heads.onnx", tmp_path / "data", quiet=True, mixed_precision=False, smoothquant="off")
+    view, why = built_view(q.model)
+    assert why is None, why
+    rows = {w["node"]: w for w in view.weighted}
+    assert rows["qk"]["engine_layer"] == rows["av"]["engine_layer"]
+    assert rows["qk"]["precision"] == rows["av"]["precision"] == "int8"
+    fused = next(x for x in view.layers if x.name == rows["qk"]["engine_layer"])
+    assert {"qk", "softmax", "av"} <= set(fused.onnx_nodes)
+    assert view.int8_layers == 6 and not [f for f in view.findings if f["kind"] == "int8 in the file, not in the engine"]
