@@ -474,3 +474,26 @@ def test_an_fp16_file_with_external_data_is_checked_from_its_weights_loaded(tmp_
     b.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(b) + np.asarray(99.5, numpy_helper.to_array(b).dtype), "b1"))
     with pytest.raises(QdqError, match=r"m.onnx: .*output 'y' .* dB away from your model \(first diverging tensor 'a'\)"):
         check_prepared(tmp_path / "m.onnx", bad, feeds, "m.onnx")
+
+
+def test_max_task_loss_does_not_act_on_a_figure_with_nothing_to_count(tmp_path):
+    """A detector named by the user that finds no box in FP32 on the held-back samples: its box F1 is
+    unmeasured there, so --max-task-loss says it did not act instead of chasing (or passing) a
+    vacuous 100 %."""
+    from qdq.measure.tasks import TaskOptions
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["z"], name="fc2"), helper.make_node("Sigmoid", ["z"], ["s"], name="sig"),
+             helper.make_node("Mul", ["s", "tenth"], ["p"], name="damp"),          # every score below 0.25: no box
+             helper.make_node("Transpose", ["p"], ["output0"], name="to_yolo", perm=[0, 2, 1])]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128, 64])],
+                          [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, 128])],
+                          [_init("w1", RNG.standard_normal((64, 64)) * 0.2), _init("w2", RNG.standard_normal((64, 6)) * 0.2),
+                           _init("tenth", np.float32(0.1))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    for k in range(30):
+        np.savez(tmp_path / f"{k:02d}.npz", x=RNG.standard_normal((1, 128, 64)).astype(np.float32))
+    s = quantize(m, tmp_path, quiet=True, max_task_loss=0.0, task=TaskOptions(task="detect", confirmed=True)).summary
+    assert any(w.startswith("--max-task-loss did not act: the task's f1 is unmeasured on the held-back samples "
+                            "(no boxes in either model)") for w in s.warnings), s.warnings
+    f1 = s.accuracy["task"]["figures"]["f1"]
+    assert f1["value"] is None or f1["value"] != f1["value"]

@@ -255,3 +255,26 @@ def test_a_share_seen_on_few_samples_keeps_its_uncertainty():
     m = Measurement(np.ones((4, 2)), Classify("y"), np.array([[1, 1, 1, 1]] * 4, np.float64))
     top1 = m.task_figures()["top1"]
     assert top1.value == 1.0 and top1.low == pytest.approx(0.5965, abs=1e-4) and top1.high == 1.0
+
+
+def test_nothing_to_count_is_unmeasured_never_perfect_agreement():
+    """A detector that finds nothing in either model on every sample has no box F1: NaN, not 100 %, and
+    the summary says why; the same for two CTC readers that both read nothing."""
+    import math
+
+    from qdq.report.text import task_line
+    empty = _yolov8([])
+    task = Detect("y", opts=TaskOptions(), layout="yolov8")
+    f = _figures(task, [({"y": empty}, {"y": empty})] * 3)
+    assert all(math.isnan(f[k]) for k in ("f1", "precision", "recall", "mean_iou"))
+    missed = _figures(task, [({"y": _yolov8([(50, 50, 20, 20, 0, .9)])}, {"y": empty})])
+    assert missed["f1"] == 0.0 and missed["recall"] == 0.0 and math.isnan(missed["precision"])
+    m = Measurement(np.ones((6, 2)), task, np.array([task.row({"y": empty}, {"y": empty}, {})] * 6))
+    figs = m.task_figures()
+    assert math.isnan(figs["f1"].value) and math.isnan(figs["f1"].low) and math.isnan(figs["f1"].high)
+    line = task_line({"name": "detect", "figures": {k: v.to_dict() for k, v in figs.items()}}, 6)
+    assert line.startswith("box F1 – (no boxes in either model, 6 samples)"), line
+    blank = np.zeros((1, 5, 3), np.float32)
+    blank[..., 0] = 1.0                                   # every step blank: nothing read
+    f = _figures(Ctc("y", blank=0), [({"y": blank}, {"y": blank})])
+    assert math.isnan(f["exact"]) and math.isnan(f["cer"])

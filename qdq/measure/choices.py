@@ -20,6 +20,7 @@ from ..trt.profile import device_speed
 from .autocast import raise_floor
 from .evaluate import DeviceModel, Measurement
 from .heldback import HeldBack
+from .tasks import UNMEASURED
 from .mixed_precision import Choice, by_unit, candidates, choose
 
 # what --method auto chooses among (entropy, the TensorRT calibrator's algorithm, clips saturated outputs)
@@ -226,6 +227,9 @@ def task_test(check: HeldBack, float_model: onnx.ModelProto, max_task_loss: floa
                       f"name it (--task {task.name}, or --task auto to accept the inference)")
     head = task.figures_of[0]
     best = check.ev.measure(float_model).task_figures()[head].value   # FP32 against itself
+    if best != best:
+        return None, (f"--max-task-loss did not act: the task's {head} is unmeasured on the held-back samples "
+                      f"({UNMEASURED.get(head, 'nothing to count')}); calibrate on data where the model finds something")
     return (lambda m: m.task_figures()[head].low >= best - max_task_loss), None
 
 

@@ -157,7 +157,7 @@ def _check(cause: Cause, ev: Evidence, qmodel: onnx.ModelProto, device, task, fe
 
 
 def _share(v: float) -> str:
-    return f"{v:.1%}" if 0.0 <= v <= 1.0 else f"{v:.3g}"
+    return "unmeasured" if v != v else (f"{v:.1%}" if 0.0 <= v <= 1.0 else f"{v:.3g}")
 
 
 def _gain_cause(ev: Evidence, named: list) -> list:

@@ -22,6 +22,8 @@ first figure of a task is its headline; every figure is "higher is better" excep
   CER = Σ edit distance / Σ FP32 string length.
 * ``segment`` — ``[N, C, H, W]`` class scores: per-pixel argmax agreement and the mean over classes of
   the IoU of the two argmax maps (classes present in either).
+* a figure with nothing to count on the samples (no box in either model, no text read by either, both
+  maps empty) is NaN, unmeasured, never a perfect agreement (:data:`UNMEASURED` says why);
 * a user metric ``module:function`` called with (FP32 outputs, quantized outputs) per sample, both
   ``{output name: array}``, returning a float (higher is better); pooled as the mean.
 """
@@ -87,8 +89,16 @@ class Task:
         return {"cer"}
 
 
-def _ratio(num, den, empty=1.0):
-    """num / den, ``empty`` where den is 0 (NaN for a mean over no matched boxes: there is none)."""
+# why a figure is unmeasured (NaN) on a set of samples: nothing to count is not agreement
+UNMEASURED = {"f1": "no boxes in either model", "box_f1": "no boxes in either model",
+              "precision": "no boxes in the quantized output", "recall": "no boxes in the FP32 output",
+              "mean_iou": "no matched boxes", "box_iou": "no matched boxes", "map_iou": "both maps empty",
+              "exact": "no text read by either model", "cer": "no text in the FP32 readings"}
+
+
+def _ratio(num, den, empty=np.nan):
+    """num / den, ``empty`` where den is 0: NaN (unmeasured, :data:`UNMEASURED` says why) unless the
+    figure has a value there by definition."""
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
 
@@ -195,7 +205,7 @@ class Detect(Task):
 
     def figures(self, sums):
         tp, fp, fn = sums[:, 0], sums[:, 1], sums[:, 2]
-        return {"f1": _f1(tp, fp, fn), "mean_iou": _ratio(sums[:, 3], tp, np.nan), "precision": _ratio(tp, tp + fp),
+        return {"f1": _f1(tp, fp, fn), "mean_iou": _ratio(sums[:, 3], tp), "precision": _ratio(tp, tp + fp),
                 "recall": _ratio(tp, tp + fn)}
 
 
@@ -260,7 +270,7 @@ class TextMap(Task):
 
     def figures(self, sums):
         return {"box_f1": _f1(sums[:, 2], sums[:, 3], sums[:, 4]), "map_iou": _ratio(sums[:, 0], sums[:, 1]),
-                "box_iou": _ratio(sums[:, 5], sums[:, 2], np.nan)}
+                "box_iou": _ratio(sums[:, 5], sums[:, 2])}
 
 
 def ctc_decode(probs: np.ndarray, blank: int) -> tuple:
@@ -301,7 +311,7 @@ class Ctc(Task):
         return out
 
     def figures(self, sums):
-        return {"exact": _ratio(sums[:, 1], sums[:, 0]), "cer": _ratio(sums[:, 2], sums[:, 3], empty=0.0)}
+        return {"exact": _ratio(sums[:, 1], sums[:, 0]), "cer": _ratio(sums[:, 2], sums[:, 3])}
 
 
 class Segment(Task):

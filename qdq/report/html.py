@@ -6,6 +6,7 @@ import math
 
 from ..calib.ranges import QMAX
 from ..graph.qdq_file import MIXED_FLOAT
+from ..measure.tasks import UNMEASURED
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -121,6 +122,10 @@ def _agreement(result) -> str:
         out += [f"<tr><td>{_e(label)}</td><td>{_db(f['value'])}</td><td>{_db(f['low'])} – {_db(f['high'])}</td></tr>"
                 for label, f in rows]
     for name, f in (t or {}).get("figures", {}).items():
+        if f["value"] is None or f["value"] != f["value"]:
+            out.append(f"<tr><td>{_e(t['name'])}: {_e(name)}</td><td>–</td>"
+                       f"<td>unmeasured: {_e(UNMEASURED.get(name, 'nothing to count'))}</td></tr>")
+            continue
         fmt = (lambda v: f"{v:.3g}") if name == "rank" or t["name"] == "metric" else (lambda v: f"{v:.1%}")
         out.append(f"<tr><td>{_e(t['name'])}: {_e(name)}</td><td>{fmt(f['value'])}</td>"
                    f"<td>{fmt(f['low'])} – {fmt(f['high'])}</td></tr>")

@@ -10,6 +10,7 @@ from ..calib.range_files import RangeFile, qdq_json_text
 from ..graph.index import GraphIndex
 from ..graph.placement import Placement, served_layers
 from ..graph.shapes import shape_text
+from ..measure.metrics import json_safe
 from ..modelio import atomic_write_text, opset_of
 from ..version import __version__
 
@@ -44,7 +45,8 @@ class Summary:
     engine: dict | None = None                      # what TensorRT built (CLI, when TensorRT-RTX is installed)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The summary as JSON takes it: NaN and ±inf as null (:func:`qdq.measure.metrics.json_safe`)."""
+        return json_safe(asdict(self))
 
 
 def tensor_names(idx: GraphIndex) -> set:
@@ -139,7 +141,8 @@ def metadata(f: RunFacts) -> dict:
                     qdq_heldout_samples=str(acc["held_back_samples"]))
         if acc["task"]["figures"]:
             head, fig = next(iter(acc["task"]["figures"].items()))
-            meta["qdq_heldout_task"] = f"{acc['task']['name']} {head} {fig['value']:.4f} ({fig['low']:.4f}–{fig['high']:.4f})"
+            meta["qdq_heldout_task"] = (f"{acc['task']['name']} {head} {fig['value']:.4f} ({fig['low']:.4f}–{fig['high']:.4f})"
+                                        if fig["value"] == fig["value"] else f"{acc['task']['name']} {head} unmeasured")
     return meta
 
 

@@ -9,6 +9,7 @@ import json
 import sys
 
 from ..graph.shapes import shape_text
+from ..measure.tasks import UNMEASURED
 
 
 def console(file=None):
@@ -105,11 +106,12 @@ def print_summary(summary, top: int = 12, file=None) -> None:
         con.print(f"wrote {summary.output}", style="bold")
 
 
-def _fig(value, interval, samples=None, unit="dB") -> str:
-    """``23.8 dB (21.9–25.1, 12 samples)``, or a share ``96.0% (91.0–99.0%, 12 samples)``."""
+def _fig(value, interval, samples=None, unit="dB", unmeasured="nothing to count") -> str:
+    """``23.8 dB (21.9–25.1, 12 samples)``, a share ``96.0% (91.0–99.0%, 12 samples)``, or
+    ``– (no boxes in either model, 12 samples)`` where ``value`` is unmeasured (None or NaN)."""
     n = f", {samples} samples" if samples else ""
     if value is None or value != value:
-        return "– (no matched boxes)"
+        return f"– ({unmeasured}{n})"
     if unit == "dB":
         one = lambda v: "inf" if v == float("inf") else ("-inf" if v == float("-inf") else f"{v:.1f}")  # noqa: E731
         return f"{one(value)} dB ({one(interval[0])}–{one(interval[1])}{n})"
@@ -127,7 +129,8 @@ def task_line(task: dict, samples: int | None = None) -> str:
     parts = []
     for k, f in task["figures"].items():
         unit = "x" if k == "rank" or task["name"] == "metric" else ""
-        parts.append(f"{names.get(k, k)} {_fig(f['value'], (f['low'], f['high']), samples if not parts else None, unit)}")
+        parts.append(f"{names.get(k, k)} "
+                     f"{_fig(f['value'], (f['low'], f['high']), samples if not parts else None, unit, UNMEASURED.get(k, 'nothing to count'))}")
     return ", ".join(parts)
 
 
