@@ -168,7 +168,7 @@ def _pixel_yolo(anchors, classes, v8):
 
 IMG64, IMG640 = {"x": np.zeros((1, 3, 64, 64), np.float32)}, {"images": np.zeros((1, 3, 640, 640), np.float32)}
 AUDIO = {"audio": np.zeros((1, 16000), np.float32)}
-TABLE = [   # (outputs, feed, expected task, words in the reason): 24 outputs, real shapes, synthetic values
+TABLE = [   # (outputs, feed, expected task, words in the reason): 25 outputs, real shapes, synthetic values
     ({"logits": RNG.standard_normal((1, 1000))}, IMG64, "classify", "named like class scores"),
     ({"output": _softmax(RNG.standard_normal((1, 2)))}, IMG64, "classify", "2 probabilities"),    # 2 classes
     ({"y": _softmax(RNG.standard_normal((1, 4)))}, IMG64, "classify", "4 probabilities"),
@@ -191,6 +191,8 @@ TABLE = [   # (outputs, feed, expected task, words in the reason): 24 outputs, r
     ({"out": _ctc(26, 37, [1, 2, 3], probs=False)}, {"x": np.zeros((1, 1, 64, 416), np.float32)}, "ctc", "blank 0 the commonest"),
     ({"logits": _ctc(20, 37, [1, 2, 3], time_major=True, probs=False, blank=36)}, {"image": np.zeros((1, 3, 60, 160), np.float32)},
      "ctc", "blank 36 the commonest"),                                        # TensorFlow/Keras: the last class
+    ({"transpose_2.tmp_0": 0.3 * _ctc(1900, 10, [1, 2, 3])}, {"image": np.zeros((1, 3, 800, 608), np.float32)}, "none",
+     "not a CTC distribution"),       # a dense head's per-class sigmoid scores (PicoDet), blank-like class 0 commonest
     ({"sigmoid_0.tmp_0": _db_map()}, IMG64, "textmap", "DB text detector"),
     ({"focus": _blob()}, IMG64, "none", "not a DB text map"),                              # a smooth saliency map
     ({"p": RNG.uniform(0, 1, (1, 1, 64, 64)).astype(np.float32)}, IMG64, "none", "not a DB text map"),

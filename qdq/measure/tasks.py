@@ -569,32 +569,39 @@ def _ctc_evidence(v: np.ndarray, blank: int, time_major: bool) -> tuple:
 
 
 def _detect_3d(name, v, b, feed, opts, where, strict=True) -> tuple:
-    """Rank-3 outputs: CTC sequences (a blank column the argmax of many steps, and a reading), YOLO-style
-    boxes (pixel boxes of an image input, scores in [0, 1])."""
+    """Rank-3 outputs: CTC sequences (:func:`_ctc`), YOLO-style boxes (pixel boxes of an image input,
+    scores in [0, 1])."""
+    out, notes = _ctc(name, v, b, opts, where, strict)
+    yolo, why = _yolo(name, v, b, feed, opts, where, strict)
+    return yolo + out, ([] if yolo else [why]) + ([] if out else notes)
+
+
+def _ctc(name, v, b, opts, where, strict) -> tuple:
+    """A CTC sequence, batch or time first: a blank column the argmax of many steps and a reading, from
+    logits, log-probabilities or probabilities over the classes (CTC trains through a softmax), never
+    independent per-class scores in [0, 1].  Returns ([Ctc] or [], notes on what it lacks)."""
     n, d1, d2 = v.shape
-    out, notes = [], []
+    if strict and v.min() >= 0 and v.max() <= 1 and not _probabilities(v, -1):
+        return [], ["scores in [0, 1] that do not sum to 1 over the classes (independent per-class scores, as a "
+                    "sigmoid gives): not a CTC distribution"]
     blanks = (opts.blank,) if opts.blank is not None else (0, d2 - 1)   # the two conventions: first or last class
+    notes = []
     for time_major, steps in ((False, d1), (True, n)):
         batch_ok = (d1 == b and n >= 2) if time_major else (n == b and d1 >= 2)
         if not batch_ok or d2 < 3 or not all(0 <= k < d2 for k in blanks):
             continue
         first = ", time first" if time_major else ""
         if not strict:
-            out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first} (CTC sequence, blank {blanks[0]})", opts,
-                           time_major, blanks[0]))
-            break
+            return [Ctc(name, f"{where}: {steps} steps × {d2} classes{first} (CTC sequence, blank {blanks[0]})", opts,
+                        time_major, blanks[0])], notes
         for blank in blanks:
             blank_share, reads = _ctc_evidence(v, blank, time_major)
             if blank_share >= CTC_BLANK_SHARE and reads:
-                out.append(Ctc(name, f"{where}: {steps} steps × {d2} classes{first}, blank {blank} the commonest class "
-                                     f"({blank_share:.0%} of the steps) and a reading (CTC sequence)", opts, time_major, blank))
-                break
-        if out:
-            break
+                return [Ctc(name, f"{where}: {steps} steps × {d2} classes{first}, blank {blank} the commonest class "
+                                  f"({blank_share:.0%} of the steps) and a reading (CTC sequence)", opts, time_major, blank)], notes
         notes.append(f"no blank ({' or '.join(map(str, blanks))}) the commonest class on {CTC_BLANK_SHARE:.0%} or more of "
                      f"the steps{first}: not a CTC sequence")
-    yolo, why = _yolo(name, v, b, feed, opts, where, strict)
-    return yolo + out, ([] if yolo else [why]) + ([] if out else notes)
+    return [], notes
 
 
 def _pixel_boxes(box: np.ndarray, size) -> bool:
