@@ -29,6 +29,14 @@ def test_classify_top1_top5_and_rank():
     assert _figures(Classify("y"), [({"y": ref}, {"y": ref})]) == {"top1": 1.0, "top5": 1.0, "rank": 1.0}
 
 
+def test_top5_is_not_given_where_five_classes_are_all():
+    """A 4-class classifier's top-5 agreement is 100 % by construction: not a figure."""
+    four = _softmax(RNG.standard_normal((1, 4)))
+    t = choose_task({"y": four}, IMG64, TaskOptions())
+    assert t.figures_of == ("top1", "rank") and set(_figures(t, [({"y": four}, {"y": four[:, ::-1]})])) == {"top1", "rank"}
+    assert choose_task({"logits": RNG.standard_normal((1, 6))}, IMG64, TaskOptions()).figures_of == ("top1", "top5", "rank")
+
+
 def _yolov8(boxes, classes=2, anchors=200):
     """[1, 4 + classes, anchors]: boxes (cx, cy, w, h, class, score) on the first anchors, others scoring 0."""
     out = np.zeros((1, 4 + classes, anchors), np.float32)

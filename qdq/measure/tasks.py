@@ -5,7 +5,8 @@ pooled figures are computed from the summed rows, so a figure over samples, its 
 (:func:`qdq.measure.metrics.bootstrap`) and each sample's own figure come from one definition.  The
 first figure of a task is its headline; every figure is "higher is better" except ``cer``.
 
-* ``classify`` — top-1 agreement, top-5 agreement (FP32's top-1 among the quantized top 5), and the
+* ``classify`` — top-1 agreement, top-5 agreement (FP32's top-1 among the quantized top 5; not given
+  for 5 classes or fewer, where it is always 100 %), and the
   mean rank (1 = first) of FP32's top-1 class in the quantized scores.
 * ``detect`` — boxes decoded from the common layouts (``[N, 4+C, A]`` anchor-free as YOLOv8/v11 with
   class scores; ``[N, A, 5+C]`` with objectness as YOLOv5/YOLOX, raw YOLOX heads decoded on their
@@ -106,6 +107,11 @@ def _ratio(num, den, empty=np.nan):
 class Classify(Task):
     name, columns, figures_of = "classify", ("rows", "top1", "top5", "rank"), ("top1", "top5", "rank")
 
+    def __init__(self, output=None, reason="", opts=None, classes: int | None = None):
+        super().__init__(output, reason, opts)
+        if classes is not None and classes <= 5:   # the top 5 hold every class: a figure always 100 %
+            self.figures_of = ("top1", "rank")
+
     def row(self, ref, q, feed):
         r, s = ref[self.output].reshape(len(ref[self.output]), -1), q[self.output].reshape(len(q[self.output]), -1)
         r1 = r.argmax(1)
@@ -114,8 +120,9 @@ class Classify(Task):
         return np.array([len(r), (s.argmax(1) == r1).sum(), (rank <= 5).sum(), rank.sum()], np.float64)
 
     def figures(self, sums):
-        return {"top1": _ratio(sums[:, 1], sums[:, 0]), "top5": _ratio(sums[:, 2], sums[:, 0]),
-                "rank": _ratio(sums[:, 3], sums[:, 0])}
+        out = {"top1": _ratio(sums[:, 1], sums[:, 0]), "top5": _ratio(sums[:, 2], sums[:, 0]),
+               "rank": _ratio(sums[:, 3], sums[:, 0])}
+        return {k: out[k] for k in self.figures_of}
 
     @property
     def lower_is_better(self):
@@ -519,11 +526,12 @@ def _classify(name, v, b, opts, strict, where) -> tuple:
     if v.shape[0] != b or v.shape[1] < 2:
         return [], ["one value per sample"]
     if not strict:
-        return [Classify(name, f"{where}: one score per class", opts)], []
+        return [Classify(name, f"{where}: one score per class", opts, classes=v.shape[1])], []
     if _probabilities(v, 1):
-        return [Classify(name, f"{where}: rows of {v.shape[1]} probabilities summing to 1 (class scores)", opts)], []
+        return [Classify(name, f"{where}: rows of {v.shape[1]} probabilities summing to 1 (class scores)", opts,
+                         classes=v.shape[1])], []
     if _words(name, _CLASS_WORDS):
-        return [Classify(name, f"{where}: named like class scores, {v.shape[1]} per row", opts)], []
+        return [Classify(name, f"{where}: named like class scores, {v.shape[1]} per row", opts, classes=v.shape[1])], []
     return [], ["rows are not probabilities and the name does not say logits/scores/probs"]
 
 
