@@ -77,6 +77,24 @@ def test_subgraphs_are_left_alone_and_reported(effnet, tmp_path):
     assert all(n.op_type == "Mul" for a in if_node.attribute for n in a.g.node)
 
 
+def test_layers_only_inside_control_flow_are_a_clear_error(tmp_path):
+    """A model whose layers all sit in an If's branches (silero-vad's export) is named as such, with what to do."""
+    branch = lambda name: helper.make_graph(  # noqa: E731
+        [helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_y"])], name, [],
+        [helper.make_tensor_value_info(f"{name}_y", onnx.TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array(np.ones((16, 16), np.float32), f"{name}_w")])
+    g = helper.make_graph([helper.make_node("If", ["cond"], ["y"], name="by_rate", then_branch=branch("a"), else_branch=branch("b"))],
+                          "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16]),
+                                helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 16])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "if.onnx")
+    (tmp_path / "d").mkdir()
+    np.savez(tmp_path / "d" / "0.npz", x=np.ones((1, 16), np.float32), cond=np.array(True))
+    with pytest.raises(QdqError, match=r"its 2 weighted layers are inside the subgraphs of If nodes, which qdq does not "
+                                       r"quantize: export the branch you run as a plain graph"):
+        quantize(tmp_path / "if.onnx", tmp_path / "d", quiet=True)
+
+
 def test_external_data_is_read_written_and_confined(effnet, tmp_path, monkeypatch):
     m = onnx.load(str(effnet.model))
     src = tmp_path / "ext" / "model.onnx"

@@ -447,9 +447,25 @@ class _UnionFind:
         return [sorted(v) for v in out.values()]
 
 
+def _nested_layers(graph) -> int:
+    """Weighted layers inside the subgraphs of ``graph``'s nodes (If, Loop, Scan bodies), at any depth."""
+    count = 0
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == a.GRAPH else list(a.graphs)):
+                count += sum(n.op_type in WEIGHTED for n in sub.node) + _nested_layers(sub)
+    return count
+
+
 def why_none(idx: GraphIndex, plan: Placement) -> str:
     """Why a placement quantizes no layer, from its skip reasons (the commonest first)."""
     if not plan.skipped:
+        nested = _nested_layers(idx.model.graph)
+        if nested:
+            flow = sorted({n.op_type for n in idx.nodes if any(a.type in (a.GRAPH, a.GRAPHS) for a in n.attribute)})
+            return (f"the main graph has no Conv, ConvTranspose, Gemm or MatMul; its {nested} weighted layers are inside the "
+                    f"subgraphs of {'/'.join(flow)} nodes, which qdq does not quantize: export the branch you run "
+                    "as a plain graph (its condition fixed, loops unrolled)")
         return "the model has no Conv, ConvTranspose, Gemm or MatMul"
     kinds: dict = {}   # the same rule with other numbers is one kind
     for pos, why in plan.skipped:
