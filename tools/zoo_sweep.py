@@ -4,7 +4,7 @@ for trt8, trt10 and trt11, ``compare --layerwise`` of each file on the model's h
 task inferred and why, the INT8 share of the MACs and where the layers' dims came from, any layer whose
 MACs stay unknown, each output's SQNR (the worst named), the engine's INT8 share, and any failure.
 
-  python tools/zoo_sweep.py                              # all models (tools/datasets.py), 40 samples each
+  python tools/zoo_sweep.py                              # all models (tools/datasets.py, MORE too), 40 samples each
   python tools/zoo_sweep.py --models ppocr_cls captcha --limit 60 --json docs/zoo.json --markdown docs/zoo.md
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def markdown(rows: list) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="*", default=[m for m in datasets.MODELS if m not in SKIP])
+    p.add_argument("--models", nargs="*", default=[m for m in {**datasets.MODELS, **datasets.MORE} if m not in SKIP])
     p.add_argument("--targets", nargs="*", default=list(TARGETS))
     p.add_argument("--limit", type=int, default=40, help="calibration and compare samples per model")
     p.add_argument("--json", type=Path)

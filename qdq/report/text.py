@@ -46,6 +46,25 @@ def summary_json(summary) -> str:
 def print_summary(summary, top: int = 12, file=None) -> None:
     """A rich table on ``file`` (stdout): coverage, skipped layers, the widest-clipping tensors."""
     con = console(file)
+    _coverage_lines(con, summary)
+    if summary.accuracy:
+        print_held_back(con, summary)
+    _layer_tables(con, summary, top)
+    if summary.ranges_import:
+        _import_lines(con, summary.ranges_import)
+    if summary.engine:
+        e = summary.engine
+        con.print(f"as TensorRT builds it: {e['int8_layers']}/{e['weighted_layers']} weighted layers in INT8 "
+                  f"({e['int8_mac_share']:.1%} of their MACs); {len(e['findings'])} findings (qdq check --layers)")
+    diagnosis_lines(con, summary.diagnosis)
+    for w in summary.warnings:
+        con.print(f"warning: {w}", style="yellow")
+    if summary.output:
+        con.print(f"wrote {summary.output}", style="bold")
+
+
+def _coverage_lines(con, summary) -> None:
+    """The run's first two lines: model, target, method and samples; INT8 layers, MACs and Q/DQ pairs."""
     n_q, n_all = len(summary.quantized_layers), summary.weighted_layers
     con.print(f"{summary.model} → target {summary.target}, opset {summary.opset}, "
               f"method {summary.method}, {summary.samples} calibration samples")
@@ -58,8 +77,10 @@ def print_summary(summary, top: int = 12, file=None) -> None:
     con.print(f"INT8 weighted layers: {n_q}/{n_all} ({share}" + (f"{where} at {at}" if at else where) + "); "
               f"Q/DQ pairs: {len(summary.activations)} activations, {len(summary.weights)} weights (per-channel); "
               f"bias correction: {summary.bias_correction} ({summary.bias_corrected} layers)")
-    if summary.accuracy:
-        print_held_back(con, summary)
+
+
+def _layer_tables(con, summary, top: int) -> None:
+    """Layers mixed precision floated, layers the placement rules left float, the most clipped ranges."""
     if summary.float_layers:
         t = table("kept in float by mixed precision (costliest INT8 per MAC first)", ("node", "op", "MACs", "its INT8 would cost dB"))
         for f in sorted(summary.float_layers, key=lambda f: -f["cost_db"]):
@@ -78,32 +99,25 @@ def print_summary(summary, top: int = 12, file=None) -> None:
         clipped = "–" if a["clipped"] is None else f"{a['clipped']:.3%}"
         t.add_row(name, f"{a['amax']:.5g}", f"{a['scale']:.5g}", clipped, a["method"], a["reason"])
     con.print(t)
-    imp = summary.ranges_import
-    if imp:
-        con.print(f"ranges from {imp['file']} ({imp['kind']}): {imp['applied']} applied, "
-                  f"{len(imp['unused'])} not applied, {len(imp['not_in_model'])} not in the model, "
-                  f"{len(imp['zero'])} zero entries")
-        for t, others in imp.get("shared", {}).items():
-            if others:
-                con.print(f"  {t}: shares one scale with {len(others)} tensor{'s' * (len(others) != 1)} "
-                          f"({', '.join(others[:3])}{' …' if len(others) > 3 else ''}): your range is theirs too")
-        for group in imp.get("unshared_groups", []):
-            con.print(f"  {', '.join(group)}: your ranges differ inside one scale group, which is left unshared "
-                      "(TensorRT reformats between them: qdq inspect QDQ004)")
-        for u in imp["unused"]:
-            con.print(f"  not applied: {u['tensor']}: {u['reason']}")
-        for label, key in (("not in the model", "not_in_model"), ("zero", "zero")):
-            if imp[key]:
-                con.print(f"  {label}: {', '.join(imp[key][:8])}" + (" …" if len(imp[key]) > 8 else ""))
-    if summary.engine:
-        e = summary.engine
-        con.print(f"as TensorRT builds it: {e['int8_layers']}/{e['weighted_layers']} weighted layers in INT8 "
-                  f"({e['int8_mac_share']:.1%} of their MACs); {len(e['findings'])} findings (qdq check --layers)")
-    diagnosis_lines(con, summary.diagnosis)
-    for w in summary.warnings:
-        con.print(f"warning: {w}", style="yellow")
-    if summary.output:
-        con.print(f"wrote {summary.output}", style="bold")
+
+
+def _import_lines(con, imp: dict) -> None:
+    """What an imported ranges file applied, shared, left unused, or named wrongly."""
+    con.print(f"ranges from {imp['file']} ({imp['kind']}): {imp['applied']} applied, "
+              f"{len(imp['unused'])} not applied, {len(imp['not_in_model'])} not in the model, "
+              f"{len(imp['zero'])} zero entries")
+    for t, others in imp.get("shared", {}).items():
+        if others:
+            con.print(f"  {t}: shares one scale with {len(others)} tensor{'s' * (len(others) != 1)} "
+                      f"({', '.join(others[:3])}{' …' if len(others) > 3 else ''}): your range is theirs too")
+    for group in imp.get("unshared_groups", []):
+        con.print(f"  {', '.join(group)}: your ranges differ inside one scale group, which is left unshared "
+                  "(TensorRT reformats between them: qdq inspect QDQ004)")
+    for u in imp["unused"]:
+        con.print(f"  not applied: {u['tensor']}: {u['reason']}")
+    for label, key in (("not in the model", "not_in_model"), ("zero", "zero")):
+        if imp[key]:
+            con.print(f"  {label}: {', '.join(imp[key][:8])}" + (" …" if len(imp[key]) > 8 else ""))
 
 
 def _fig(value, interval, samples=None, unit="dB", unmeasured="nothing to count") -> str:
