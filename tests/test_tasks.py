@@ -288,3 +288,17 @@ def test_nothing_to_count_is_unmeasured_never_perfect_agreement():
     blank[..., 0] = 1.0                                   # every step blank: nothing read
     f = _figures(Ctc("y", blank=0), [({"y": blank}, {"y": blank})])
     assert math.isnan(f["exact"]) and math.isnan(f["cer"])
+
+
+def test_boxes_lost_at_the_threshold_are_told_apart():
+    """A box FP32 scores 0.27 that INT8 scores under 0.25, and one INT8 scores 0.26 that FP32 lacks, sit at
+    the threshold; a 0.8 box only INT8 finds does not: 2 of the 3 differing boxes are borderline."""
+    ref = _yolov8([(50, 50, 20, 20, 0, .9), (150, 150, 20, 20, 0, .27)])
+    q = _yolov8([(50, 50, 20, 20, 0, .9), (150, 150, 20, 20, 0, .24), (100, 30, 20, 20, 1, .26), (30, 100, 20, 20, 1, .8)])
+    task = Detect("y", opts=TaskOptions(), layout="yolov8")
+    row = task.row({"y": ref}, {"y": q}, {})
+    assert row.tolist() == [1, 2, 1, pytest.approx(1.0), 2]
+    assert task.explain(row) == ("2 of the 3 boxes only one model finds score below 1.25× the 0.25 threshold in it, "
+                                 "scores that crossed it; 1 score higher")
+    m = Measurement(np.ones((1, 2)), task, row[None])
+    assert m.task_note() == task.explain(row) and task.explain(task.row({"y": ref}, {"y": ref}, {})) == ""

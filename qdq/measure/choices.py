@@ -20,8 +20,8 @@ from ..trt.profile import device_speed
 from .autocast import raise_floor
 from .evaluate import DeviceModel, Measurement
 from .heldback import HeldBack
-from .tasks import UNMEASURED
 from .mixed_precision import Choice, by_unit, candidates, choose
+from .tasks import UNMEASURED
 
 # what --method auto chooses among (entropy, the TensorRT calibrator's algorithm, clips saturated outputs)
 AUTO_METHODS = ("mse", "percentile", "max")

@@ -339,7 +339,7 @@ class _Accumulators:
         if self.task is not None:
             result.task = {"name": self.task.name, "reason": self.task.reason,
                            "figures": {k: f.to_dict() for k, f in m.task_figures().items()},
-                           "per_sample": m.per_sample()}
+                           "note": m.task_note(), "per_sample": m.per_sample()}
         result.budget = self.pools.budget_db()
         return result
 

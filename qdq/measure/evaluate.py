@@ -103,6 +103,12 @@ class Measurement:
             out[name] = Figure(value, lo, hi, len(rows), unit)
         return out
 
+    def task_note(self) -> str:
+        """The task's words on where its disagreement comes from, over every sample ("" when none)."""
+        if self.task is None or self.task_rows is None or not len(self.task_rows):
+            return ""
+        return self.task.explain(self.task_rows.sum(0))
+
     def per_sample(self) -> list:
         """Each sample's own figures: the SQNR of the worst output and the task's."""
         out, j = [], self.names.index(self.worst)

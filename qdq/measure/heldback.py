@@ -57,7 +57,7 @@ class HeldBack:
         if self.task.name != "none":
             out["task"] = {"name": self.task.name, "reason": self.task.reason,
                            "figures": {k: f.to_dict() for k, f in final.task_figures().items()},
-                           "robust": {k: f.to_dict() for k, f in robust.task_figures().items()}}
+                           "robust": {k: f.to_dict() for k, f in robust.task_figures().items()}, "note": final.task_note()}
         else:
             out["task"] = {"name": "none", "reason": self.task.reason, "figures": {}}
         return out

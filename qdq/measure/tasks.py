@@ -13,7 +13,8 @@ first figure of a task is its headline; every figure is "higher is better" excep
   stride-8/16/32 grids; DETR-style boxes ``[N, Q, 4]`` (cx, cy, w, h, normalised) + logits
   ``[N, Q, C+1]``), kept above ``score`` and through class-wise NMS at ``nms`` IoU (not for DETR), then
   F1 of the quantized detections against the FP32 ones (same class, IoU ≥ ``iou``, greedy by score)
-  and the mean IoU of the matched pairs.
+  and the mean IoU of the matched pairs; the boxes only one model finds are told apart by their score
+  in it: below :data:`BORDER` × the threshold, a score that crossed it.
 * ``textmap`` — DB-style probability maps ``[N, 1, H, W]``: IoU of the maps binarised at ``map_thresh``
   (PaddleOCR's 0.3), and F1 of the boxes of their 4-connected components whose mean probability
   reaches ``box_thresh`` (0.6) at IoU ≥ ``iou``.
@@ -46,6 +47,9 @@ _CLASS_WORDS = ("logit", "score", "prob", "softmax", "class", "cls")
 DB_BINARY_SHARE = 0.5
 # a CTC sequence: its blank is the commonest argmax, on at least this share of the steps
 CTC_BLANK_SHARE = 0.1
+# a detection scoring below this many times the score threshold is borderline: a small change of its
+# score drops it or lets it in
+BORDER = 1.25
 
 
 @dataclass
@@ -84,6 +88,10 @@ class Task:
     def figures(self, sums: np.ndarray) -> dict:
         """Pooled figures from summed rows ``sums`` (m, k): name → (m,) values."""
         raise NotImplementedError
+
+    def explain(self, total: np.ndarray) -> str:
+        """Where the disagreement of the summed rows ``total`` (k,) comes from, in words ("" for nothing to say)."""
+        return ""
 
     @property
     def lower_is_better(self) -> set:
@@ -145,17 +153,23 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def match(ref_boxes, ref_cls, q_boxes, q_cls, q_scores, iou: float) -> tuple:
-    """Greedy matching, highest quantized score first, same class, IoU ≥ ``iou``: (tp, fp, fn, Σ IoU)."""
+def pairs(ref_boxes, ref_cls, q_boxes, q_cls, q_scores, iou: float) -> list:
+    """Greedy matching, highest quantized score first, same class, IoU ≥ ``iou``: [(q index, ref index, IoU)]."""
     m = _iou_matrix(q_boxes, ref_boxes)
-    taken, tp, total = set(), 0, 0.0
+    taken, out = set(), []
     for i in np.argsort(-np.asarray(q_scores), kind="stable"):
         cands = [(m[i, j], j) for j in range(len(ref_boxes)) if j not in taken and ref_cls[j] == q_cls[i] and m[i, j] >= iou]
         if cands:
             best, j = max(cands)
             taken.add(j)
-            tp, total = tp + 1, total + best
-    return tp, len(q_boxes) - tp, len(ref_boxes) - tp, total
+            out.append((i, j, best))
+    return out
+
+
+def match(ref_boxes, ref_cls, q_boxes, q_cls, q_scores, iou: float) -> tuple:
+    """:func:`pairs` counted: (tp, fp, fn, Σ IoU)."""
+    found = pairs(ref_boxes, ref_cls, q_boxes, q_cls, q_scores, iou)
+    return len(found), len(q_boxes) - len(found), len(ref_boxes) - len(found), sum(x for _, _, x in found)
 
 
 def _nms(boxes, scores, classes, iou: float) -> np.ndarray:
@@ -171,7 +185,7 @@ def _nms(boxes, scores, classes, iou: float) -> np.ndarray:
 
 
 class Detect(Task):
-    name, columns, figures_of = "detect", ("tp", "fp", "fn", "iou"), ("f1", "mean_iou", "precision", "recall")
+    name, columns, figures_of = "detect", ("tp", "fp", "fn", "iou", "near"), ("f1", "mean_iou", "precision", "recall")
 
     def __init__(self, output, reason="", opts=None, layout="yolov8", boxes_output=None, grid=None):
         super().__init__(output, reason, opts)
@@ -203,17 +217,30 @@ class Detect(Task):
         return boxes[k], scores[k], cls[k]
 
     def row(self, ref, q, feed):
-        out = np.zeros(4)
+        """(tp, fp, fn, Σ IoU of the pairs, near): ``near`` counts the boxes one model only finds that score
+        below :data:`BORDER` × the threshold in it (a score that crossed the threshold, not a lost object)."""
+        out, border = np.zeros(5), BORDER * self.opts.score
         for b in range(len(ref[self.output])):
-            rb, _, rc = self.decode(ref, b)
+            rb, rs, rc = self.decode(ref, b)
             qb, qs, qc = self.decode(q, b)
-            out += match(rb, rc, qb, qc, qs, self.opts.iou)
+            found = pairs(rb, rc, qb, qc, qs, self.opts.iou)
+            alone_q = np.setdiff1d(np.arange(len(qb)), [i for i, _, _ in found])
+            alone_r = np.setdiff1d(np.arange(len(rb)), [j for _, j, _ in found])
+            near = (qs[alone_q] < border).sum() + (rs[alone_r] < border).sum()
+            out += [len(found), len(alone_q), len(alone_r), sum(x for _, _, x in found), near]
         return out
 
     def figures(self, sums):
         tp, fp, fn = sums[:, 0], sums[:, 1], sums[:, 2]
         return {"f1": _f1(tp, fp, fn), "mean_iou": _ratio(sums[:, 3], tp), "precision": _ratio(tp, tp + fp),
                 "recall": _ratio(tp, tp + fn)}
+
+    def explain(self, total: np.ndarray) -> str:
+        differ, near = int(total[1] + total[2]), int(total[4])
+        if not differ:
+            return ""
+        return (f"{near} of the {differ} boxes only one model finds score below {BORDER:g}× the {self.opts.score:g} "
+                f"threshold in it, scores that crossed it" + (f"; {differ - near} score higher" if differ > near else ""))
 
 
 def _xyxy(cxcywh: np.ndarray) -> np.ndarray:

@@ -132,6 +132,8 @@ def _agreement(result) -> str:
     out.append("</table>")
     if t is not None:
         out.append(f"<p class='note'>task: {_e(t['name'])} ({_e(t['reason'])})</p>")
+        if t.get("note"):
+            out.append(f"<p class='note'>{_e(t['note'])}</p>")
     return "".join(out)
 
 

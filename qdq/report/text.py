@@ -135,7 +135,8 @@ def _fig(value, interval, samples=None, unit="dB", unmeasured="nothing to count"
 
 
 def task_line(task: dict, samples: int | None = None) -> str:
-    """The task's figures in one line: ``box F1 96.0% (91.0–99.0%, 12 samples), map IoU …``."""
+    """The task's figures in one line: ``box F1 96.0% (91.0–99.0%, 12 samples), map IoU …``, and its
+    words on where the disagreement comes from."""
     names = {"top1": "top-1 agreement", "top5": "top-5 agreement", "rank": "mean rank of FP32's top-1",
              "f1": "box F1", "mean_iou": "mean IoU of matched boxes", "precision": "precision", "recall": "recall",
              "box_f1": "box F1", "map_iou": "map IoU", "box_iou": "box IoU", "exact": "exact strings",
@@ -145,7 +146,7 @@ def task_line(task: dict, samples: int | None = None) -> str:
         unit = "x" if k == "rank" or task["name"] == "metric" else ""
         parts.append(f"{names.get(k, k)} "
                      f"{_fig(f['value'], (f['low'], f['high']), samples if not parts else None, unit, UNMEASURED.get(k, 'nothing to count'))}")
-    return ", ".join(parts)
+    return ", ".join(parts) + (f" ({task['note']})" if task.get("note") else "")
 
 
 def _remainder_text(summary) -> str:
