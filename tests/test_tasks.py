@@ -297,8 +297,23 @@ def test_boxes_lost_at_the_threshold_are_told_apart():
     q = _yolov8([(50, 50, 20, 20, 0, .9), (150, 150, 20, 20, 0, .24), (100, 30, 20, 20, 1, .26), (30, 100, 20, 20, 1, .8)])
     task = Detect("y", opts=TaskOptions(), layout="yolov8")
     row = task.row({"y": ref}, {"y": q}, {})
-    assert row.tolist() == [1, 2, 1, pytest.approx(1.0), 2]
-    assert task.explain(row) == ("2 of the 3 boxes only one model finds score below 1.25× the 0.25 threshold in it, "
-                                 "scores that crossed it; 1 score higher")
+    assert row.tolist() == [1, pytest.approx(1.0), 2, 1, 2]     # tp, Σ IoU, fp, fn, near
+    assert task.explain(row) == ("3 boxes found by one model only: 2 with a score under 1.25× the 0.25 threshold in "
+                                 "that model, scores that crossed it; 1 with a higher score")
     m = Measurement(np.ones((1, 2)), task, row[None])
     assert m.task_note() == task.explain(row) and task.explain(task.row({"y": ref}, {"y": ref}, {})) == ""
+
+
+def test_text_boxes_lost_at_the_box_threshold_are_told_apart():
+    """A DB map's text box whose mean probability drops from 0.7 to 0.55 crosses the 0.6 box threshold:
+    told apart from the agreement figures, which stay as they were."""
+    ref = np.full((1, 1, 40, 60), 0.01, np.float32)
+    ref[0, 0, 5:15, 5:30], ref[0, 0, 25:35, 5:30] = 0.95, 0.7
+    q = ref.copy()
+    q[0, 0, 25:35, 5:30] = 0.55
+    task = TextMap("y", opts=TaskOptions())
+    row = task.row({"y": ref}, {"y": q}, {})
+    f = task.figures(row[None])
+    assert row[2:].tolist() == [1, pytest.approx(1.0), 0, 1, 1] and f["box_f1"][0] == pytest.approx(2 / 3)
+    assert task.explain(row) == ("1 box found by one model only: 1 with a mean probability under 1.25× the 0.6 threshold "
+                                 "in that model, a score that crossed it")

@@ -166,10 +166,23 @@ def pairs(ref_boxes, ref_cls, q_boxes, q_cls, q_scores, iou: float) -> list:
     return out
 
 
-def match(ref_boxes, ref_cls, q_boxes, q_cls, q_scores, iou: float) -> tuple:
-    """:func:`pairs` counted: (tp, fp, fn, Σ IoU)."""
-    found = pairs(ref_boxes, ref_cls, q_boxes, q_cls, q_scores, iou)
-    return len(found), len(q_boxes) - len(found), len(ref_boxes) - len(found), sum(x for _, _, x in found)
+def _alone(found: list, q_scores: np.ndarray, ref_scores: np.ndarray, border: float) -> tuple:
+    """(fp, fn, near) of :func:`pairs`' ``found``: the boxes only the quantized model finds, only FP32
+    finds, and how many of those score below ``border`` in the model that finds them."""
+    alone_q = np.setdiff1d(np.arange(len(q_scores)), [i for i, _, _ in found])
+    alone_r = np.setdiff1d(np.arange(len(ref_scores)), [j for _, j, _ in found])
+    return len(alone_q), len(alone_r), int((q_scores[alone_q] < border).sum() + (ref_scores[alone_r] < border).sum())
+
+
+def _border_words(total: np.ndarray, what: str, threshold: float) -> str:
+    """``total`` (…, fp, fn, near) summed: how many differing boxes crossed the threshold, in words."""
+    differ, near = int(total[-3] + total[-2]), int(total[-1])
+    if not differ:
+        return ""
+    parts = [f"{near} with a {what} under {BORDER:g}× the {threshold:g} threshold in that model, "
+             f"{'a score' if near == 1 else 'scores'} that crossed it"] if near else []
+    parts += [f"{differ - near} with a higher {what}"] if differ > near else []
+    return f"{differ} {'box' if differ == 1 else 'boxes'} found by one model only: " + "; ".join(parts)
 
 
 def _nms(boxes, scores, classes, iou: float) -> np.ndarray:
@@ -185,7 +198,7 @@ def _nms(boxes, scores, classes, iou: float) -> np.ndarray:
 
 
 class Detect(Task):
-    name, columns, figures_of = "detect", ("tp", "fp", "fn", "iou", "near"), ("f1", "mean_iou", "precision", "recall")
+    name, columns, figures_of = "detect", ("tp", "iou", "fp", "fn", "near"), ("f1", "mean_iou", "precision", "recall")
 
     def __init__(self, output, reason="", opts=None, layout="yolov8", boxes_output=None, grid=None):
         super().__init__(output, reason, opts)
@@ -217,30 +230,23 @@ class Detect(Task):
         return boxes[k], scores[k], cls[k]
 
     def row(self, ref, q, feed):
-        """(tp, fp, fn, Σ IoU of the pairs, near): ``near`` counts the boxes one model only finds that score
+        """(tp, Σ IoU of the pairs, fp, fn, near): ``near`` counts the boxes only one model finds that score
         below :data:`BORDER` × the threshold in it (a score that crossed the threshold, not a lost object)."""
-        out, border = np.zeros(5), BORDER * self.opts.score
+        out = np.zeros(5)
         for b in range(len(ref[self.output])):
             rb, rs, rc = self.decode(ref, b)
             qb, qs, qc = self.decode(q, b)
             found = pairs(rb, rc, qb, qc, qs, self.opts.iou)
-            alone_q = np.setdiff1d(np.arange(len(qb)), [i for i, _, _ in found])
-            alone_r = np.setdiff1d(np.arange(len(rb)), [j for _, j, _ in found])
-            near = (qs[alone_q] < border).sum() + (rs[alone_r] < border).sum()
-            out += [len(found), len(alone_q), len(alone_r), sum(x for _, _, x in found), near]
+            out += [len(found), sum(x for _, _, x in found), *_alone(found, qs, rs, BORDER * self.opts.score)]
         return out
 
     def figures(self, sums):
-        tp, fp, fn = sums[:, 0], sums[:, 1], sums[:, 2]
-        return {"f1": _f1(tp, fp, fn), "mean_iou": _ratio(sums[:, 3], tp), "precision": _ratio(tp, tp + fp),
+        tp, fp, fn = sums[:, 0], sums[:, 2], sums[:, 3]
+        return {"f1": _f1(tp, fp, fn), "mean_iou": _ratio(sums[:, 1], tp), "precision": _ratio(tp, tp + fp),
                 "recall": _ratio(tp, tp + fn)}
 
     def explain(self, total: np.ndarray) -> str:
-        differ, near = int(total[1] + total[2]), int(total[4])
-        if not differ:
-            return ""
-        return (f"{near} of the {differ} boxes only one model finds score below {BORDER:g}× the {self.opts.score:g} "
-                f"threshold in it, scores that crossed it" + (f"; {differ - near} score higher" if differ > near else ""))
+        return _border_words(total, "score", self.opts.score)
 
 
 def _xyxy(cxcywh: np.ndarray) -> np.ndarray:
@@ -275,36 +281,48 @@ def components(mask: np.ndarray) -> np.ndarray:
 
 
 class TextMap(Task):
-    name, columns, figures_of = "textmap", ("inter", "union", "tp", "fp", "fn", "iou"), ("box_f1", "map_iou", "box_iou")
+    name, columns = "textmap", ("inter", "union", "tp", "iou", "fp", "fn", "near")
+    figures_of = ("box_f1", "map_iou", "box_iou")
 
     def boxes(self, prob: np.ndarray) -> np.ndarray:
         """Boxes (x1, y1, x2, y2) of the components of ``prob`` > map_thresh scoring ≥ box_thresh."""
+        return self.scored_boxes(prob)[0]
+
+    def scored_boxes(self, prob: np.ndarray) -> tuple:
+        """:meth:`boxes` and their scores (the mean probability of each component)."""
         labels = components(prob > self.opts.map_thresh)
         ids, inverse = np.unique(labels.ravel(), return_inverse=True)
         ys, xs = np.divmod(np.arange(labels.size), labels.shape[1])
-        out = []
+        out, scores = [], []
         for k, lab in enumerate(ids):
             if lab == 0:
                 continue
             sel = inverse == k
             x1, x2, y1, y2 = xs[sel].min(), xs[sel].max() + 1, ys[sel].min(), ys[sel].max() + 1
-            if min(x2 - x1, y2 - y1) >= 3 and prob.ravel()[sel].mean() >= self.opts.box_thresh:
+            score = prob.ravel()[sel].mean()
+            if min(x2 - x1, y2 - y1) >= 3 and score >= self.opts.box_thresh:
                 out.append((x1, y1, x2, y2))
-        return np.asarray(out, np.float64).reshape(-1, 4)
+                scores.append(score)
+        return np.asarray(out, np.float64).reshape(-1, 4), np.asarray(scores, np.float64)
 
     def row(self, ref, q, feed):
-        out = np.zeros(6)
+        """(map ∩, map ∪, tp, Σ IoU, fp, fn, near): ``near`` as :class:`Detect`'s, at the box threshold."""
+        out = np.zeros(7)
         for b in range(len(ref[self.output])):
             r, s = ref[self.output][b].reshape(ref[self.output].shape[-2:]), q[self.output][b].reshape(q[self.output].shape[-2:])
             rm, qm = r > self.opts.map_thresh, s > self.opts.map_thresh
-            rb, qb = self.boxes(r), self.boxes(s)
-            tp, fp, fn, iou = match(rb, np.zeros(len(rb)), qb, np.zeros(len(qb)), np.zeros(len(qb)), self.opts.iou)
-            out += [(rm & qm).sum(), (rm | qm).sum(), tp, fp, fn, iou]
+            (rb, rs), (qb, qs) = self.scored_boxes(r), self.scored_boxes(s)
+            found = pairs(rb, np.zeros(len(rb)), qb, np.zeros(len(qb)), np.zeros(len(qb)), self.opts.iou)
+            out += [(rm & qm).sum(), (rm | qm).sum(), len(found), sum(x for _, _, x in found),
+                    *_alone(found, qs, rs, BORDER * self.opts.box_thresh)]
         return out
 
     def figures(self, sums):
-        return {"box_f1": _f1(sums[:, 2], sums[:, 3], sums[:, 4]), "map_iou": _ratio(sums[:, 0], sums[:, 1]),
-                "box_iou": _ratio(sums[:, 5], sums[:, 2])}
+        return {"box_f1": _f1(sums[:, 2], sums[:, 4], sums[:, 5]), "map_iou": _ratio(sums[:, 0], sums[:, 1]),
+                "box_iou": _ratio(sums[:, 3], sums[:, 2])}
+
+    def explain(self, total: np.ndarray) -> str:
+        return _border_words(total, "mean probability", self.opts.box_thresh)
 
 
 def ctc_decode(probs: np.ndarray, blank: int) -> tuple:
