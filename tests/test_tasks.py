@@ -317,3 +317,16 @@ def test_text_boxes_lost_at_the_box_threshold_are_told_apart():
     assert row[2:].tolist() == [1, pytest.approx(1.0), 0, 1, 1] and f["box_f1"][0] == pytest.approx(2 / 3)
     assert task.explain(row) == ("1 box found by one model only: 1 with a mean probability under 1.25× the 0.6 threshold "
                                  "in that model, a score that crossed it")
+
+
+def test_a_changed_top1_says_whether_fp32_was_near_a_tie():
+    """Two samples change their top-1: one where FP32 scored its top two 0.50 and 0.45 (a near tie), one
+    where it scored 0.90 and 0.05; logits are read through a softmax, probabilities as they are."""
+    ref = np.array([[0.50, 0.45, 0.05], [0.90, 0.05, 0.05], [0.2, 0.7, 0.1]], np.float32)
+    q = np.array([[0.45, 0.50, 0.05], [0.40, 0.55, 0.05], [0.2, 0.7, 0.1]], np.float32)
+    task = Classify("y", classes=3)
+    row = task.row({"y": ref}, {"y": q}, {})
+    assert row[[0, 1, 4]].tolist() == [3, 1, 1]
+    assert task.explain(row) == "2 samples with another top-1: 1 where FP32's top two classes were within 1.25× of each other (a near tie), 1 not"
+    logits = np.log(ref)
+    assert task.row({"y": logits}, {"y": np.log(q)}, {})[4] == 1

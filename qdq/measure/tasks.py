@@ -113,7 +113,7 @@ def _ratio(num, den, empty=np.nan):
 
 
 class Classify(Task):
-    name, columns, figures_of = "classify", ("rows", "top1", "top5", "rank"), ("top1", "top5", "rank")
+    name, columns, figures_of = "classify", ("rows", "top1", "top5", "rank", "near"), ("top1", "top5", "rank")
 
     def __init__(self, output=None, reason="", opts=None, classes: int | None = None):
         super().__init__(output, reason, opts)
@@ -121,20 +121,38 @@ class Classify(Task):
             self.figures_of = ("top1", "rank")
 
     def row(self, ref, q, feed):
+        """(rows, top-1 agreements, top-5, Σ rank, near): ``near`` counts the rows whose top-1 changed where
+        FP32's runner-up had over 1/:data:`BORDER` of its top-1 probability (softmax of the scores unless
+        they are probabilities already): a near tie."""
         r, s = ref[self.output].reshape(len(ref[self.output]), -1), q[self.output].reshape(len(q[self.output]), -1)
         r1 = r.argmax(1)
         order = np.argsort(-s.astype(np.float64), axis=1, kind="stable")
         rank = (order == r1[:, None]).argmax(1) + 1
-        return np.array([len(r), (s.argmax(1) == r1).sum(), (rank <= 5).sum(), rank.sum()], np.float64)
+        p = np.sort(r.astype(np.float64) if _probabilities(r, 1) else _softmax(r.astype(np.float64)), axis=1)
+        near = (s.argmax(1) != r1) & (p[:, -2] * BORDER > p[:, -1])
+        return np.array([len(r), (s.argmax(1) == r1).sum(), (rank <= 5).sum(), rank.sum(), near.sum()], np.float64)
 
     def figures(self, sums):
         out = {"top1": _ratio(sums[:, 1], sums[:, 0]), "top5": _ratio(sums[:, 2], sums[:, 0]),
                "rank": _ratio(sums[:, 3], sums[:, 0])}
         return {k: out[k] for k in self.figures_of}
 
+    def explain(self, total: np.ndarray) -> str:
+        flips, near = int(total[0] - total[1]), int(total[4])
+        if not flips:
+            return ""
+        return (f"{flips} {'sample' if flips == 1 else 'samples'} with another top-1: {near} where FP32's top two "
+                f"classes were within {BORDER:g}× of each other (a near tie)" + (f", {flips - near} not" if flips > near else ""))
+
     @property
     def lower_is_better(self):
         return {"rank"}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of (n, c) scores."""
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
 
 
 def _f1(tp, fp, fn):
@@ -209,8 +227,7 @@ class Detect(Task):
         o = self.opts
         if self.layout == "detr":
             boxes, logits = out[self.boxes_output][b].astype(np.float64), out[self.output][b].astype(np.float64)
-            p = np.exp(logits - logits.max(-1, keepdims=True))
-            p /= p.sum(-1, keepdims=True)
+            p = _softmax(logits)
             cls, scores = p[:, :-1].argmax(1), p[:, :-1].max(1)
             keep = scores >= o.score
             return _xyxy(boxes[keep]), scores[keep], cls[keep]
