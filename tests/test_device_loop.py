@@ -109,6 +109,19 @@ def test_compare_cli_prints_device_beside_prediction(loop):
     assert doc["agreement"]["agree"] and doc["device"]["samples"] == 12
 
 
+def test_the_bundles_own_compare_line_prints_against_the_devices_fp16(loop):
+    """RUN.txt's command (--reference fp16 with the device's FP16 outputs, a table for people): the
+    device's FP16 reference also measured against FP32 run here, no internal error."""
+    root, b = loop
+    d = b.folder
+    r = run_qdq("compare", d / "model_float.onnx", d / "model_int8.onnx", "--data", d / "inputs.json", "--outputs",
+                d / "int8.json", "--reference-outputs", d / "fp32.json", "--reference", "fp16")
+    assert r.returncode == 0, r.stderr
+    assert "FP16 vs FP32 dB" in r.stdout and "as the device ran it" in r.stdout
+    row = next(line for line in r.stdout.splitlines() if line.startswith("│ logits"))
+    assert row.rstrip(" │").endswith("inf")   # the saved "FP16" outputs here are ORT's FP32: identical
+
+
 def test_saved_outputs_that_do_not_match_are_one_clear_line(loop, tmp_path):
     root, b = loop
     d = b.folder

@@ -226,8 +226,8 @@ def _sessions(fmodel, qmodel, dataset, reference: str, budget: bool, sites: list
     if "ref" not in runs:
         ref = fp16_model(fmodel, dataset, quiet) if reference == "fp16" else fmodel
         runs["ref"] = session_for(runnable(ref), extra_outputs=inner)
-        if reference == "fp16":
-            runs["fp32"] = session_for(runnable(fmodel))
+    if reference == "fp16":   # the FP16 reference's own distance from FP32 (the device's, when it saved it)
+        runs["fp32"] = session_for(runnable(fmodel))
     if "quant" not in runs:
         runs["quant"] = session_for(device(qmodel), extra_outputs=inner + [s.dequantized for s in sites if s.dequantized])
     if budget:   # the halves keep no bias correction: one made for both errors is stale with one alone
