@@ -327,6 +327,6 @@ def test_a_changed_top1_says_whether_fp32_was_near_a_tie():
     task = Classify("y", classes=3)
     row = task.row({"y": ref}, {"y": q}, {})
     assert row[[0, 1, 4]].tolist() == [3, 1, 1]
-    assert task.explain(row) == "2 samples with another top-1: 1 where FP32's top two classes were within 1.25× of each other (a near tie), 1 not"
+    assert task.explain(row) == "2 samples with another top-1: 1 where the reference's top two classes were within 1.25× of each other (a near tie), 1 not"
     logits = np.log(ref)
     assert task.row({"y": logits}, {"y": np.log(q)}, {})[4] == 1

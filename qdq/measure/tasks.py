@@ -122,7 +122,7 @@ class Classify(Task):
 
     def row(self, ref, q, feed):
         """(rows, top-1 agreements, top-5, Σ rank, near): ``near`` counts the rows whose top-1 changed where
-        FP32's runner-up had over 1/:data:`BORDER` of its top-1 probability (softmax of the scores unless
+        the reference's runner-up had over 1/:data:`BORDER` of its top-1 probability (softmax of the scores unless
         they are probabilities already): a near tie."""
         r, s = ref[self.output].reshape(len(ref[self.output]), -1), q[self.output].reshape(len(q[self.output]), -1)
         r1 = r.argmax(1)
@@ -141,7 +141,7 @@ class Classify(Task):
         flips, near = int(total[0] - total[1]), int(total[4])
         if not flips:
             return ""
-        return (f"{flips} {'sample' if flips == 1 else 'samples'} with another top-1: {near} where FP32's top two "
+        return (f"{flips} {'sample' if flips == 1 else 'samples'} with another top-1: {near} where the reference's top two "
                 f"classes were within {BORDER:g}× of each other (a near tie)" + (f", {flips - near} not" if flips > near else ""))
 
     @property
