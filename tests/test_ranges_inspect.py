@@ -357,3 +357,23 @@ def test_forced_ranges_survive_mixed_precision(ppocr_det, det_direct, tmp_path):
     assert conv_out in r.placement.activations
     assert r.summary.activations[conv_out]["amax"] == 3.0
     assert float(_scales(r.model)[f"{conv_out}_scale"]) == pytest.approx(3.0 / 127, rel=1e-7)
+
+
+def test_a_long_list_of_ranges_not_applied_is_grouped_by_reason():
+    """A calibration cache of every tensor leaves hundreds unapplied: one line per reason with its count
+    and first tensors; a short list keeps a line per range."""
+    import io
+
+    from qdq.report.text import UNUSED_LINES, _unused_lines, console
+    rule = "the placement rules put no Q/DQ there (read by Mul 'm{k}'); --force-ranges applies it"
+    unused = [{"tensor": f"t{k}", "reason": rule.format(k=k)} for k in range(20)]
+    unused += [{"tensor": "i0", "reason": "an integer tensor: no INT8 range"}]
+    buf = io.StringIO()
+    _unused_lines(console(buf), unused)
+    lines = buf.getvalue().splitlines()
+    assert lines == ["  not applied: 20 tensors (t0, t1, t2 …): the placement rules put no Q/DQ there; --force-ranges "
+                     "applies them", "  not applied: 1 tensor (i0): an integer tensor: no INT8 range",
+                     "  (--json lists each range not applied with its reason)"]
+    buf = io.StringIO()
+    _unused_lines(console(buf), unused[:UNUSED_LINES])
+    assert len(buf.getvalue().splitlines()) == UNUSED_LINES and "read by Mul 'm0'" in buf.getvalue()

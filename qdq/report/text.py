@@ -6,6 +6,7 @@ Names and paths are what users copy, so they are never cut: name columns fold in
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from ..graph.shapes import shape_text
@@ -113,11 +114,30 @@ def _import_lines(con, imp: dict) -> None:
     for group in imp.get("unshared_groups", []):
         con.print(f"  {', '.join(group)}: your ranges differ inside one scale group, which is left unshared "
                   "(TensorRT reformats between them: qdq inspect QDQ004)")
-    for u in imp["unused"]:
-        con.print(f"  not applied: {u['tensor']}: {u['reason']}")
+    _unused_lines(con, imp["unused"])
     for label, key in (("not in the model", "not_in_model"), ("zero", "zero")):
         if imp[key]:
             con.print(f"  {label}: {', '.join(imp[key][:8])}" + (" …" if len(imp[key]) > 8 else ""))
+
+
+# more entries not applied than this are grouped by reason (a calibration cache of every tensor)
+UNUSED_LINES = 12
+
+
+def _unused_lines(con, unused: list) -> None:
+    """Each range not applied with its reason; beyond :data:`UNUSED_LINES`, one line per reason with its
+    count and first tensors (``--json`` lists every one)."""
+    if len(unused) <= UNUSED_LINES:
+        for u in unused:
+            con.print(f"  not applied: {u['tensor']}: {u['reason']}")
+        return
+    kinds: dict = {}
+    for u in unused:
+        kinds.setdefault(re.sub(r" \(read by [^)]*\)", "", u["reason"]), []).append(u["tensor"])
+    for reason, names in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        con.print(f"  not applied: {len(names)} tensor{'s' * (len(names) != 1)} ({', '.join(names[:3])}"
+                  f"{' …' if len(names) > 3 else ''}): {reason.replace('applies it', 'applies them')}")
+    con.print("  (--json lists each range not applied with its reason)")
 
 
 def _fig(value, interval, samples=None, unit="dB", unmeasured="nothing to count") -> str:
