@@ -47,8 +47,8 @@ _CLASS_WORDS = ("logit", "score", "prob", "softmax", "class", "cls")
 DB_BINARY_SHARE = 0.5
 # a CTC sequence: its blank is the commonest argmax, on at least this share of the steps
 CTC_BLANK_SHARE = 0.1
-# a detection scoring below this many times the score threshold is borderline: a small change of its
-# score drops it or lets it in
+# a box scoring below this many times its threshold is borderline (a small change of its score drops it
+# or lets it in); a runner-up class within 1/BORDER of the top-1 probability makes a near tie
 BORDER = 1.25
 
 
@@ -100,9 +100,9 @@ class Task:
 
 # why a figure is unmeasured (NaN) on a set of samples: nothing to count is not agreement
 UNMEASURED = {"f1": "no boxes in either model", "box_f1": "no boxes in either model",
-              "precision": "no boxes in the quantized output", "recall": "no boxes in the FP32 output",
+              "precision": "no boxes in the quantized output", "recall": "no boxes in the reference's output",
               "mean_iou": "no matched boxes", "box_iou": "no matched boxes", "map_iou": "both maps empty",
-              "exact": "no text read by either model", "cer": "no text in the FP32 readings"}
+              "exact": "no text read by either model", "cer": "no text in the reference's readings"}
 
 
 def _ratio(num, den, empty=np.nan):
