@@ -171,3 +171,36 @@ def test_the_story_on_a_real_recognizer(prepared, tmp_path):
             assert ("clips" in c["text"]) == (c["subject"] in wide)
         m = causes[0]["measured"]
         assert m["after"]["value"] > m["before"]["value"]
+
+
+def test_a_tensor_sharing_your_range_through_a_concat_is_told_so(tmp_path):
+    """Your ±50 on one Concat input becomes the scale of the other input and of the Concat's output
+    (one scale group, rule 3): the diagnosis sends you to that range, not to --exclude."""
+    from qdq.graph.index import GraphIndex
+    from qdq.graph.placement import scale_group
+
+    rng = np.random.default_rng(5)
+    w = lambda *s: numpy_helper.from_array((rng.standard_normal(s) * 0.1).astype(np.float32))  # noqa: E731
+    inits = [w(16, 16, 3, 3), w(16, 16, 3, 3), w(16, 32, 1, 1)]
+    for t, name in zip(inits, ("w1", "w2", "w3")):
+        t.name = name
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4), helper.make_node("Relu", ["c1"], ["a"], name="r1"),
+             helper.make_node("Conv", ["x", "w2"], ["c2"], name="conv2", pads=[1] * 4), helper.make_node("Relu", ["c2"], ["b"], name="r2"),
+             helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "w3"], ["y"], name="conv3")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    acts = {"x", "a", "b", "cat"}
+    idx = GraphIndex.build(m)
+    assert scale_group(idx, acts, "b") == {"a", "b", "cat"} and scale_group(idx, {"x", "a", "b"}, "b") == {"b"}
+    (tmp_path / "d").mkdir()
+    for k in range(30):
+        np.savez(tmp_path / "d" / f"{k:02d}.npz", x=rng.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    (tmp_path / "hand.json").write_text(json.dumps({"a": 50.0}))
+    s = quantize(m, tmp_path / "d", ranges=str(tmp_path / "hand.json"), quiet=True, mixed_precision=False).summary
+    kinds = {c["kind"]: c for c in s.diagnosis}
+    assert kinds["imported range"]["subject"] == "a"
+    assert kinds["layer"]["subject"] in ("b", "cat")
+    assert kinds["layer"]["text"].endswith("its scale is your range for 'a' (±50), shared through one scale group: "
+                                           "fixing that range fixes this one too"), kinds["layer"]["text"]

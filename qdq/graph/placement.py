@@ -327,6 +327,25 @@ def _propagate(idx: GraphIndex, plan: Placement, ex: Excluder) -> None:
     plan.groups = [g for g in groups.groups() if len(g) > 1]
 
 
+def scale_group(idx: GraphIndex, activations, tensor: str) -> set:
+    """The tensors of ``activations`` that share ``tensor``'s amax under rule 3: joined through the
+    same-scale ops whose output and data inputs all carry Q/DQ (``tensor`` alone when none)."""
+    edges: dict = {}
+    for node in idx.nodes:
+        if node.op_type in SAME_SCALE_OPS and node.output[0] in activations:
+            for t in (node.input if node.op_type == "Concat" else node.input[:1]):
+                if t in activations:
+                    edges.setdefault(t, set()).add(node.output[0])
+                    edges.setdefault(node.output[0], set()).add(t)
+    group, todo = {tensor}, [tensor]
+    while todo:
+        for t in edges.get(todo.pop(), ()):
+            if t not in group:
+                group.add(t)
+                todo.append(t)
+    return group
+
+
 def served_layers(idx: GraphIndex, plan: Placement, tensor: str) -> set:
     """The quantized weighted layers whose INT8 input the Q/DQ on ``tensor`` serves: its readers, and
     through pooling / resize / concat / shape ops whose output carries Q/DQ (rule 3), theirs."""

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from ..graph.index import GraphIndex
-from ..graph.placement import Placement
+from ..graph.placement import Placement, scale_group
 from ..graph.qdq_file import is_imported
 from ..graph.rewrite import with_ranges
 from .evaluate import Evaluator
@@ -189,6 +189,10 @@ def _layer_cause(ev: Evidence, named: list) -> list:
     if r.output_sqnr_db > ev.sqnr_db + 6:
         return []
     consumer = r.consumers[0] if r.consumers else "its consumer"
-    return [Cause("layer", r.tensor, f"'{r.tensor}''s Q/DQ alone leaves {r.output_sqnr_db:.1f} dB at the output of "
-                  f"'{consumer}' (the lowest of {len(ev.layers)} Q/DQ tensors; the file: {ev.sqnr_db:.1f} dB): keep "
-                  f"'{consumer}' in float (qdq quantize --exclude {consumer})", evidence={"at_consumer_db": r.output_sqnr_db})]
+    head = (f"'{r.tensor}''s Q/DQ alone leaves {r.output_sqnr_db:.1f} dB at the output of '{consumer}' (the lowest of "
+            f"{len(ev.layers)} Q/DQ tensors; the file: {ev.sqnr_db:.1f} dB)")
+    group = scale_group(ev.idx, ev.plan.activations, r.tensor)   # a group member carries its group's amax
+    yours = next((c for c in named if c.kind == "imported range" and c.subject in group), None)
+    fix = (f"its scale is your range for '{yours.subject}' (±{r.amax:.3g}), shared through one scale group: fixing "
+           "that range fixes this one too" if yours else f"keep '{consumer}' in float (qdq quantize --exclude {consumer})")
+    return [Cause("layer", r.tensor, f"{head}: {fix}", evidence={"at_consumer_db": r.output_sqnr_db})]
