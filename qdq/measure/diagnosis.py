@@ -147,8 +147,8 @@ def _check(cause: Cause, ev: Evidence, qmodel: onnx.ModelProto, device, task, fe
     before, after = evaluator.measure(qmodel), evaluator.measure(fixed)
     cause.measured = {"before": before.sqnr().to_dict(), "after": after.sqnr().to_dict(), "samples": before.samples}
     tf_b, tf_a, task = before.task_figures(), after.task_figures(), ""
-    if tf_b:
-        head = next(iter(tf_b))
+    head = next(iter(tf_b), None)
+    if head is not None and tf_b[head].value == tf_b[head].value:   # a task figure measured here
         cause.measured["task"] = {"figure": head, "before": tf_b[head].to_dict(), "after": tf_a[head].to_dict()}
         task = f"; {before.task.name} {head} {_share(tf_a[head].value)} against {_share(tf_b[head].value)}"
     b, a = cause.measured["before"], cause.measured["after"]
