@@ -16,7 +16,7 @@ from .calib.range_files import check_sources
 from .calib.ranges import MASSIVE_RATIO, massive
 from .errors import QdqError
 from .graph.equalize import cross_layer_equalization, record, smooth_quant, smoothable, smoothing_note
-from .graph.index import GraphIndex
+from .graph.index import GraphIndex, subgraphs
 from .graph.placement import Placement, calibration_tensors, place, why_none
 from .graph.precision import FP16_OUTPUT_MIN_DB, remainder_fp16, runnable
 from .graph.shapes import data_shapes, layer_tensors, measured_macs, shape_text, weighted_macs
@@ -75,10 +75,9 @@ def prepare_model(model, calib, imported, given, opts: Options, warnings: list) 
     ops = sorted({n.op_type for n in fm.graph.node} & TRT85_UNSUPPORTED)
     if opts.graph.target == "trt8" and ops:
         warnings.append(f"ops {ops} are not parsed by TensorRT 8.5; use --target trt10 or replace them")
-    subgraphs = [n.name for n in fm.graph.node
-                 if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
-    if subgraphs:
-        warnings.append(f"{len(subgraphs)} nodes with subgraphs (If/Loop/Scan: {', '.join(subgraphs[:3])}) are left "
+    flow = [n.name for n in fm.graph.node if subgraphs(n)]
+    if flow:
+        warnings.append(f"{len(flow)} nodes with subgraphs (If/Loop/Scan: {', '.join(flow[:3])}) are left "
                         "in float; only the main graph is quantized")
     fm, methods, done = equalized(fm, calib, opts, warnings)
     idx = GraphIndex.build(fm)

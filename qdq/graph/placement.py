@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .index import GraphIndex
+from .index import GraphIndex, subgraphs
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SAME_SCALE_OPS = ("MaxPool", "Resize", "Upsample", "Concat", "Reshape", "Flatten", "Squeeze",
@@ -468,12 +468,8 @@ class _UnionFind:
 
 def _nested_layers(graph) -> int:
     """Weighted layers inside the subgraphs of ``graph``'s nodes (If, Loop, Scan bodies), at any depth."""
-    count = 0
-    for node in graph.node:
-        for a in node.attribute:
-            for sub in ([a.g] if a.type == a.GRAPH else list(a.graphs)):
-                count += sum(n.op_type in WEIGHTED for n in sub.node) + _nested_layers(sub)
-    return count
+    return sum(sum(n.op_type in WEIGHTED for n in sub.node) + _nested_layers(sub)
+               for node in graph.node for sub in subgraphs(node))
 
 
 def why_none(idx: GraphIndex, plan: Placement) -> str:
@@ -481,7 +477,7 @@ def why_none(idx: GraphIndex, plan: Placement) -> str:
     if not plan.skipped:
         nested = _nested_layers(idx.model.graph)
         if nested:
-            flow = sorted({n.op_type for n in idx.nodes if any(a.type in (a.GRAPH, a.GRAPHS) for a in n.attribute)})
+            flow = sorted({n.op_type for n in idx.nodes if subgraphs(n)})
             return (f"the main graph has no Conv, ConvTranspose, Gemm or MatMul; its {nested} weighted layers are inside the "
                     f"subgraphs of {'/'.join(flow)} nodes, which qdq does not quantize: export the branch you run "
                     "as a plain graph (its condition fixed, loops unrolled)")
