@@ -21,7 +21,7 @@ from .autocast import raise_floor
 from .evaluate import DeviceModel, Measurement
 from .heldback import HeldBack
 from .mixed_precision import Choice, by_unit, candidates, choose
-from .tasks import UNMEASURED
+from .tasks import why_unmeasured
 
 # what --method auto chooses among (entropy, the TensorRT calibrator's algorithm, clips saturated outputs)
 AUTO_METHODS = ("mse", "percentile", "max")
@@ -229,7 +229,7 @@ def task_test(check: HeldBack, float_model: onnx.ModelProto, max_task_loss: floa
     best = check.ev.measure(float_model).task_figures()[head].value   # FP32 against itself
     if best != best:
         return None, (f"--max-task-loss did not act: the task's {head} is unmeasured on the held-back samples "
-                      f"({UNMEASURED.get(head, 'nothing to count')}); calibrate on data where the model finds something")
+                      f"({why_unmeasured(head)}); calibrate on data where the model finds something")
     return (lambda m: m.task_figures()[head].low >= best - max_task_loss), None
 
 

@@ -105,6 +105,11 @@ UNMEASURED = {"f1": "no boxes in either model", "box_f1": "no boxes in either mo
               "exact": "no text read by either model", "cer": "no text in the reference's readings"}
 
 
+def why_unmeasured(figure: str) -> str:
+    """Why task figure ``figure`` is NaN on a set of samples (:data:`UNMEASURED`)."""
+    return UNMEASURED.get(figure, "nothing to count")
+
+
 def _ratio(num, den, empty=np.nan):
     """num / den, ``empty`` where den is 0: NaN (unmeasured, :data:`UNMEASURED` says why) unless the
     figure has a value there by definition."""
@@ -125,12 +130,12 @@ class Classify(Task):
         the reference's runner-up had over 1/:data:`BORDER` of its top-1 probability (softmax of the scores unless
         they are probabilities already): a near tie."""
         r, s = ref[self.output].reshape(len(ref[self.output]), -1), q[self.output].reshape(len(q[self.output]), -1)
-        r1 = r.argmax(1)
+        r1, same = r.argmax(1), s.argmax(1) == r.argmax(1)
         order = np.argsort(-s.astype(np.float64), axis=1, kind="stable")
         rank = (order == r1[:, None]).argmax(1) + 1
         p = np.sort(r.astype(np.float64) if _probabilities(r, 1) else _softmax(r.astype(np.float64)), axis=1)
-        near = (s.argmax(1) != r1) & (p[:, -2] * BORDER > p[:, -1])
-        return np.array([len(r), (s.argmax(1) == r1).sum(), (rank <= 5).sum(), rank.sum(), near.sum()], np.float64)
+        near = ~same & (p[:, -2] * BORDER > p[:, -1])
+        return np.array([len(r), same.sum(), (rank <= 5).sum(), rank.sum(), near.sum()], np.float64)
 
     def figures(self, sums):
         out = {"top1": _ratio(sums[:, 1], sums[:, 0]), "top5": _ratio(sums[:, 2], sums[:, 0]),

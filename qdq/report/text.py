@@ -10,7 +10,7 @@ import re
 import sys
 
 from ..graph.shapes import shape_text
-from ..measure.tasks import UNMEASURED
+from ..measure.tasks import why_unmeasured
 
 
 def console(file=None):
@@ -165,7 +165,7 @@ def task_line(task: dict, samples: int | None = None) -> str:
     for k, f in task["figures"].items():
         unit = "x" if k == "rank" or task["name"] == "metric" else ""
         parts.append(f"{names.get(k, k)} "
-                     f"{_fig(f['value'], (f['low'], f['high']), samples if not parts else None, unit, UNMEASURED.get(k, 'nothing to count'))}")
+                     f"{_fig(f['value'], (f['low'], f['high']), samples if not parts else None, unit, why_unmeasured(k))}")
     return ", ".join(parts) + (f" ({task['note']})" if task.get("note") else "")
 
 
