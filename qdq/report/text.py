@@ -291,7 +291,7 @@ def _outputs_table(con, result) -> None:
         if tops:
             row += ["–" if o.top1 is None else f"{o.top1:.1%}", "–" if o.top5 is None else f"{o.top5:.1%}"]
         if result.reference == "fp16":
-            row.append("–" if o.fp16_vs_fp32 is None else _db(o.fp16_vs_fp32["sqnr_db"]))
+            row.append(_db(o.fp16_vs_fp32["sqnr_db"]))
         t.add_row(*row)
     con.print(t)
 
