@@ -181,10 +181,15 @@ def ddddocr_det() -> Prepared:
     return Prepared(zoo.fetch("ddddocr_det"), root / "calib", root / "val", DDDD_PRE)
 
 
+def _on(key: str, sets, pre: Preprocess) -> Prepared:
+    """Manifest model ``key`` on the calibration and held-out folders of ``sets()`` (another entry's)."""
+    base = sets()
+    return Prepared(zoo.fetch(key), base.calib, base.val, pre)
+
+
 def ddddocr_rec() -> Prepared:
     """ddddocr's recogniser on ppocr_rec's rendered text lines (it reads Latin letters and digits)."""
-    rec = ppocr_rec()
-    return Prepared(zoo.fetch("ddddocr_rec"), rec.calib, rec.val, DDDD_REC_PRE)
+    return _on("ddddocr_rec", ppocr_rec, DDDD_REC_PRE)
 
 
 def minilm() -> Prepared:
@@ -238,24 +243,12 @@ def _sentences() -> list[str]:
     return [s for s in parts if 20 <= len(s) <= 300 and len(s.split()) >= 5 and s[0].isalpha()][:96]
 
 
-def yolov8n() -> Prepared:
-    """nudenet's YOLOv8n (18 classes of people's body parts, input 320, dynamic H and W) on effnet's
-    photos and frames, which show people."""
-    eff = effnet()
-    return Prepared(zoo.fetch("yolov8n_nudenet"), eff.calib, eff.val, YOLO_PRE)
-
-
-def _on_text_images(key: str, pre: Preprocess) -> Prepared:
-    det = ppocr_det()
-    return Prepared(zoo.fetch(key), det.calib, det.val, pre)
-
-
 MORE = {   # beyond the tests: the sweep runs them (tools/zoo_sweep.py --models …); text models read text images
-    "yolov8n": yolov8n,
-    "picodet_layout": lambda: _on_text_images("picodet_layout", LAYOUT_PRE),     # PicoDet, 4 levels of raw heads
-    "orientation": lambda: _on_text_images("orientation", ORIENT_PRE),           # 4 classes: 0/90/180/270°
-    "ppocrv6_det": lambda: _on_text_images("ppocrv6_det", DET_PREPROCESS),
-    "ppocrv6_rec": lambda: Prepared(zoo.fetch("ppocrv6_rec"), ppocr_rec().calib, ppocr_rec().val, REC_PRE),
+    "yolov8n": lambda: _on("yolov8n_nudenet", effnet, YOLO_PRE),   # 18 classes of people's body parts, on photos of people
+    "picodet_layout": lambda: _on("picodet_layout", ppocr_det, LAYOUT_PRE),     # PicoDet, 4 levels of raw heads
+    "orientation": lambda: _on("orientation", ppocr_det, ORIENT_PRE),           # 4 classes: 0/90/180/270°
+    "ppocrv6_det": lambda: _on("ppocrv6_det", ppocr_det, DET_PREPROCESS),
+    "ppocrv6_rec": lambda: _on("ppocrv6_rec", ppocr_rec, REC_PRE),
 }
 
 MODELS = {"effnet": effnet, "frames": frames, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ppocr_cls": ppocr_cls,
