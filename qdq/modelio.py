@@ -14,6 +14,7 @@ from .errors import QdqError
 
 PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: larger models cannot be one serialised protobuf
 SKELETON_BYTES = 1 << 16      # initializers above this many bytes are left out of a model's skeleton
+STORE_LOCATION = "qdq-weight-store"   # external data of this location lives in a run's weight store only
 
 
 def too_large(model: onnx.ModelProto) -> bool:
@@ -52,15 +53,15 @@ def write_external(model: onnx.ModelProto, path: Path, data_name: str) -> None:
 def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every field but its initializers (their bytes are not copied)."""
     m = onnx.ModelProto()
-    _copy_fields(model, m, skip="graph")
-    _copy_fields(model.graph, m.graph, skip="initializer")
+    _copy_fields(model, m, lambda f: f.name != "graph")
+    _copy_fields(model.graph, m.graph, lambda f: f.name != "initializer")
     return m
 
 
-def _copy_fields(src, dst, skip: str) -> None:
-    """Every set field of protobuf message ``src`` into ``dst`` except the one named ``skip``."""
+def _copy_fields(src, dst, keep) -> None:
+    """Every set field of protobuf message ``src`` for which ``keep(field descriptor)`` into ``dst``."""
     for field, value in src.ListFields():
-        if field.name == skip:
+        if not keep(field):
             continue
         repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
         if repeated:   # protobuf 7 has only is_repeated, earlier ones only label
@@ -84,8 +85,8 @@ def values_bytes(t: onnx.TensorProto) -> int:
 
 def load_model(path, external: bool = True) -> onnx.ModelProto:
     """Load an ONNX model; its external data must lie inside the model's own folder.  With
-    ``external=False`` that data stays in its files (references ONNX Runtime can map, see
-    :func:`qdq.calib.session.session_for`'s ``data_folder``)."""
+    ``external=False`` its initializers' data stays in its files (references ONNX Runtime can map, see
+    :func:`qdq.calib.session.session_for`'s ``data_folder``, or :func:`qdq.calib.session.hold` reads)."""
     path = Path(path)
     if not path.is_file():
         raise QdqError(f"{path}: no such model file")
@@ -106,6 +107,11 @@ def load_model(path, external: bool = True) -> onnx.ModelProto:
             raise QdqError(f"{path}: external data file {loc!r} of tensor {t.name!r} is missing")
     if external and has_external_data(model):
         onnx.load_external_data_for_model(model, str(base))
+    for t in _external_tensors(model) if not external else ():
+        if t not in model.graph.initializer:   # a Constant node's: read in (only initializers stay references)
+            onnx.external_data_helper.load_external_data_for_tensor(t, str(base))
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
     try:
         check_onnx(model)
     except Exception as e:
@@ -288,6 +294,11 @@ def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=()
     the input model) that must never be replaced.
     """
     path = Path(path)
+    stray = next((t.name for t in _external_tensors(model) if t.external_data
+                  and t.external_data[0].value.startswith(STORE_LOCATION)), None)
+    if stray is not None:
+        raise QdqError(f"internal error: tensor {stray!r} has no data outside its run; nothing was written, "
+                       "please report it")
     folder = _check_target(path, overwrite, protect)
     if not too_large(model):
         return _atomic(path, folder, lambda tmp: onnx.save_model(model, tmp))

@@ -12,7 +12,9 @@ their types make (data flows one way: :mod:`qdq.calib` → :mod:`qdq.graph` → 
    *mixed precision*, the file's *figures* (:class:`Decided`);
 3. :mod:`qdq.graph.writer`: the file, checked once; :mod:`qdq.report.summary`: its metadata and summary.
 
-The float weights are lent to every ONNX Runtime session from one store (:func:`qdq.calib.session.shared_weights`).
+The float weights are held once, in one store (:func:`qdq.calib.session.shared_weights`): the float model is a
+skeleton whose large initializers every pass and every ONNX Runtime session read there
+(:func:`qdq.calib.session.hold`); the models returned are whole.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import onnx
 from .calib.calibrate import Calibration
 from .calib.data import Feeds, model_inputs
 from .calib.range_files import RangeFile, range_warnings, read_ranges
-from .calib.session import feed_large, model_bytes, release, shared_weights
+from .calib.session import feed_large, fill, keep_held, model_bytes, release, shared_weights
 from .graph.index import GraphIndex
 from .graph.placement import Placement
 from .graph.precision import has_fp16
@@ -85,7 +87,11 @@ def quantize(model, calib=None, *, ranges=None, calibration: Calibration | None 
     opts = Options.of(**options)
     imported = ranges if ranges is None or isinstance(ranges, RangeFile) else read_ranges(ranges)
     with shared_weights():
-        return _quantize(model, calib, imported, calibration, opts)
+        result = _quantize(model, calib, imported, calibration, opts)
+        # whole models for the caller; the float weights move out of the store, not copied beside it
+        fill(result.model)
+        fill(result.float_model, move=True)
+        return result
 
 
 def _quantize(model, calib, imported: RangeFile | None, given: Calibration | None, opts: Options) -> QuantizeResult:
@@ -95,6 +101,7 @@ def _quantize(model, calib, imported: RangeFile | None, given: Calibration | Non
     release(nbytes := model_bytes(prep.float_model))
     feed_large(nbytes)
     samples = S.calibrate_samples(prep, model, calib, given, opts, warnings)
+    keep_held(prep.float_model)   # the user's weights the preparation changed are checked: gone
     release(nbytes)
     macs = S.count_macs(prep, samples, warnings)
     readers = S.massive_readers(prep, samples.cal, warnings)

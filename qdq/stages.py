@@ -13,6 +13,7 @@ import onnx
 from .calib.calibrate import Calibration, calibrate
 from .calib.data import Dataset, Feeds, HoldOut, Preprocess, first_feeds, model_inputs
 from .calib.range_files import check_sources
+from .calib.session import hold
 from .calib.ranges import MASSIVE_RATIO, massive
 from .errors import QdqError
 from .graph.equalize import cross_layer_equalization, record, smooth_quant, smoothable, smoothing_note
@@ -80,6 +81,7 @@ def prepare_model(model, calib, imported, given, opts: Options, warnings: list) 
         warnings.append(f"{len(flow)} nodes with subgraphs (If/Loop/Scan: {', '.join(flow[:3])}) are left "
                         "in float; only the main graph is quantized")
     fm, methods, done = equalized(fm, calib, opts, warnings)
+    fm = hold(fm)   # the weights preparation changed (BatchNorm folded, smoothed) held like the rest
     idx = GraphIndex.build(fm)
     force = tuple(imported.amax) if imported is not None and opts.ranges.force_ranges else ()
     plan = place(idx, opts.graph.exclude, force=force, int8_deconv=opts.graph.int8_deconv)

@@ -8,9 +8,12 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
+from .calib.session import hold, holding
 from .errors import QdqError
 from .modelio import convert_opset, fresh_name, load_model, metadata, opset_of, skeleton
 from .graph.equalize import replay
@@ -51,11 +54,17 @@ def prepare(model, target: str = "trt10", source: str = "model", warnings: list 
     initializers; every node named uniquely; BatchNormalization folded into the Conv before it
     (:func:`qdq.graph.surgery.fold_batchnorm`); an FP16 model computed in FP32 inside (its inputs and
     outputs keep their FP16 type), since Q/DQ before opset 19 take FP32 scales and statistics are best
-    gathered in FP32.  What the user should know is appended to ``warnings``."""
+    gathered in FP32.  Inside a run's weight store the model is held there (:func:`qdq.calib.session.hold`:
+    a file's external data read into the store, not the protobuf).  What the user should know is
+    appended to ``warnings``."""
     check_target(target)
     if not isinstance(model, onnx.ModelProto):
         source = str(model)
-        model = load_model(model)
+        # held (inside a run's weight store) its external data is read into the store, never the protobuf
+        path, model = model, load_model(model, external=not holding())
+        model = hold(model, Path(path).resolve().parent)
+    else:
+        model = hold(model)
     model = convert_opset(model, target_opset(model, target), source)
     stale = _stale_output_shapes(model)
     graph = import_graph(model)

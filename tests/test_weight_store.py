@@ -174,3 +174,137 @@ def test_weight_quantization_leaves_its_input_unless_told():
     np.testing.assert_array_equal(q, q2)
     np.testing.assert_array_equal(s, s2)
     assert not np.array_equal(w, keep)
+
+
+def _conv_bn(tmp_path=None):
+    """Conv → BatchNorm → Relu → 1×1 Conv with weights above the lent size: the BN folds (a weight the
+    preparation changes), the second Conv's weight ``M`` passes unchanged; with ``tmp_path`` saved with
+    its data in an external file."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 16, 3, 3)).astype(np.float32)
+    m = rng.standard_normal((32, 64, 1, 1)).astype(np.float32)
+    bn = [np.full(64, v, np.float32) for v in (1.5, 0.1, 0.2, 2.0)]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "mu", "var"], ["n"]),
+             helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("Conv", ["r", "M"], ["y"])]
+    inits = [numpy_helper.from_array(a, k) for a, k in zip([w, m, *bn], ["W", "M", "g", "b", "mu", "var"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    if tmp_path is None:
+        return model
+    onnx.save_model(model, str(tmp_path / "model.onnx"), save_as_external_data=True, location="model.data",
+                    size_threshold=1024)
+    return tmp_path / "model.onnx"
+
+
+def test_a_held_model_keeps_its_weights_once_and_is_made_whole_byte_for_byte():
+    from qdq.calib.session import fill, held, hold
+    from qdq.graph.index import GraphIndex
+    from qdq.graph.surgery import import_graph
+
+    model = _conv_bn()
+    before = model.SerializeToString()
+    x = {"x": np.random.default_rng(4).standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    want = run_session(session_for(model), x, "s")["y"]
+    with shared_weights() as store:
+        skel = hold(model)
+        assert model.SerializeToString() == before                      # the caller's model untouched
+        big = [t for t in skel.graph.initializer if t.name in ("W", "M")]
+        assert all(not t.HasField("raw_data") for t in big)             # the protobuf holds no weight
+        assert sum(a.nbytes for a in store.models["qdq-weight-store/held/0"].values()) == (64 * 16 * 9 + 32 * 64) * 4
+        m = held(big[1])
+        assert not m.flags.writeable and GraphIndex.build(skel).constants["M"] is m   # read, not copied
+        assert import_graph(skel).tensors()["M"].values is m
+        np.testing.assert_array_equal(run_session(session_for(skel), x, "s")["y"], want)
+        assert fill(skel, move=True).SerializeToString() == before     # whole again, byte for byte
+        assert store.models["qdq-weight-store/held/0"] == {}             # moved out, not copied
+    stale = hold(model)                                                  # outside a run: as it is
+    assert stale is model
+
+
+def test_a_held_reference_outside_its_run_is_an_error_never_a_written_file(tmp_path):
+    import pytest
+
+    from qdq.calib.session import held, hold
+    from qdq.errors import QdqError
+    from qdq.modelio import save_model
+
+    with shared_weights():
+        skel = hold(_conv_bn())
+    ref = next(t for t in skel.graph.initializer if t.name == "M")
+    with pytest.raises(QdqError, match="internal error: the weights of 'M' were read after their run"):
+        held(ref)
+    with pytest.raises(QdqError, match="internal error: tensor 'W' has no data outside its run; nothing was written"):
+        save_model(skel, tmp_path / "out.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_run_reads_external_data_into_the_store_not_the_protobuf(tmp_path):
+    from qdq.calib.session import held, hold, keep_held
+    from qdq.measure.prepared import _user_model
+    from qdq.modelio import load_model
+    from qdq.targets import prepare
+
+    path = _conv_bn(tmp_path)
+    data = (tmp_path / "model.data").read_bytes()
+    outside = prepare(str(path))                                         # no run: loaded whole
+    with shared_weights() as store:
+        inside = prepare(str(path))
+        kinds = {t.name: held(t) is not None for t in inside.graph.initializer if t.name in ("W", "M")}
+        assert kinds == {"W": False, "M": True}       # M read from the file, W made anew (the BN folded)
+        again = hold(inside)                          # as the run's preparation ends: W held too
+        assert all(held(t) is not None for t in again.graph.initializer if t.name in ("W", "M"))
+        assert [len(a) for a in store.models.values()] == [2, 1]   # the file's W and M, then the folded W
+        user, folder = _user_model(str(path))          # the prepared-model check runs the user's model
+        assert folder is None                          # not mapped by ONNX Runtime from the files again
+        m_user = held(next(t for t in user.graph.initializer if t.name == "M"))
+        assert m_user is held(next(t for t in again.graph.initializer if t.name == "M"))   # read once
+        keep_held(again)                               # after the check: the user's W is not needed
+        kept = {id(a) for d in [*store.models.values(), store.files] for a in d.values()}
+        assert kept == {id(held(t)) for t in again.graph.initializer if t.name in ("W", "M")}
+        skel = load_model(path, external=False)
+        want = numpy_helper.to_array(next(t for t in onnx.load(str(path)).graph.initializer if t.name == "M"))
+        assert any(t.name == "M" and t.data_location == TensorProto.EXTERNAL for t in skel.graph.initializer)
+        np.testing.assert_array_equal(held(next(t for t in inside.graph.initializer if t.name == "M")), want)
+    assert (tmp_path / "model.data").read_bytes() == data                # the user's data untouched
+    assert outside.graph.initializer[0].HasField("raw_data")
+
+
+def test_quantize_returns_whole_models_equal_to_those_made_without_a_store(tmp_path):
+    import qdq
+    from qdq.targets import prepare
+
+    path = _conv_bn(tmp_path)
+    rng = np.random.default_rng(5)
+    (tmp_path / "data").mkdir()
+    for k in range(6):
+        np.savez(tmp_path / "data" / f"{k}.npz", x=rng.standard_normal((1, 16, 8, 8)).astype(np.float32))
+    r = qdq.quantize(str(path), str(tmp_path / "data"), quiet=True)
+    for m in (r.model, r.float_model):
+        assert not any(t.data_location == TensorProto.EXTERNAL for t in m.graph.initializer)
+    m = numpy_helper.to_array(next(t for t in onnx.load(str(path)).graph.initializer if t.name == "M"))
+    np.testing.assert_array_equal(r.index.constants["M"], m)   # the result's index reads the whole model
+    want = prepare(str(path))     # loaded whole: its tensors say data_location DEFAULT, a filled one leaves it unset
+    for t in want.graph.initializer:
+        t.ClearField("data_location")
+    assert r.float_model.SerializeToString() == want.SerializeToString()
+
+
+def test_a_constant_nodes_external_data_is_read_in_a_run(tmp_path):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from qdq.targets import prepare
+
+    w = np.random.default_rng(7).standard_normal((64, 64)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])
+    nodes = [helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w, "Wv")),
+             helper.make_node("MatMul", ["x", "W"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    convert_model_to_external_data(model, location="m.data", size_threshold=0, convert_attribute=True)
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    with shared_weights():
+        got = prepare(str(tmp_path / "m.onnx"))
+        np.testing.assert_array_equal(numpy_helper.to_array(got.graph.initializer[0]), w)

@@ -7,7 +7,10 @@ serialization is another.  Here a session is given a *skeleton*: each initialize
 through ``SessionOptions.add_external_initializers`` (ONNX Runtime's CPU provider uses the buffer as
 is).  Inside :func:`shared_weights` every session of a run borrows from one store, so the float
 weights, and the INT8 weights every candidate of a placement shares, are held once however many
-sessions read them.
+sessions read them.  There the float model itself is a skeleton too (:func:`hold`): its large
+initializers live in the store as read-only arrays, read from the user's external data files
+directly, and every pass reads them there (:func:`held`), so a run holds one copy of the float
+weights, not the protobuf's and the sessions' (:func:`fill` makes a held model whole again).
 """
 from __future__ import annotations
 
@@ -15,17 +18,19 @@ import contextlib
 import contextvars
 import ctypes
 import gc
+import os
 import weakref
 
 import numpy as np
 import onnx
 
 from ..errors import QdqError
-from ..modelio import values_bytes, without_initializers
+from ..modelio import STORE_LOCATION, values_bytes, without_initializers
 
 # initializers from this size on are lent to sessions instead of serialized into them
 LENT_BYTES = 4096
-LENT_LOCATION = "qdq-weight-store"   # the external-data location of a lent initializer
+LENT_LOCATION = STORE_LOCATION   # the external-data location of a lent initializer
+HELD_LOCATION = LENT_LOCATION + "/held/"   # + a number: the location of a held model's initializer
 # a session whose lent weights pass this many bytes is fed them as inputs on every run
 FED_BYTES = 1 << 28
 # from this many bytes of weights on, the passes' garbage is collected and returned (release)
@@ -42,6 +47,8 @@ class WeightStore:
     def __init__(self):
         self._held: dict = {}
         self.feed = False   # every session is fed its weights (:func:`feed_large`)
+        self.models: dict = {}   # location -> {name: read-only array}: the weights of held models (:func:`hold`)
+        self.files: dict = {}    # (file, offset, dtype, dims) -> the array read there, read once per run
 
     def lend(self, t: onnx.TensorProto):
         """The OrtValue holding ``t``'s data (raw_data, little-endian): one a live session already
@@ -58,7 +65,7 @@ class WeightStore:
         key = (name, arr.dtype.str, arr.shape)
         live = [(a, v) for a, v in ((a(), v()) for a, v in self._held.get(key, ())) if v is not None]
         for held, value in live:
-            if np.array_equal(held, arr):
+            if held is arr or np.array_equal(held, arr):
                 return value
         value = ort.OrtValue.ortvalue_from_numpy(arr)
         self._held[key] = [(weakref.ref(a), weakref.ref(v)) for a, v in live + [(arr, value)]]
@@ -122,6 +129,124 @@ def feed_large(weight_bytes: int) -> None:
         store.feed = weight_bytes > FED_BYTES
 
 
+def holding() -> bool:
+    """Whether a model loaded now would be held (:func:`hold`): inside :func:`shared_weights`."""
+    return _STORE.get() is not None
+
+
+def hold(model: onnx.ModelProto, folder=None) -> onnx.ModelProto:
+    """Inside :func:`shared_weights`: a skeleton of ``model`` whose initializers of :data:`LENT_BYTES`
+    or more are references to :data:`HELD_LOCATION` (no data), their values held once in the store
+    as read-only arrays; data in external files (under ``folder``, already confined by
+    :func:`qdq.modelio.load_model`) is read from them one tensor at a time, once per run (the user's
+    model held again for its check shares the arrays).  Outside one, or for what is already a
+    reference, ``model`` as it is.  ``model`` is never changed."""
+    store = _STORE.get()
+    if store is None:
+        return model
+    location = f"{HELD_LOCATION}{len(store.models)}"
+    arrays = store.models.setdefault(location, {})
+    m = without_initializers(model)
+    for t in model.graph.initializer:
+        arr = _read(t, folder, store.files)
+        if arr is None:
+            m.graph.initializer.append(t)
+            continue
+        arr.flags.writeable = False   # lent to sessions and read by every pass: never written
+        arrays[t.name] = arr
+        ref = lent_reference(t.name, t.dims, t.data_type)
+        ref.external_data[0].value = location
+        m.graph.initializer.append(ref)
+    return m
+
+
+def _read(t: onnx.TensorProto, folder, files: dict) -> np.ndarray | None:
+    """``t``'s values as an array, when it is large enough to hold and held in its raw bytes or in
+    an external file under ``folder`` (the array ``files`` has for that place, else one read and
+    put there); else None."""
+    if (len(t.dims) == 0 or values_bytes(t) < LENT_BYTES
+            or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED)):
+        return None
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    if t.data_location != onnx.TensorProto.EXTERNAL:   # a read of raw_data is a copy already
+        raw = t.HasField("raw_data")
+        return np.frombuffer(t.raw_data, dtype).reshape(tuple(t.dims)) if raw else onnx.numpy_helper.to_array(t)
+    info = {e.key: e.value for e in t.external_data}
+    if folder is None or info.get("location", "").startswith(LENT_LOCATION):
+        return None
+    count = values_bytes(t) // dtype.itemsize
+    path, offset = os.path.join(folder, info["location"]), int(info.get("offset", 0))
+    key = (path, offset, dtype.str, tuple(t.dims))
+    if key not in files:
+        arr = np.fromfile(path, dtype, count=count, offset=offset)
+        if arr.size != count:
+            raise QdqError(f"external data of tensor {t.name!r} ({info['location']}) is shorter than its dims "
+                           f"{list(t.dims)} need; re-export the model")
+        files[key] = arr.reshape(tuple(t.dims))
+    return files[key]
+
+
+def held(t: onnx.TensorProto) -> np.ndarray | None:
+    """The read-only values of ``t`` when it references a held model's weights (:func:`hold`), else
+    None; a reference whose run is over is an internal error (its data is gone)."""
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    location = next((e.value for e in t.external_data if e.key == "location"), "")
+    if not location.startswith(HELD_LOCATION):
+        return None
+    arr = (_STORE.get().models if _STORE.get() is not None else {}).get(location, {}).get(t.name)
+    if arr is None:
+        raise QdqError(f"internal error: the weights of {t.name!r} were read after their run; please report it")
+    return arr
+
+
+def held_reference(name: str, arr: np.ndarray) -> onnx.TensorProto | None:
+    """A reference to the held array ``arr`` (the very object :func:`held` gave for ``name``), else None."""
+    store = _STORE.get()
+    if store is None or arr.flags.writeable:
+        return None
+    for location, arrays in store.models.items():
+        if arrays.get(name) is arr:
+            ref = lent_reference(name, arr.shape, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))
+            ref.external_data[0].value = location
+            return ref
+    return None
+
+
+def fill(model: onnx.ModelProto, move: bool = False) -> onnx.ModelProto:
+    """``model`` made whole in place: each reference to a held model's weights given its data (one
+    tensor at a time); with ``move`` each such array also leaves the store, so the model and the
+    store do not hold the weights at once.  Returns ``model``."""
+    places = _places() if move else {}
+    for t in model.graph.initializer:
+        arr = held(t)
+        if arr is None:
+            continue
+        t.CopyFrom(onnx.helper.make_tensor(t.name, t.data_type, arr.shape, arr.tobytes(), raw=True))
+        for where, key in places.get(id(arr), ()):
+            where.pop(key, None)
+        del arr
+    return model
+
+
+def keep_held(model: onnx.ModelProto) -> None:
+    """Inside :func:`shared_weights`: the held arrays ``model`` does not reference leave the store
+    (the weights preparation replaced, once the user's model has been checked against it)."""
+    used = {id(a) for t in model.graph.initializer if (a := held(t)) is not None}
+    for arr_id, found in _places().items():
+        for where, key in found if arr_id not in used else ():
+            del where[key]
+
+
+def _places() -> dict:
+    """id(array) -> [(dict, key)]: everywhere the store keeps each held array."""
+    store, out = _STORE.get(), {}
+    for arrays in ([*store.models.values(), store.files] if store is not None else ()):
+        for key, arr in arrays.items():
+            out.setdefault(id(arr), []).append((arrays, key))
+    return out
+
+
 def _lendable(t: onnx.TensorProto) -> bool:
     return (t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL and len(t.dims) > 0
             and t.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED)
@@ -147,6 +272,9 @@ def lent_view(model: onnx.ModelProto, lent: dict | None = None) -> tuple[onnx.Mo
         if lent and t.data_location == onnx.TensorProto.EXTERNAL and t.name in lent:
             m.graph.initializer.append(t)
             out[t.name] = lent[t.name]
+        elif (arr := held(t)) is not None:
+            m.graph.initializer.append(lent_reference(t.name, t.dims, t.data_type))
+            out[t.name] = arr
         elif _lendable(t):
             m.graph.initializer.append(lent_reference(t.name, t.dims, t.data_type))
             out[t.name] = t

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..calib.session import held
 from ..modelio import skeleton, unique_names
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
@@ -38,7 +39,9 @@ class Constants(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._small:
             return self._small[name]
-        arr = numpy_helper.to_array(self.protos[name])
+        arr = held(self.protos[name])
+        if arr is None:
+            arr = numpy_helper.to_array(self.protos[name])
         if arr.nbytes <= LARGE_BYTES:
             self._small[name] = arr
         return arr

@@ -13,6 +13,7 @@ Passes here prepare a float model for quantization without changing what it comp
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -20,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import QdqError
-from ..calib.session import LENT_BYTES, lent_reference
+from ..calib.session import LENT_BYTES, held, held_reference, lent_reference
 from ..modelio import check_onnx, fresh_name, unique_names, values_bytes
 from .index import GraphIndex, infer_types
 
@@ -51,14 +52,34 @@ def import_graph(source):
         raise QdqError("internal error: onnx-graphsurgeon changed the node count on import; please report it")
     left_out = {t.name for t in typed.graph.input} - {t.name for t in model.graph.input}
     if left_out:   # the skeleton's large weights, inputs there: constants again, read lazily from the model
-        from onnx_graphsurgeon.ir.tensor import LazyValues
-
         tensors = graph.tensors()
         for t in model.graph.initializer:
             if t.name in left_out:
-                tensors[t.name].to_constant(LazyValues(t))
+                tensors[t.name].to_constant(_lazy(t))
         graph.inputs = [t for t in graph.inputs if t.name not in left_out]
     return graph
+
+
+def _lazy(t: onnx.TensorProto):
+    """gs's lazy values of initializer ``t``; those of a held model (:func:`qdq.calib.session.hold`)
+    read from the store, not copied."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    return _held_values()(t) if held(t) is not None else LazyValues(t)
+
+
+@functools.cache
+def _held_values():
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    class HeldValues(LazyValues):
+        """Values of a held model's weight: the store's read-only array (made whole: the tensor's own)."""
+
+        def load(self):
+            arr = held(self.tensor)
+            return super().load() if arr is None else arr
+
+    return HeldValues
 
 
 def export_graph(graph, template: onnx.ModelProto, pass_name: str, check: bool = True) -> onnx.ModelProto:
@@ -115,6 +136,11 @@ def export_lent(graph, template: onnx.ModelProto, consume: bool = False) -> tupl
         if not isinstance(t, gs().Constant):
             continue
         old = t._values   # gs exports a LazyValues' own TensorProto, and an array's bytes
+        ref = held_reference(t.name, old) if isinstance(old, np.ndarray) else None
+        if ref is not None:   # a held weight read by the pass, unchanged: its reference again
+            swapped.append((t, old))
+            t._values = _lazy(ref)
+            continue
         proto = old.tensor if isinstance(old, LazyValues) else None
         if proto is None and (not isinstance(old, np.ndarray) or old.dtype.kind in "OSUV"
                               or t.export_dtype != t.dtype or t.data_location is not None):

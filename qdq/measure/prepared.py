@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..calib.session import run_session, session_for
+from ..calib.session import hold, holding, run_session, session_for
 from ..errors import QdqError
 from ..graph.precision import has_fp16, runnable
 from ..modelio import has_external_data, load_model, name_nodes
@@ -49,7 +49,10 @@ def _user_model(user) -> tuple:
         return _runnable_names(model), None
     if has_fp16(model):
         return _runnable_names(load_model(user)), None
-    return _runnable_names(model), Path(user).resolve().parent
+    folder = Path(user).resolve().parent
+    if holding():   # the run read these files into its store already: the same arrays lent
+        return _runnable_names(hold(model, folder)), None
+    return _runnable_names(model), folder
 
 
 def _runnable_names(model: onnx.ModelProto) -> onnx.ModelProto:
