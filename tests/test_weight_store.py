@@ -292,6 +292,20 @@ def test_quantize_returns_whole_models_equal_to_those_made_without_a_store(tmp_p
     assert r.float_model.SerializeToString() == want.SerializeToString()
 
 
+def test_fp16_emulation_reads_each_fp16_weight_through_a_cast_not_an_fp32_copy():
+    from qdq.graph.precision import fp16_emulated
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    x = {"x": rng.standard_normal((1, 64)).astype(np.float32)}
+    model, lent = fp16_emulated(_matmul(w))
+    assert {k: v.dtype for k, v in lent.items()} == {"W": np.float16}      # no FP32 copy beside it
+    assert [n.op_type for n in model.graph.node if "W" in n.input] == ["Cast"]
+    got = run_session(session_for(model, lent=lent), x, "s")["y"]
+    half = lambda a: a.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(got, half(half(x["x"]) @ half(w)), rtol=2e-3, atol=1e-3)
+
+
 def test_a_constant_nodes_external_data_is_read_in_a_run(tmp_path):
     from onnx.external_data_helper import convert_model_to_external_data
 

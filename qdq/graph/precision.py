@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..calib.session import LENT_BYTES
 from ..errors import QdqError
 from ..modelio import fresh_name
 from .rewrite import quantize_weight
@@ -285,8 +286,9 @@ def emulate_in_place(graph, opsets: dict) -> None:
     g = gs()
     half = {t.name for t in graph.tensors().values() if isinstance(t, g.Variable) and _dtype(t) == F16}
     io = {t.name: _dtype(t) for t in list(graph.inputs) + list(graph.outputs) if _dtype(t) is not None}
-    cast_graph(graph, opsets, np.float32, (), io)
     taken = taken_names(graph)
+    _widen_weights(graph, taken)
+    cast_graph(graph, opsets, np.float32, (), io)
     for t in [t for t in graph.tensors().values() if isinstance(t, g.Variable) and t.name in half and t.inputs]:
         if _dtype(t) != F32:   # a declared FP16 graph input/output is rounded by its type already
             continue
@@ -301,6 +303,21 @@ def runnable(model: onnx.ModelProto) -> onnx.ModelProto:
     when it computes in FP16 (ONNX Runtime's CPU provider would compute much of it in FP32 and hide
     what FP16 storage costs), else ``model`` itself."""
     return emulate_fp16(model) if has_fp16(model) else model
+
+
+def _widen_weights(graph, taken: set) -> None:
+    """Each FP16 weight of :data:`qdq.calib.session.LENT_BYTES` or more read through a Cast to FP32
+    that ONNX Runtime runs when the weight's consumer does (exact, as converting its values is): FP32
+    copies of all the weights would be held beside the FP16 ones for the session's life."""
+    g = gs()
+    for const in [t for t in graph.tensors().values() if isinstance(t, g.Constant) and t.dtype == np.float16
+                  and t.outputs and 2 * int(np.prod(t.shape)) >= LENT_BYTES and not _is_qdq_scale(t)]:
+        wide = g.Variable(fresh_name(f"{const.name}_fp32", taken), dtype=F32, shape=list(const.shape))
+        for consumer in list(const.outputs):
+            for i in [i for i, t in enumerate(consumer.inputs) if t is const]:
+                consumer.inputs[i] = wide
+        graph.nodes.append(g.Node("Cast", fresh_name(f"{const.name}_ToFp32", taken), attrs={"to": TensorProto.FLOAT},
+                                  inputs=[const], outputs=[wide]))
 
 
 def fp16_round_trip(src, dst, stem: str, taken: set) -> list:
@@ -391,7 +408,7 @@ def _converted(const, dtype, edges, any_fp16: bool):
         scale = np.maximum(values.astype(np.float64), FP16_MIN_SCALE) if any_fp16 else values.astype(np.float64)
         return scale.astype(np.float16).astype(dtype)
     if dtype == F16:
-        big = np.abs(values.astype(np.float64)) > FP16_MAX
+        big = np.abs(values) > FP16_MAX   # FP16_MAX is exact in FP32: no FP64 copy of the weight needed
         if np.any(big):
             if all(c.op in BOUND_OPS for c, _ in edges) and np.all(np.abs(values[big]) >= NO_BOUND):
                 return np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16)
