@@ -72,6 +72,39 @@ def _copy_fields(src, dst, keep) -> None:
             setattr(dst, field.name, value)
 
 
+def write_streamed(model: onnx.ModelProto, f) -> None:
+    """``model.SerializeToString()`` written to the binary file ``f``, byte for byte, without it
+    ever being one bytes object (a copy of every weight): a message serializes as its fields in
+    field-number order, so the model's fields before its graph, the graph's before its
+    initializers, each initializer, and the rest are serialized apart and written in that order."""
+    graph = model.graph
+    parts = [onnx.ModelProto(), onnx.GraphProto(), onnx.GraphProto(), onnx.ModelProto()]
+    _copy_fields(model, parts[0], lambda fd: fd.number < 7)
+    _copy_fields(graph, parts[1], lambda fd: fd.number < 5)
+    _copy_fields(graph, parts[2], lambda fd: fd.number > 5)
+    _copy_fields(model, parts[3], lambda fd: fd.number > 7)
+    sizes = [t.ByteSize() for t in graph.initializer]
+    length = parts[1].ByteSize() + parts[2].ByteSize() + sum(1 + len(_varint(n)) + n for n in sizes)
+    f.write(parts[0].SerializeToString())
+    if model.HasField("graph"):
+        f.write(b"\x3a" + _varint(length))   # field 7 (graph), length-delimited
+        f.write(parts[1].SerializeToString())
+        for t, n in zip(graph.initializer, sizes):
+            f.write(b"\x2a" + _varint(n))     # field 5 (initializer), length-delimited
+            f.write(t.SerializeToString())
+        f.write(parts[2].SerializeToString())
+    f.write(parts[3].SerializeToString())
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
 def values_bytes(t: onnx.TensorProto) -> int:
     """Bytes of an initializer's values from its dims and type (reading ``raw_data`` would copy it)."""
     n = 1
@@ -301,7 +334,7 @@ def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=()
                        "please report it")
     folder = _check_target(path, overwrite, protect)
     if not too_large(model):
-        return _atomic(path, folder, lambda tmp: onnx.save_model(model, tmp))
+        return _atomic(path, folder, lambda tmp: _write_to(tmp, model))
     data = path.with_name(path.name + ".data")
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=folder) as stage:
         staged = Path(stage) / path.name
@@ -312,6 +345,11 @@ def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=()
         except OSError as e:
             raise QdqError(f"{path}: cannot write ({e.strerror or e}); nothing was changed") from None
     return path
+
+
+def _write_to(path, model: onnx.ModelProto) -> None:
+    with open(path, "wb") as f:
+        write_streamed(model, f)
 
 
 def read_json(path, hint: str = "") -> object:

@@ -193,6 +193,23 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
+def test_a_saved_model_is_its_serialization_byte_for_byte_written_a_weight_at_a_time(tmp_path):
+    """save_model streams the initializers (no bytes object of the whole model); the file is what
+    SerializeToString gives, every kind of field around the graph and inside it included."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W", (300, 200)), ("b", (200,)), ("big", (128, 1024)))]   # sizes of 1- to 3-byte varints
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"),
+                           helper.make_node("Add", ["m", "b"], ["y"], name="add")], "g",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 300])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 200])], inits,
+                          doc_string="graph doc", value_info=[helper.make_tensor_value_info("m", onnx.TensorProto.FLOAT, [1, 200])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], doc_string="model doc", producer_name="t")
+    helper.set_model_props(m, {"k": "v"})
+    save_model(m, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == m.SerializeToString()
+
+
 def test_ctrl_c_mid_calibration(prepared, tmp_path):
     ds = prepared("frames")                                     # 256 frames: long enough to interrupt
     out = tmp_path / "o.onnx"
