@@ -20,10 +20,29 @@ STORE_LOCATION = "qdq-weight-store"   # external data of this location lives in 
 def too_large(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is beyond :data:`PROTOBUF_LIMIT` (read at call time: tests lower it to run the
     external-data paths on small models)."""
-    try:
-        return model.ByteSize() > PROTOBUF_LIMIT
-    except Exception:   # protobuf's C implementation refuses to size a message beyond 2 GiB at all
-        return True
+    return serialized_size(model) > PROTOBUF_LIMIT
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """``model.ByteSize()``, computed without serializing a weight (upb's ByteSize encodes the whole
+    message: a copy of every weight, and beyond 2 GiB an error)."""
+    head = without_initializers(model)
+    inner = head.graph.ByteSize() + sum(_field_size(_tensor_size(t)) for t in model.graph.initializer)
+    return head.ByteSize() - _field_size(head.graph.ByteSize()) + _field_size(inner)
+
+
+def _field_size(n: int) -> int:
+    """Bytes of a length-delimited field of ``n`` bytes (a field number below 16: one tag byte)."""
+    return 1 + len(_varint(n)) + n
+
+
+def _tensor_size(t: onnx.TensorProto) -> int:
+    """``t.ByteSize()``; for raw data from its dims (upb's ByteSize would encode the bytes)."""
+    if not t.HasField("raw_data"):
+        return t.ByteSize()
+    rest = onnx.TensorProto()
+    _copy_fields(t, rest, lambda f: f.name != "raw_data")
+    return rest.ByteSize() + _field_size(values_bytes(t))
 
 
 def write_external(model: onnx.ModelProto, path: Path, data_name: str) -> None:
@@ -59,17 +78,21 @@ def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _copy_fields(src, dst, keep) -> None:
-    """Every set field of protobuf message ``src`` for which ``keep(field descriptor)`` into ``dst``."""
-    for field, value in src.ListFields():
+    """Every set field of protobuf message ``src`` for which ``keep(field descriptor)`` into ``dst``
+    (a field left out is never read: reading ``raw_data`` copies it)."""
+    for field in src.DESCRIPTOR.fields:
         if not keep(field):
             continue
         repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
         if repeated:   # protobuf 7 has only is_repeated, earlier ones only label
-            getattr(dst, field.name).extend(value)
+            if len(getattr(src, field.name)):
+                getattr(dst, field.name).extend(getattr(src, field.name))
+        elif not src.HasField(field.name):
+            continue
         elif field.message_type:
-            getattr(dst, field.name).CopyFrom(value)
+            getattr(dst, field.name).CopyFrom(getattr(src, field.name))
         else:
-            setattr(dst, field.name, value)
+            setattr(dst, field.name, getattr(src, field.name))
 
 
 def write_streamed(model: onnx.ModelProto, f) -> None:
@@ -83,8 +106,8 @@ def write_streamed(model: onnx.ModelProto, f) -> None:
     _copy_fields(graph, parts[1], lambda fd: fd.number < 5)
     _copy_fields(graph, parts[2], lambda fd: fd.number > 5)
     _copy_fields(model, parts[3], lambda fd: fd.number > 7)
-    sizes = [t.ByteSize() for t in graph.initializer]
-    length = parts[1].ByteSize() + parts[2].ByteSize() + sum(1 + len(_varint(n)) + n for n in sizes)
+    sizes = [_tensor_size(t) for t in graph.initializer]
+    length = parts[1].ByteSize() + parts[2].ByteSize() + sum(_field_size(n) for n in sizes)
     f.write(parts[0].SerializeToString())
     if model.HasField("graph"):
         f.write(b"\x3a" + _varint(length))   # field 7 (graph), length-delimited

@@ -13,7 +13,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from qdq.errors import QdqError
-from qdq.modelio import _atomic, load_model, save_model
+from qdq.modelio import _atomic, load_model, save_model, serialized_size
 from qdq.pipeline import quantize
 
 from clitools import one_line_error, run_qdq
@@ -208,6 +208,7 @@ def test_a_saved_model_is_its_serialization_byte_for_byte_written_a_weight_at_a_
     helper.set_model_props(m, {"k": "v"})
     save_model(m, tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").read_bytes() == m.SerializeToString()
+    assert serialized_size(m) == m.ByteSize()          # sized without encoding a weight
 
 
 def test_ctrl_c_mid_calibration(prepared, tmp_path):
