@@ -101,7 +101,7 @@ def _quantize(model, calib, imported: RangeFile | None, given: Calibration | Non
     release(nbytes := model_bytes(prep.float_model))
     feed_large(nbytes)
     samples = S.calibrate_samples(prep, model, calib, given, opts, warnings)
-    keep_held(prep.float_model)   # the user's weights the preparation changed are checked: gone
+    keep_held(prep.float_model)   # what the preparation replaced served only the check of the user's model
     release(nbytes)
     macs = S.count_macs(prep, samples, warnings)
     readers = S.massive_readers(prep, samples.cal, warnings)
