@@ -165,9 +165,7 @@ def load_model(path, external: bool = True) -> onnx.ModelProto:
         onnx.load_external_data_for_model(model, str(base))
     for t in _external_tensors(model) if not external else ():
         if t not in model.graph.initializer:   # a Constant node's: read in (only initializers stay references)
-            onnx.external_data_helper.load_external_data_for_tensor(t, str(base))
-            t.data_location = onnx.TensorProto.DEFAULT
-            del t.external_data[:]
+            read_in(t, base)
     try:
         check_onnx(model)
     except Exception as e:
@@ -175,6 +173,13 @@ def load_model(path, external: bool = True) -> onnx.ModelProto:
         raise QdqError(f"{path}: fails onnx.checker ({first}); fix or re-export the model") from None
     name_nodes(model)
     return model
+
+
+def read_in(t: onnx.TensorProto, folder) -> None:
+    """Tensor ``t``'s external data (under ``folder``) read into it; it references no file after."""
+    onnx.external_data_helper.load_external_data_for_tensor(t, str(folder))
+    t.data_location = onnx.TensorProto.DEFAULT
+    del t.external_data[:]
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from ..errors import QdqError
-from ..modelio import STORE_LOCATION, values_bytes, without_initializers
+from ..modelio import STORE_LOCATION, read_in, values_bytes, without_initializers
 
 # initializers from this size on are lent to sessions instead of serialized into them
 LENT_BYTES = 4096
@@ -151,6 +151,8 @@ def hold(model: onnx.ModelProto, folder=None) -> onnx.ModelProto:
         arr = _read(t, folder, store.files)
         if arr is None:
             m.graph.initializer.append(t)
+            if folder is not None and t.data_location == onnx.TensorProto.EXTERNAL and not _stored(t):
+                read_in(m.graph.initializer[-1], folder)   # too small to hold: in the skeleton, as a session needs it
             continue
         arr.flags.writeable = False   # lent to sessions and read by every pass: never written
         arrays[t.name] = arr
@@ -184,6 +186,11 @@ def _read(t: onnx.TensorProto, folder, files: dict) -> np.ndarray | None:
                            f"{list(t.dims)} need; re-export the model")
         files[key] = arr.reshape(tuple(t.dims))
     return files[key]
+
+
+def _stored(t: onnx.TensorProto) -> bool:
+    """Whether ``t`` references the store (lent or held), not a file."""
+    return any(e.key == "location" and e.value.startswith(LENT_LOCATION) for e in t.external_data)
 
 
 def held(t: onnx.TensorProto) -> np.ndarray | None:
