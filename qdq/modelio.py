@@ -27,8 +27,9 @@ def serialized_size(model: onnx.ModelProto) -> int:
     """``model.ByteSize()``, computed without serializing a weight (upb's ByteSize encodes the whole
     message: a copy of every weight, and beyond 2 GiB an error)."""
     head = without_initializers(model)
-    inner = head.graph.ByteSize() + sum(_field_size(_tensor_size(t)) for t in model.graph.initializer)
-    return head.ByteSize() - _field_size(head.graph.ByteSize()) + _field_size(inner)
+    bare = head.graph.ByteSize()
+    inner = bare + sum(_field_size(_tensor_size(t)) for t in model.graph.initializer)
+    return head.ByteSize() - _field_size(bare) + _field_size(inner)
 
 
 def _field_size(n: int) -> int:
@@ -180,6 +181,11 @@ def read_in(t: onnx.TensorProto, folder) -> None:
     onnx.external_data_helper.load_external_data_for_tensor(t, str(folder))
     t.data_location = onnx.TensorProto.DEFAULT
     del t.external_data[:]
+
+
+def in_store(t: onnx.TensorProto) -> bool:
+    """Whether ``t`` references a run's weight store (:data:`STORE_LOCATION`), not a file."""
+    return any(e.key == "location" and e.value.startswith(STORE_LOCATION) for e in t.external_data)
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
@@ -355,8 +361,7 @@ def save_model(model: onnx.ModelProto, path, overwrite: bool = False, protect=()
     the input model) that must never be replaced.
     """
     path = Path(path)
-    stray = next((t.name for t in _external_tensors(model) if t.external_data
-                  and t.external_data[0].value.startswith(STORE_LOCATION)), None)
+    stray = next((t.name for t in _external_tensors(model) if in_store(t)), None)
     if stray is not None:
         raise QdqError(f"internal error: tensor {stray!r} has no data outside its run; nothing was written, "
                        "please report it")

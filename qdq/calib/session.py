@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from ..errors import QdqError
-from ..modelio import STORE_LOCATION, read_in, values_bytes, without_initializers
+from ..modelio import STORE_LOCATION, in_store, read_in, values_bytes, without_initializers
 
 # initializers from this size on are lent to sessions instead of serialized into them
 LENT_BYTES = 4096
@@ -151,14 +151,12 @@ def hold(model: onnx.ModelProto, folder=None) -> onnx.ModelProto:
         arr = _read(t, folder, store.files)
         if arr is None:
             m.graph.initializer.append(t)
-            if folder is not None and t.data_location == onnx.TensorProto.EXTERNAL and not _stored(t):
+            if folder is not None and t.data_location == onnx.TensorProto.EXTERNAL and not in_store(t):
                 read_in(m.graph.initializer[-1], folder)   # too small to hold: in the skeleton, as a session needs it
             continue
         arr.flags.writeable = False   # lent to sessions and read by every pass: never written
         arrays[t.name] = arr
-        ref = lent_reference(t.name, t.dims, t.data_type)
-        ref.external_data[0].value = location
-        m.graph.initializer.append(ref)
+        m.graph.initializer.append(lent_reference(t.name, t.dims, t.data_type, location))
     return m
 
 
@@ -173,9 +171,9 @@ def _read(t: onnx.TensorProto, folder, files: dict) -> np.ndarray | None:
     if t.data_location != onnx.TensorProto.EXTERNAL:   # a read of raw_data is a copy already
         raw = t.HasField("raw_data")
         return np.frombuffer(t.raw_data, dtype).reshape(tuple(t.dims)) if raw else onnx.numpy_helper.to_array(t)
-    info = {e.key: e.value for e in t.external_data}
-    if folder is None or info.get("location", "").startswith(LENT_LOCATION):
+    if folder is None or in_store(t):
         return None
+    info = {e.key: e.value for e in t.external_data}
     count = values_bytes(t) // dtype.itemsize
     path, offset = os.path.join(folder, info["location"]), int(info.get("offset", 0))
     key = (path, offset, dtype.str, tuple(t.dims))
@@ -186,11 +184,6 @@ def _read(t: onnx.TensorProto, folder, files: dict) -> np.ndarray | None:
                            f"{list(t.dims)} need; re-export the model")
         files[key] = arr.reshape(tuple(t.dims))
     return files[key]
-
-
-def _stored(t: onnx.TensorProto) -> bool:
-    """Whether ``t`` references the store (lent or held), not a file."""
-    return any(e.key == "location" and e.value.startswith(LENT_LOCATION) for e in t.external_data)
 
 
 def held(t: onnx.TensorProto) -> np.ndarray | None:
@@ -214,9 +207,7 @@ def held_reference(name: str, arr: np.ndarray) -> onnx.TensorProto | None:
         return None
     for location, arrays in store.models.items():
         if arrays.get(name) is arr:
-            ref = lent_reference(name, arr.shape, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))
-            ref.external_data[0].value = location
-            return ref
+            return lent_reference(name, arr.shape, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), location)
     return None
 
 
@@ -260,11 +251,12 @@ def _lendable(t: onnx.TensorProto) -> bool:
             and values_bytes(t) >= LENT_BYTES)
 
 
-def lent_reference(name: str, dims, data_type: int) -> onnx.TensorProto:
-    """An initializer with no data: an external reference to :data:`LENT_LOCATION`, which a session
-    fills from what is lent to it (:func:`session_for`)."""
+def lent_reference(name: str, dims, data_type: int, location: str = LENT_LOCATION) -> onnx.TensorProto:
+    """An initializer with no data: an external reference to ``location`` in the store (by default
+    :data:`LENT_LOCATION`, which a session fills from what is lent to it, :func:`session_for`; a held
+    model's, :func:`hold`)."""
     ref = onnx.TensorProto(name=name, dims=list(dims), data_type=data_type, data_location=onnx.TensorProto.EXTERNAL)
-    ref.external_data.add(key="location", value=LENT_LOCATION)
+    ref.external_data.add(key="location", value=location)
     return ref
 
 
