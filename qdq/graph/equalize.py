@@ -123,17 +123,29 @@ def _mse_amax(x: np.ndarray) -> float:
     return min((r * top for r in CLIP_GRID), key=lambda a: float(((x - _fq(x, a)) ** 2).sum()))
 
 
-def _joint_error(x: np.ndarray, weights: list, s: np.ndarray, refs: list) -> dict:
+def _joint_error(x: np.ndarray, weights: list, s: np.ndarray, refs: list, qws: list | None = None) -> dict:
     """Σ‖X·W − q(X/s)·q(diag(s)·W)‖² over the layers' weights (K×N each), with X/s quantized at the
     amax mse calibration would give it and at its max: {"mse": error, "max": error}.  X is the layers'
     input after any shift (the shift's z·W goes into their bias, exact in float).  ``refs``: the
-    products X·W, computed once by the caller however many s it tries."""
-    return _errors(x / s, refs, _quantized(weights, s))
+    products X·W, computed once by the caller however many s it tries; ``qws``: q(diag(s)·W) when the
+    caller has them."""
+    return _errors(x / s, refs, _quantized(weights, s) if qws is None else qws)
 
 
 def _quantized(weights: list, s: np.ndarray) -> list:
-    """q(diag(s)·W) of each weight, per output channel at its max."""
-    return [_fq(ws, np.abs(ws).max(axis=0), axis=1) for ws in (w * s[:, None] for w in weights)]
+    """q(diag(s)·W) of each weight (float64), per output channel at its max: :func:`_fq`'s numbers,
+    computed in the one float64 array (the weights are the largest arrays here; a temporary of each
+    step cost as much time as the step)."""
+    out = []
+    for w in weights:
+        ws = w * s[:, None]
+        scale = np.maximum(np.maximum(ws.max(axis=0), -ws.min(axis=0)), 1e-30) / 127
+        ws /= scale
+        np.rint(ws, out=ws)
+        np.clip(ws, -128, 127, out=ws)
+        ws *= scale
+        out.append(ws)
+    return out
 
 
 def _errors(xs: np.ndarray, refs: list, qws: list) -> dict:
@@ -159,25 +171,26 @@ def _scales(a: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
     return s
 
 
-def _best(x: np.ndarray, a: np.ndarray, wmax: np.ndarray, weights: list, alphas: tuple) -> tuple:
+def _best(x: np.ndarray, a: np.ndarray, wmax: np.ndarray, weights: list, alphas: tuple, plain: list) -> tuple:
     """(joint error, α or None, scales, range method) with the least error over no scaling and ``alphas``
-    for the layers' input rows ``x`` (``a``: its max |x| per channel)."""
+    for the layers' input rows ``x`` (``a``: its max |x| per channel; ``plain``: the weights quantized
+    unscaled)."""
     best, refs = None, [x @ w for w in weights]
     for al in (None,) + alphas:
         s = np.ones(a.size) if al is None else _scales(a, wmax, al)
-        for method, err in _joint_error(x, weights, s, refs).items():
+        for method, err in _joint_error(x, weights, s, refs, plain if al is None else None).items():
             if best is None or err < best[0]:
                 best = (err, al, s, method)
     return best
 
 
-def _shift_fraction(parts: list, weights: list, gain: float) -> float:
+def _shift_fraction(parts: list, weights: list, qws: list, gain: float) -> float:
     """The f of :data:`SHIFT_FRACTIONS` whose shift z = f·(min + max) / 2 cuts the joint error (unscaled)
     the most, if below ``gain`` of the unshifted error, else 0.  Judged out of sample: z from the
     even-numbered samples' rows tried on the odd ones' and the other way round (the mid-range of a few
     extremes is noisy: in sample, centring symmetric noise would always look better).  f < 1 suits
-    skewed tensors (GELU: most values near 0, a long tail), whose mid-range would push the bulk to an edge."""
-    qws = _quantized(weights, np.ones(weights[0].shape[0]))   # unscaled: the same for every shift
+    skewed tensors (GELU: most values near 0, a long tail), whose mid-range would push the bulk to an edge.
+    ``qws``: the weights quantized unscaled (the same for every shift)."""
 
     def unscaled(x):   # the joint error without scales, at the better of the two range methods
         return min(_errors(x, [x @ w for w in weights], qws).values())
@@ -206,10 +219,11 @@ def _choose(lo: np.ndarray, hi: np.ndarray, parts: list, weights: list, alpha: f
         return None, _scales(np.maximum(-lo, hi), wmax, alpha), None
     lo, hi = lo.astype(np.float64), hi.astype(np.float64)
     parts = [p.astype(np.float64) for p in parts]
-    f = _shift_fraction(parts, weights, 1.0 if shift_free else SHIFT_GAIN) if shift_ok and len(parts) > 1 else 0.0
+    plain = _quantized(weights, np.ones(lo.size))
+    f = _shift_fraction(parts, weights, plain, 1.0 if shift_free else SHIFT_GAIN) if shift_ok and len(parts) > 1 else 0.0
     shift, z = f > 0, f * (lo + hi) / 2
     _, al, s, method = _best(np.concatenate(parts) - z, np.maximum(hi - z, z - lo), wmax, weights,
-                             ALPHAS if scale_ok else ())
+                             ALPHAS if scale_ok else (), plain)
     if not shift and al is None:
         return None, None, None
     return (z if shift else None), (None if al is None else s), method
