@@ -208,6 +208,11 @@ def metadata(model: onnx.ModelProto) -> dict:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def subgraphs(node: onnx.NodeProto) -> list:
+    """The graphs ``node`` holds (If branches, Loop and Scan bodies): its GRAPH and GRAPHS attributes."""
+    return [g for a in node.attribute for g in ([a.g] if a.type == a.GRAPH else a.graphs)]
+
+
 def fresh_name(base: str, taken: set) -> str:
     """``base``, or ``base_1``, ``base_2`` … whichever is not in ``taken`` (then added to it)."""
     out, k = base, 1

@@ -17,13 +17,14 @@ from .calib.session import hold
 from .calib.ranges import MASSIVE_RATIO, massive
 from .errors import QdqError
 from .graph.equalize import cross_layer_equalization, record, smooth_quant, smoothable, smoothing_note
-from .graph.index import GraphIndex, subgraphs
+from .graph.index import GraphIndex
 from .graph.placement import Placement, calibration_tensors, place, why_none
 from .graph.precision import FP16_OUTPUT_MIN_DB, remainder_fp16, runnable
 from .graph.shapes import data_shapes, layer_tensors, measured_macs, shape_text, weighted_macs
 from .measure.autocast import fp16_plan
 from .measure.heldback import HeldBack
 from .measure.prepared import check_prepared
+from .modelio import subgraphs
 from .options import Options
 from .progress import notice
 from .report.summary import tensor_names

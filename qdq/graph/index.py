@@ -128,11 +128,6 @@ class GraphIndex:
         return [(self.nodes[p], i) for p, i in self.consumers.get(tensor, [])]
 
 
-def subgraphs(node: onnx.NodeProto) -> list:
-    """The graphs ``node`` holds (If branches, Loop and Scan bodies): its GRAPH and GRAPHS attributes."""
-    return [g for a in node.attribute for g in ([a.g] if a.type == a.GRAPH else a.graphs)]
-
-
 def infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
     """The skeleton of ``model`` (see :func:`qdq.modelio.skeleton`) with inferred value_info (types and shapes)
     where ONNX can infer them; without inferred types when inference fails (a help, not a requirement:

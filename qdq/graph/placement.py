@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .index import GraphIndex, subgraphs
+from ..modelio import subgraphs
+from .index import GraphIndex
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 SAME_SCALE_OPS = ("MaxPool", "Resize", "Upsample", "Concat", "Reshape", "Flatten", "Squeeze",
