@@ -230,3 +230,29 @@ def test_ctrl_c_mid_calibration(prepared, tmp_path):
 def test_debug_shows_the_traceback(ppocr_det, tmp_path):
     r = run_qdq("--debug", "quantize", ppocr_det.model, "--calib", tmp_path / "nope", "-o", tmp_path / "o.onnx")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_damaged_external_data_is_one_line_naming_the_file(tmp_path, damage):
+    """A model whose external data file is cut short or gone: one line naming the file and the tensor
+    (exit 2), nothing written, the user's folder byte for byte as it was."""
+    rng = np.random.default_rng(0)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
+                          [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")])
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "m.onnx"),
+                    save_as_external_data=True, location="m.data", size_threshold=0)
+    data = folder / "m.data"
+    if damage == "truncated":
+        data.write_bytes(data.read_bytes()[:1000])
+    else:
+        data.unlink()
+    (tmp_path / "d").mkdir()
+    np.savez(tmp_path / "d" / "0.npz", x=rng.standard_normal((1, 64)).astype(np.float32))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    r = run_qdq("quantize", folder / "m.onnx", "--calib", tmp_path / "d", "-o", tmp_path / "q.onnx")
+    one_line_error(r, "m.data", "'W'" if damage == "truncated" else "m.data")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and not (tmp_path / "q.onnx").exists()

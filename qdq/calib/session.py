@@ -180,7 +180,7 @@ def _read(t: onnx.TensorProto, folder, files: dict) -> np.ndarray | None:
     if key not in files:
         arr = np.fromfile(path, dtype, count=count, offset=offset)
         if arr.size != count:
-            raise QdqError(f"external data of tensor {t.name!r} ({info['location']}) is shorter than its dims "
+            raise QdqError(f"external data of tensor {t.name!r} ({path}) is shorter than its dims "
                            f"{list(t.dims)} need; re-export the model")
         files[key] = arr.reshape(tuple(t.dims))
     return files[key]
