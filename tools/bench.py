@@ -4,6 +4,7 @@ installed), side by side in one run, on the same real models and data.
   python tools/bench.py                                  # all models, all methods, N = 64
   python tools/bench.py --models effnet --scaling 16 64 256
   python tools/bench.py --json docs/bench.json
+  python tools/bench.py --speed --models yolov8n ddddocr_det   # the default against ONNX Runtime's Entropy alone
 
 Every quantization runs in its own process; its wall time and peak RSS (VmHWM) are measured there.  Quality is measured afterwards on held-out data against FP32 with the same ONNX
 Runtime settings for every tool (Q/DQ as float ops): pooled output SQNR, cosine, top-1 agreement for the
@@ -27,6 +28,7 @@ sys.path.insert(1 if "--memory-child" in sys.argv else 0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from qdq.calib.ranges import DEFAULT_METHOD  # noqa: E402
 from qdq.errors import QdqError  # noqa: E402
 
 OURS = ("max", "percentile", "entropy", "mse")
@@ -365,6 +367,26 @@ def sensitivity_speed(model: str = "effnet", samples: int = 16) -> dict:
     return row
 
 
+def speed(models, n: int, out: Path | None) -> list:
+    """Wall seconds of the whole default, of the default without bias correction and mixed precision, and
+    of ONNX Runtime's Entropy calibration alone (quantize_static), each in a fresh process, per model,
+    with the ratio of Entropy's time to each of qdq's (issue "one copy of the weights": ≥ 2 on a detector)."""
+    rows, work = [], Path(tempfile.mkdtemp(prefix="qdq-speed-"))
+    for model in models:
+        got = {tool: run_isolated(tool, method, model, n, str(work / f"{model}-{tool}.onnx"))
+               for tool, method in (("qdq", DEFAULT_METHOD), ("qdq-int8", DEFAULT_METHOD), ("onnxruntime", "Entropy"))}
+        ort_s = got["onnxruntime"].get("seconds")
+        for tool, r in got.items():
+            row = {"model": model, "n": n, "tool": tool, **r}
+            if ort_s and r.get("seconds") and tool != "onnxruntime":
+                row["entropy_over_this"] = round(ort_s / r["seconds"], 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if out:
+        out.write_text(json.dumps({"speed": rows}, indent=1))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["effnet", "ppocr_det", "ddddocr_det", "minilm"])
@@ -384,9 +406,14 @@ def main(argv=None):
     ap.add_argument("--targets", nargs="+", default=["trt8", "trt10", "trt11"], help="targets for --memory")
     ap.add_argument("--qdq-root", type=Path, default=ROOT, help="the qdq checkout --memory runs (an earlier commit's "
                                                                  "worktree gives the before figure)")
+    ap.add_argument("--speed", action="store_true",
+                    help="the whole default (trt10), the default without bias correction and mixed precision, and "
+                         "ONNX Runtime's Entropy calibration alone, on --models with --n samples (wall seconds)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.speed:
+        return speed(args.models, args.n, args.json)
     if args.memory_child:
         return _memory_child(*args.memory_child)
     if args.memory is not None:
