@@ -367,12 +367,13 @@ def _dequantize_as_mul(model: onnx.ModelProto, lent: dict) -> None:
         zero = values(n.input[2]) if len(n.input) > 2 and n.input[2] else np.zeros(1)
         return axis % len(x.dims) == len(x.dims) - 1 and zero is not None and not zero.any()
 
-    if not any(fits(n) for n in model.graph.node):
+    rewritten = [fits(n) for n in model.graph.node]
+    if not any(rewritten):
         return
     taken = {x for n in model.graph.node for x in (n.name, *n.output)} | set(inits) | {i.name for i in model.graph.input}
     nodes, zeros = [], set()
-    for n in model.graph.node:
-        if not fits(n):
+    for n, rewrite in zip(model.graph.node, rewritten):
+        if not rewrite:
             nodes.append(n)
             continue
         zeros.update(n.input[2:3])

@@ -109,11 +109,17 @@ def _smooth_targets(idx: GraphIndex) -> dict:
 
 
 def _fq(x: np.ndarray, amax, axis=None) -> np.ndarray:
-    """Symmetric INT8 fake quantization at ``amax`` (per tensor, or per slice along ``axis``)."""
+    """Symmetric INT8 fake quantization at ``amax`` (per tensor, or per slice along ``axis``):
+    clip(rint(x / scale), −128, 127) · scale, scale = amax / 127, computed in one new array (the
+    weights are the largest arrays here; a temporary per step cost as much time as the step)."""
     scale = np.maximum(np.asarray(amax, np.float64), 1e-30) / 127
     if axis is not None:
         scale = np.expand_dims(scale, [a for a in range(x.ndim) if a != axis])
-    return np.clip(np.rint(x / scale), -128, 127) * scale
+    q = x / scale
+    np.rint(q, out=q)
+    np.clip(q, -128, 127, out=q)
+    q *= scale
+    return q
 
 
 def _mse_amax(x: np.ndarray) -> float:
@@ -133,19 +139,9 @@ def _joint_error(x: np.ndarray, weights: list, s: np.ndarray, refs: list, qws: l
 
 
 def _quantized(weights: list, s: np.ndarray) -> list:
-    """q(diag(s)·W) of each weight (float64), per output channel at its max: :func:`_fq`'s numbers,
-    computed in the one float64 array (the weights are the largest arrays here; a temporary of each
-    step cost as much time as the step)."""
-    out = []
-    for w in weights:
-        ws = w * s[:, None]
-        scale = np.maximum(np.maximum(ws.max(axis=0), -ws.min(axis=0)), 1e-30) / 127
-        ws /= scale
-        np.rint(ws, out=ws)
-        np.clip(ws, -128, 127, out=ws)
-        ws *= scale
-        out.append(ws)
-    return out
+    """q(diag(s)·W) of each weight (float64), per output channel at its max |·| (taken without an
+    |W| temporary)."""
+    return [_fq(ws, np.maximum(ws.max(axis=0), -ws.min(axis=0)), axis=1) for ws in (w * s[:, None] for w in weights)]
 
 
 def _errors(xs: np.ndarray, refs: list, qws: list) -> dict:
