@@ -204,3 +204,33 @@ def test_all_zero_tensor_gives_zero_amax():
     for m in ("max", "entropy", "percentile", "mse"):
         assert compute_range(s, m).amax == 0.0
     assert math.isfinite(s.bin_width)
+
+
+def test_extrema_ignore_nan_as_the_exact_form_does():
+    """calibrate's min/max of float tensors: plain reductions checked by a sum, and where the sum is NaN
+    (0/0 on some elements, every element on one sample) the NaN-ignoring values, equal to NumPy's
+    nanmin/nanmax; a tensor without NaN keeps the plain reductions' exact values.  The fast form
+    alone would return NaN or a min over part of the values there."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from qdq.calib.calibrate import calibrate
+    from qdq.calib.data import Feeds, model_inputs
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])
+    nodes = [helper.make_node("Div", ["x", "x"], ["ratio"]), helper.make_node("Mul", ["ratio", "x"], ["y"]),
+             helper.make_node("Abs", ["x"], ["clean"]), helper.make_node("Add", ["clean", "y"], ["out"])]
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 8])
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [out], value_info=[y]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    rng = np.random.default_rng(0)
+    feeds = [rng.standard_normal((4, 8)).astype(np.float32) * s for s in (1.0, 3.0, 0.5)]
+    feeds[1][0, :5] = 0.0       # 0/0: NaN on some elements
+    feeds[2][:] = 0.0           # NaN everywhere in ratio and y on this sample
+    cal = calibrate(m, Feeds(model_inputs(m), [{"x": f} for f in feeds]), [], ["ratio", "y", "clean"], quiet=True)
+    for name, fn in (("ratio", lambda f: f / f), ("y", lambda f: (f / f) * f), ("clean", np.abs)):
+        with np.errstate(invalid="ignore"):
+            vals = np.concatenate([fn(f).ravel() for f in feeds])
+        assert cal.extrema[name] == (float(np.nanmin(vals)), float(np.nanmax(vals))), name

@@ -46,6 +46,7 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
     reduced, extrema_of = with_extrema(view, range_only, [t for t in tensors if t not in inputs], shapes)
     shape_of = extrema_of.pop("shapes", {})
     sess = session_for(reduced, providers, threads=threads, lent=lent)
+    exact = _NanSafe(view, lent, extrema_of, providers, threads)
     cal = into if into is not None else Calibration()
     for t in tensors:
         cal.stats.setdefault(t, TensorStats(t))
@@ -57,7 +58,7 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
             if st.nonfinite:
                 raise QdqError(f"tensor {t!r} is NaN or Inf on sample {sources[0]}; the float model overflows "
                                "on this input: check the preprocessing or exclude the layer")
-        for t, (lo_name, hi_name) in extrema_of.items():
+        for t, (lo_name, hi_name, _) in extrema_of.items():
             # NaN (0/0 in a masked branch) is not a range; ±Inf is, and keeps the tensor FP32
             lo, hi = float(outs[lo_name]), float(outs[hi_name])
             if lo <= hi:   # else the tensor was empty or all NaN on this sample
@@ -68,7 +69,8 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
     with progress("calibrating", dataset.count(), quiet) as advance, ThreadPoolExecutor(1) as pool:
         pending = None
         for sources, feed in prefetch(batches(dataset, batch_size)):
-            outs = run_session(sess, feed, sources[0] if len(sources) == 1 else f"{sources[0]}…")
+            source = sources[0] if len(sources) == 1 else f"{sources[0]}…"
+            outs = exact.mend(run_session(sess, feed, source), feed, source)
             outs.update(feed)
             if want_shapes and not cal.shapes:
                 cal.shapes = {t: [int(d) for d in outs[o]] for t, o in shape_of.items()}
@@ -82,3 +84,29 @@ def calibrate(model: onnx.ModelProto, dataset, tensors, range_only=(), batch_siz
         if pending is not None:
             pending.result()
     return cal
+
+
+class _NanSafe:
+    """The extrema of the samples where :func:`qdq.calib.session.with_extrema`'s check found NaN,
+    computed again NaN-ignoring by a second session over the tensors so flagged (built on the first
+    such sample, again when another tensor is flagged): a model without NaN runs one session."""
+
+    def __init__(self, view, lent, extrema_of: dict, providers, threads):
+        self.view, self.lent, self.extrema_of = view, lent, extrema_of
+        self.providers, self.threads = providers, threads
+        self.tensors, self.sess, self.names = set(), None, {}
+
+    def mend(self, outs: dict, feed: dict, source) -> dict:
+        """``outs`` with the flagged tensors' min and max replaced by their NaN-ignoring values."""
+        flagged = {t for t, (lo, hi, check) in self.extrema_of.items()
+                   if math.isnan(float(outs[check])) or math.isnan(float(outs[lo])) or math.isnan(float(outs[hi]))}
+        if not flagged:
+            return outs
+        if not flagged <= self.tensors:
+            self.tensors |= flagged
+            safe, self.names = with_extrema(self.view, sorted(self.tensors), nan_safe=True)
+            self.sess = session_for(safe, self.providers, threads=self.threads, lent=self.lent)
+        again = run_session(self.sess, feed, source)
+        for t in flagged:
+            outs[self.extrema_of[t][0]], outs[self.extrema_of[t][1]] = again[self.names[t][0]], again[self.names[t][1]]
+        return outs
