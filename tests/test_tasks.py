@@ -330,3 +330,16 @@ def test_a_changed_top1_says_whether_fp32_was_near_a_tie():
     assert task.explain(row) == "2 samples with another top-1: 1 where the reference's top two classes were within 1.25× of each other (a near tie), 1 not"
     logits = np.log(ref)
     assert task.row({"y": logits}, {"y": np.log(q)}, {})[4] == 1
+
+
+def test_a_figure_is_named_after_the_reference_it_was_measured_against():
+    """The rank figure names the reference's top-1: FP16 in a device comparison, not FP32; the text line
+    and the HTML report read one name."""
+    from qdq.measure.tasks import figure_name
+    from qdq.report.text import task_line
+
+    task = {"name": "classify", "figures": {"top1": {"value": 0.9, "low": 0.8, "high": 1.0},
+                                            "rank": {"value": 1.1, "low": 1.0, "high": 1.3}}}
+    assert figure_name("rank", "fp16") == "mean rank of FP16's top-1"
+    assert "mean rank of FP16's top-1 1.1 (1–1.3)" in task_line(task, 6, "fp16")
+    assert "mean rank of FP32's top-1" in task_line(task, 6) and figure_name("top1") == "top-1 agreement"

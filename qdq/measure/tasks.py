@@ -110,6 +110,19 @@ def why_unmeasured(figure: str) -> str:
     return UNMEASURED.get(figure, "nothing to count")
 
 
+# how each task figure is named to people; {ref}: what the file is compared with
+FIGURE_NAMES = {"top1": "top-1 agreement", "top5": "top-5 agreement", "rank": "mean rank of {ref}'s top-1",
+                "f1": "box F1", "mean_iou": "mean IoU of matched boxes", "precision": "precision", "recall": "recall",
+                "box_f1": "box F1", "map_iou": "map IoU", "box_iou": "box IoU", "exact": "exact strings",
+                "cer": "character error rate", "miou": "mean IoU", "pixel": "pixel agreement", "metric": "your metric"}
+
+
+def figure_name(figure: str, reference: str = "fp32") -> str:
+    """Task figure ``figure`` as the summary, compare and the HTML report name it (``reference``: fp32,
+    fp16, or what else the file is compared with, e.g. the device's FP16 run)."""
+    return FIGURE_NAMES.get(figure, figure).format(ref=reference.upper())
+
+
 def _ratio(num, den, empty=np.nan):
     """num / den, ``empty`` where den is 0: NaN (unmeasured, :data:`UNMEASURED` says why) unless the
     figure has a value there by definition."""

@@ -6,7 +6,7 @@ import math
 
 from ..calib.ranges import QMAX
 from ..graph.qdq_file import MIXED_FLOAT
-from ..measure.tasks import why_unmeasured
+from ..measure.tasks import figure_name, why_unmeasured
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -123,11 +123,11 @@ def _agreement(result) -> str:
                 for label, f in rows]
     for name, f in (t or {}).get("figures", {}).items():
         if f["value"] is None or f["value"] != f["value"]:
-            out.append(f"<tr><td>{_e(t['name'])}: {_e(name)}</td><td>–</td>"
+            out.append(f"<tr><td>{_e(t['name'])}: {_e(figure_name(name, result.reference))}</td><td>–</td>"
                        f"<td>unmeasured: {_e(why_unmeasured(name))}</td></tr>")
             continue
         fmt = (lambda v: f"{v:.3g}") if name == "rank" or t["name"] == "metric" else (lambda v: f"{v:.1%}")
-        out.append(f"<tr><td>{_e(t['name'])}: {_e(name)}</td><td>{fmt(f['value'])}</td>"
+        out.append(f"<tr><td>{_e(t['name'])}: {_e(figure_name(name, result.reference))}</td><td>{fmt(f['value'])}</td>"
                    f"<td>{fmt(f['low'])} – {fmt(f['high'])}</td></tr>")
     out.append("</table>")
     if t is not None:

@@ -10,7 +10,7 @@ import re
 import sys
 
 from ..graph.shapes import shape_text
-from ..measure.tasks import why_unmeasured
+from ..measure.tasks import figure_name, why_unmeasured
 
 
 def console(file=None):
@@ -154,17 +154,13 @@ def _fig(value, interval, samples=None, unit="dB", unmeasured="nothing to count"
     return f"{value:.1%} ({interval[0]:.1%}–{interval[1]:.1%}{n})"
 
 
-def task_line(task: dict, samples: int | None = None) -> str:
+def task_line(task: dict, samples: int | None = None, reference: str = "fp32") -> str:
     """The task's figures in one line: ``box F1 96.0% (91.0–99.0%, 12 samples), map IoU …``, and its
-    words on where the disagreement comes from."""
-    names = {"top1": "top-1 agreement", "top5": "top-5 agreement", "rank": "mean rank of FP32's top-1",
-             "f1": "box F1", "mean_iou": "mean IoU of matched boxes", "precision": "precision", "recall": "recall",
-             "box_f1": "box F1", "map_iou": "map IoU", "box_iou": "box IoU", "exact": "exact strings",
-             "cer": "character error rate", "miou": "mean IoU", "pixel": "pixel agreement", "metric": "your metric"}
+    words on where the disagreement comes from (``reference``: what the file was compared with)."""
     parts = []
     for k, f in task["figures"].items():
         unit = "x" if k == "rank" or task["name"] == "metric" else ""
-        parts.append(f"{names.get(k, k)} "
+        parts.append(f"{figure_name(k, reference)} "
                      f"{_fig(f['value'], (f['low'], f['high']), samples if not parts else None, unit, why_unmeasured(k))}")
     return ", ".join(parts) + (f" ({task['note']})" if task.get("note") else "")
 
@@ -248,7 +244,7 @@ def print_compare(result, top: int = 15, file=None) -> None:
     con.print(f"quantized file vs {result.reference.upper()} on {result.samples} samples ({result.remainder}): "
               f"output SQNR {_fig(q['value'], (q['low'], q['high']), q['samples'])}{worst_text(q)}" if q else "")
     if result.task is not None and result.task["figures"]:
-        con.print(f"task {result.task['name']} ({result.task['reason']}): {task_line(result.task, result.samples)}")
+        con.print(f"task {result.task['name']} ({result.task['reason']}): {task_line(result.task, result.samples, result.reference)}")
     elif result.task is not None:
         con.print(f"task: none ({result.task['reason']})")
     diagnosis_lines(con, result.diagnosis)
