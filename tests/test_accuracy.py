@@ -2,6 +2,7 @@
 analysis, mixed precision, equalization and bias correction on small graphs with known answers, then
 end to end on real models."""
 import json
+import re
 
 import numpy as np
 import onnx
@@ -109,6 +110,14 @@ def test_mac_floor_is_honoured(tmp_path):
     r = quantize(m, data, quiet=True, max_loss_db=0.0, min_int8_share=0.999)
     assert r.summary.int8_mac_share >= 0.999 and not r.summary.float_layers
     assert any("floor" in w for w in r.summary.warnings)
+    # the floor stopped it: the warning names what costs more than its MACs and the floor that allows it
+    hint = [w for w in r.summary.warnings if w.startswith("mixed precision stopped at its floor of 100%")]
+    assert len(hint) == 1 and "dw" in hint[0], r.summary.warnings
+    allowed = float(re.search(r"--min-int8-share (\d\.\d\d) allows", hint[0]).group(1))
+    share = float(re.search(r"leaves (\d+\.\d)% of the MACs", hint[0]).group(1)) / 100
+    assert allowed <= share < 0.999
+    r = quantize(m, data, quiet=True, max_loss_db=0.0, min_int8_share=allowed)
+    assert "dw" in {f["node"] for f in r.summary.float_layers} and r.summary.int8_mac_share >= allowed
 
 
 def test_cross_layer_equalization_keeps_the_function_and_narrows_ranges():

@@ -5,6 +5,7 @@ held-back samples that choose (:class:`qdq.measure.heldback.HeldBack`); the figu
 measured again on the samples that report, which no decision saw."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ from ..trt.profile import device_speed
 from .autocast import raise_floor
 from .evaluate import DeviceModel, Measurement
 from .heldback import HeldBack
-from .mixed_precision import Choice, by_unit, candidates, choose
+from .mixed_precision import Choice, by_unit, candidates, choose, floor_hint
 from .tasks import why_unmeasured
 
 # what --method auto chooses among (entropy, the TensorRT calibrator's algorithm, clips saturated outputs)
@@ -184,11 +185,27 @@ def mixed_precision(cands: Candidates, plan: Placement, analysis, check: HeldBac
         warnings.append(f"device profile ({opts.device_profile}): {len(speed)} layers timed; "
                         + (f"not faster in INT8, so first to keep in float: {', '.join(slow[:5])}" if slow
                            else "every one faster in INT8"))
+    hint = floor_hint(cands_, unit_macs, c, opts.min_int8_share, sum(macs.values()), speed)
+    if hint is not None:
+        warnings.append(_floor_text(idx, plan, macs, [q for p in hint[0] for q in sorted(expand({p}))], hint[1],
+                                     opts.min_int8_share))
     c.float_layers = {q: db for p, db in c.float_layers.items() for q in sorted(expand({p}))}
     if c.float_layers:
         plan = replace(idx, plan, {p: f"kept in float: its INT8 would cost {db:.2f} dB (mixed precision)"
                                    for p, db in c.float_layers.items()})
     return Mixed(plan, c, tuple(warnings))
+
+
+def _floor_text(idx: GraphIndex, plan: Placement, macs: dict, layers: list, share: float, floor: float) -> str:
+    """The MAC floor stopped mixed precision: the layers whose INT8 costs more than their MACs' share
+    (:func:`qdq.measure.mixed_precision.floor_hint`), the share left without them, the option."""
+    placed = 1.0 - sum(macs.get(p, 0) for p in plan.quantized_layers) / (sum(macs.values()) or 1)
+    names = ", ".join(idx.labels[p] for p in layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    return (f"mixed precision stopped at its floor of {floor:.0%} INT8 MACs"
+            + (f" (the placement rules keep {placed:.1%} of the MACs in float)" if placed > 1.0 - floor else "")
+            + f"; {len(layers)} layers add more than their share of the MACs in output noise, by the analysis "
+            f"({names}): keeping them in float leaves {share:.1%} of the MACs in INT8, which "
+            f"--min-int8-share {math.floor(share * 100) / 100:.2f} allows (mixed precision then measures the file)")
 
 
 def _device_speed(idx: GraphIndex, plan: Placement, folder, layers: dict) -> dict:

@@ -134,9 +134,7 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
     for _ in range(MAX_ROUNDS):
         if m.gap_low(w) >= -max_loss_db:
             break
-        slack = (m.sqnr().value - w.sqnr().value) - m.gap_low(w)   # point minus lower end of the gap
-        target = _noise(w.sqnr().value - max_loss_db + slack + MARGIN_DB)
-        added = _add_until(ranked, chosen, candidates, alpha, _noise(m.sqnr().value), target, fits)
+        added = _add_until(ranked, chosen, candidates, alpha, _noise(m.sqnr().value), _target(m, w, max_loss_db), fits)
         if not added:
             break
         m, w = _measure_step(build, weights, set(chosen), ev, w, max_loss_db)
@@ -152,6 +150,34 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
     for p in chosen:   # what this layer's INT8 input would add back to the final file's noise
         out.float_layers[p] = power_db(1.0, _noise(out.final_db)) - power_db(1.0, _noise(out.final_db) + alpha * candidates[p])
     return out
+
+
+def _target(m: Measurement, w: Measurement, max_loss_db: float) -> float:
+    """The output noise power a step aims at: the weights-only figure less ``max_loss_db``, less the
+    interval's slack (point minus lower end of the gap) and :data:`MARGIN_DB`."""
+    slack = (m.sqnr().value - w.sqnr().value) - m.gap_low(w)
+    return _noise(w.sqnr().value - max_loss_db + slack + MARGIN_DB)
+
+
+def floor_hint(candidates: dict, macs: dict, choice: Choice, min_int8_share: float, total_macs: int,
+               speed: dict | None = None) -> tuple | None:
+    """When the MAC floor stopped :func:`choose` short of its target: the layers next in ranking order
+    whose INT8 adds more than their share of the MACs in output noise (by the analysis: a larger share
+    of the candidates' estimated noise than of their MACs), and the INT8 share of all ``total_macs``
+    left with them in float too: (layer ids, share), or None when the target was reached, no such
+    layer is left, or they fit under the floor (then the floor did not stop it).  Never measured:
+    what the user may choose to allow."""
+    if choice.reached:
+        return None
+    ranked = [p for p in rank(candidates, macs, speed) if p not in choice.float_layers]
+    noise, work = sum(candidates[p] for p in ranked) or 1.0, sum(macs[p] for p in ranked) or 1
+    costly = []
+    for p in ranked:
+        if candidates[p] / noise <= macs[p] / work:
+            break
+        costly.append(p)
+    share = (sum(macs.values()) - sum(macs[q] for q in list(choice.float_layers) + costly)) / (total_macs or 1)
+    return (costly, share) if costly and share < min_int8_share else None
 
 
 def rank(candidates: dict, macs: dict, speed: dict | None = None) -> list:
