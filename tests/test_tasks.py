@@ -343,3 +343,17 @@ def test_a_figure_is_named_after_the_reference_it_was_measured_against():
     assert figure_name("rank", "fp16") == "mean rank of FP16's top-1"
     assert "mean rank of FP16's top-1 1.1 (1–1.3)" in task_line(task, 6, "fp16")
     assert "mean rank of FP32's top-1" in task_line(task, 6) and figure_name("top1") == "top-1 agreement"
+
+
+def test_a_map_binary_on_one_sample_and_soft_on_the_others_is_no_text_map():
+    """A saliency map near binary on one sample and lit but soft on three is not a DB text map (the
+    samples that contradict outnumber the one that shows it); a text detector's map, lit on one sample
+    in four and dark on the others (no text there), still is."""
+    from qdq.measure.tasks import choose_task_on
+
+    dark = np.full((1, 1, 64, 64), 0.01, np.float32)
+    soft = [({"focus": _blob()}, IMG64)] * 3
+    t = choose_task_on([({"focus": _db_map()}, IMG64)] + soft, TaskOptions())
+    assert t.name == "none" and "on 3 of the first 4 samples the same output is lit and not near binary" in t.reason
+    t = choose_task_on([({"focus": _db_map()}, IMG64)] + [({"focus": dark}, IMG64)] * 3, TaskOptions())
+    assert t.name == "textmap" and "evidence on 1 of the first 4 samples" in t.reason

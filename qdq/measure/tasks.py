@@ -504,8 +504,22 @@ def choose_task_on(samples: list, opts: TaskOptions) -> Task:
         return tasks[0]
     names = [t.name for t in found]
     best = next(t for t in found if names.count(t.name) == max(names.count(n) for n in names))
+    against = _against(best, [out for (out, _), t in zip(samples, tasks) if t.name == "none"])
+    if against >= names.count(best.name):
+        return Task(None, f"no task: {best.reason}, but on {against} of the first {len(tasks)} samples the same output "
+                          "is lit and not near binary (a DB text map is); pass --task or --metric", opts)
     best.reason += f" (evidence on {names.count(best.name)} of the first {len(tasks)} samples)"
     return best
+
+
+def _against(task: Task, outputs: list) -> int:
+    """How many of the samples showing no task (their FP32 ``outputs``) contradict ``task``: for a text
+    map, its output lit (pixels above 0.1) but not near binary.  A text detector's map of an image
+    without text is dark: no evidence either way, so a text map found on one sample in four stands."""
+    if task.name != "textmap":
+        return 0
+    return sum(1 for out in outputs if task.output in out and (out[task.output] > 0.1).any()
+               and _binary_share(out[task.output]) < DB_BINARY_SHARE)
 
 
 def _batch(feed: dict) -> int:
@@ -615,6 +629,12 @@ def _classify(name, v, b, opts, strict, where) -> tuple:
     return [], ["rows are not probabilities and the name does not say logits/scores/probs"]
 
 
+def _binary_share(v: np.ndarray) -> float:
+    """The share of a probability map's lit pixels (> 0.1) above 0.7 (0 when nothing is lit)."""
+    lit = v[v > 0.1]
+    return float((lit > 0.7).mean()) if lit.size else 0.0
+
+
 def _textmap(name, v, opts, strict, where) -> tuple:
     """DB text maps: probabilities, near binary (:data:`DB_BINARY_SHARE` of the pixels above 0.1 also
     above 0.7, as a map trained on shrunk text masks is), with at least one text box."""
@@ -624,8 +644,7 @@ def _textmap(name, v, opts, strict, where) -> tuple:
     if not strict:
         task.reason = f"{where}: a one-channel probability map"
         return [task], []
-    lit = v[v > 0.1]
-    binary = float((lit > 0.7).mean()) if lit.size else 0.0
+    binary = _binary_share(v)
     boxes = sum(len(task.boxes(m.reshape(m.shape[-2:]))) for m in v)
     if binary < DB_BINARY_SHARE or not boxes:
         return [], [f"a probability map, but not a DB text map ({binary:.0%} of its lit pixels above 0.7, "
