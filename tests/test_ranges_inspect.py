@@ -377,3 +377,26 @@ def test_a_long_list_of_ranges_not_applied_is_grouped_by_reason():
     buf = io.StringIO()
     _unused_lines(console(buf), unused[:UNUSED_LINES])
     assert len(buf.getvalue().splitlines()) == UNUSED_LINES and "read by Mul 'm0'" in buf.getvalue()
+
+
+def test_a_complete_cache_gives_an_all_zero_tensor_a_positive_scale(tmp_path):
+    """``qdq ranges MODEL --to trt-cache``: a tensor that is zero on every calibration sample gets scale 1
+    (its zeros exact), as the Q/DQ file's scales do, never 0, on which TensorRT 8.5 fails to build;
+    the other entries are amax / 127 of their data."""
+    from clitools import run_qdq
+
+    w = numpy_helper.from_array(np.zeros((1, 4, 1, 1), np.float32), "zero")
+    nodes = [helper.make_node("Mul", ["x", "zero"], ["dead"]), helper.make_node("Add", ["x", "dead"], ["y"])]
+    m = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 4, 8, 8])],
+                                            [helper.make_tensor_value_info("y", 1, [1, 4, 8, 8])], [w]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, tmp_path / "m.onnx")
+    (tmp_path / "data").mkdir()
+    x = np.linspace(-2.54, 2.54, 256, dtype=np.float32).reshape(1, 4, 8, 8)
+    np.savez(tmp_path / "data" / "s.npz", x=x)
+    r = run_qdq("ranges", tmp_path / "m.onnx", "--to", "trt-cache", "--method", "max", "--calib", tmp_path / "data",
+                "-o", tmp_path / "c.cache")
+    assert r.returncode == 0, r.stderr
+    entries = dict(line.split(": ") for line in (tmp_path / "c.cache").read_text().splitlines()[1:])
+    assert entries["dead"] == "3f800000"   # 1.0
+    assert read_ranges(tmp_path / "c.cache").amax["x"] == pytest.approx(2.54, rel=1e-6)

@@ -5,11 +5,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..calib.data import Dataset, model_inputs
 from ..calib.range_files import qdq_json_text, read_ranges, trt_cache_text
-from ..calib.ranges import METHODS, QMAX
+from ..calib.ranges import METHODS
 from ..errors import QdqError
 from ..graph.qdq_file import model_ranges
+from ..graph.rewrite import safe_scale
 from ..modelio import atomic_write_text, check_output, load_model, metadata
 from ..report.text import console, table
 from ..trt_cache import ALGORITHMS, algorithm_for, network_ranges
@@ -67,7 +70,7 @@ def _export(args) -> int:
         amax = _ranges_of(src)
         if not amax:
             raise QdqError(f"{src}: no activation Q/DQ found; is this a quantized model?")
-        text = (trt_cache_text({t: a / QMAX for t, a in amax.items()}, args.trt_version,
+        text = (trt_cache_text(_cache_scales(amax), args.trt_version,
                                args.trt_algorithm or "EntropyCalibration2") if args.to == "trt-cache"
                 else qdq_json_text({t: {"amax": a} for t, a in amax.items()}, "exported"))
         note = ""
@@ -101,6 +104,13 @@ def _diff(args) -> int:
     return 0
 
 
+def _cache_scales(amax: dict) -> dict:
+    """tensor -> the cache's scale, amax / 127, by the rule the Q/DQ file's scales follow
+    (:func:`qdq.graph.rewrite.safe_scale`): an all-zero tensor's amax 0 becomes scale 1, which holds
+    its zeros exactly; a zero scale is what TensorRT's builders are not known to accept (docs/design.md)."""
+    return {t: float(safe_scale(a, np.float32)[0]) for t, a in amax.items()}
+
+
 def _complete_cache(args) -> tuple[str, str]:
     """``qdq ranges MODEL.onnx --to trt-cache``: every network tensor's range (see qdq.trt_cache)."""
     model = load_model(args.sources[0])
@@ -109,7 +119,7 @@ def _complete_cache(args) -> tuple[str, str]:
     dataset = Dataset(args.calib, model_inputs(model), A.preprocess(args), limit=args.limit) if args.calib else None
     nr = network_ranges(model, dataset, method, args.percentile, quiet=args.quiet)
     algorithm = args.trt_algorithm or algorithm_for(method)
-    text = trt_cache_text({t: a / QMAX for t, a in nr.amax.items()}, args.trt_version, algorithm)
+    text = trt_cache_text(_cache_scales(nr.amax), args.trt_version, algorithm)
     note = (f"{len(nr.amax)} tensors: {len(nr.from_model)} from the model's Q/DQ, {len(nr.calibrated)} calibrated "
             f"({method}); header TRT-{args.trt_version}-{algorithm}")
     if nr.missing:
