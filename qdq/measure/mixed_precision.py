@@ -134,7 +134,9 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
     for _ in range(MAX_ROUNDS):
         if m.gap_low(w) >= -max_loss_db:
             break
-        added = _add_until(ranked, chosen, candidates, alpha, _noise(m.sqnr().value), _target(m, w, max_loss_db), fits)
+        slack = (m.sqnr().value - w.sqnr().value) - m.gap_low(w)   # point minus lower end of the gap
+        target = _noise(w.sqnr().value - max_loss_db + slack + MARGIN_DB)
+        added = _add_until(ranked, chosen, candidates, alpha, _noise(m.sqnr().value), target, fits)
         if not added:
             break
         m, w = _measure_step(build, weights, set(chosen), ev, w, max_loss_db)
@@ -150,13 +152,6 @@ def choose(candidates: dict, macs: dict, build, ev: Evaluator, max_loss_db: floa
     for p in chosen:   # what this layer's INT8 input would add back to the final file's noise
         out.float_layers[p] = power_db(1.0, _noise(out.final_db)) - power_db(1.0, _noise(out.final_db) + alpha * candidates[p])
     return out
-
-
-def _target(m: Measurement, w: Measurement, max_loss_db: float) -> float:
-    """The output noise power a step aims at: the weights-only figure less ``max_loss_db``, less the
-    interval's slack (point minus lower end of the gap) and :data:`MARGIN_DB`."""
-    slack = (m.sqnr().value - w.sqnr().value) - m.gap_low(w)
-    return _noise(w.sqnr().value - max_loss_db + slack + MARGIN_DB)
 
 
 def floor_hint(candidates: dict, macs: dict, choice: Choice, min_int8_share: float, total_macs: int,
