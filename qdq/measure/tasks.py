@@ -518,8 +518,8 @@ def _against(task: Task, outputs: list) -> int:
     without text is dark: no evidence either way, so a text map found on one sample in four stands."""
     if task.name != "textmap":
         return 0
-    return sum(1 for out in outputs if task.output in out and (out[task.output] > 0.1).any()
-               and _binary_share(out[task.output]) < DB_BINARY_SHARE)
+    shares = [_binary_share(out[task.output]) for out in outputs if task.output in out]
+    return sum(1 for share in shares if share is not None and share < DB_BINARY_SHARE)
 
 
 def _batch(feed: dict) -> int:
@@ -629,10 +629,10 @@ def _classify(name, v, b, opts, strict, where) -> tuple:
     return [], ["rows are not probabilities and the name does not say logits/scores/probs"]
 
 
-def _binary_share(v: np.ndarray) -> float:
-    """The share of a probability map's lit pixels (> 0.1) above 0.7 (0 when nothing is lit)."""
+def _binary_share(v: np.ndarray) -> float | None:
+    """The share of a probability map's lit pixels (> 0.1) above 0.7; None when nothing is lit."""
     lit = v[v > 0.1]
-    return float((lit > 0.7).mean()) if lit.size else 0.0
+    return float((lit > 0.7).mean()) if lit.size else None
 
 
 def _textmap(name, v, opts, strict, where) -> tuple:
@@ -644,7 +644,7 @@ def _textmap(name, v, opts, strict, where) -> tuple:
     if not strict:
         task.reason = f"{where}: a one-channel probability map"
         return [task], []
-    binary = _binary_share(v)
+    binary = _binary_share(v) or 0.0
     boxes = sum(len(task.boxes(m.reshape(m.shape[-2:]))) for m in v)
     if binary < DB_BINARY_SHARE or not boxes:
         return [], [f"a probability map, but not a DB text map ({binary:.0%} of its lit pixels above 0.7, "
